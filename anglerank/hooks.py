@@ -57,6 +57,34 @@ def resolve_layer(model, layer: int) -> int:
     return idx
 
 
+def parse_layers(model, layers) -> list[int]:
+    """Absolute layer indices from ints (negative from the end), 'all', or 'A:B' ranges."""
+    n = len(decoder_layers(model))
+    out: list[int] = []
+    for spec in layers if isinstance(layers, (list, tuple)) else [layers]:
+        if isinstance(spec, int):
+            out.append(resolve_layer(model, spec))
+            continue
+        spec = str(spec).strip()
+        if spec == "all":
+            out.extend(range(n))
+        elif ":" in spec:
+            try:
+                a, b = (int(x) if x.strip() else None for x in spec.split(":", 1))
+            except ValueError:
+                raise HookError(f"bad layer range {spec!r}; use A:B, e.g. 10:30") from None
+            rng = list(range(n))[slice(a, b)]
+            if not rng:
+                raise HookError(f"layer range {spec!r} is empty for a model with {n} layers")
+            out.extend(rng)
+        else:
+            try:
+                out.append(resolve_layer(model, int(spec)))
+            except ValueError:
+                raise HookError(f"bad layer {spec!r}; use an integer, A:B or all") from None
+    return sorted(set(out))
+
+
 def site_module(model, layer_idx: int, site: str) -> torch.nn.Module:
     block = decoder_layers(model)[layer_idx]
     if site == "residual":

@@ -1,0 +1,172 @@
+"""The `anglerank` command line: thin Typer commands over the library.
+
+Human output goes to a stderr rich console, machine output (JSON) to stdout. User
+mistakes end in one `error:` line and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from anglerank.cli_common import (
+    BatchTokensOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
+    LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
+    PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, layers_arg, user_errors,
+)
+
+app = typer.Typer(
+    help="GAIN-RL angle-concentration scoring and curricula for RL fine-tuning of LLMs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+def _progress(quiet: bool):
+    """A rich progress bar (rows, rows/s, tokens/s, ETA) as a callback plus its context."""
+    from contextlib import nullcontext
+
+    if quiet:
+        return nullcontext(), None
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
+    import time
+
+    prog = Progress(
+        TextColumn("[bold]scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=err, transient=False,
+    )
+    state = {"task": None, "t0": time.perf_counter(), "tok0": None, "row0": None}
+
+    def cb(done: int, total: int, tokens: int):
+        if state["task"] is None:
+            state["task"] = prog.add_task("score", total=total, completed=0, rate="")
+            state["row0"], state["tok0"] = done, tokens
+            state["t0"] = time.perf_counter()
+            prog.update(state["task"], completed=done)
+            return
+        el = max(1e-9, time.perf_counter() - state["t0"])
+        rate = f"{(done - state['row0']) / el:.1f} rows/s {(tokens - state['tok0']) / el:,.0f} tok/s"
+        prog.update(state["task"], completed=done, rate=rate)
+
+    return prog, cb
+
+
+def _summary(manifest: dict, out: Path) -> None:
+    from anglerank.data.writer import load_scores
+
+    t = load_scores(out)
+    import pyarrow.compute as pc
+
+    score = t.column("score")
+    valid = pc.drop_null(score)
+    tab = Table(title="anglerank score", show_header=False, title_justify="left")
+    tab.add_row("output", str(out))
+    tab.add_row("model", f"{manifest['model']} ({manifest['dtype']}, {manifest['device']})")
+    tab.add_row("preset / site / layers", f"{manifest['preset']} / {manifest['site']} / {manifest['layers']}")
+    tab.add_row("estimator", manifest["estimator"])
+    tab.add_row("rows", f"{t.num_rows:,} ({len(valid):,} scored, {t.num_rows - len(valid):,} null)")
+    if len(valid):
+        q = pc.quantile(valid, q=[0.0, 0.5, 1.0]).to_pylist()
+        tab.add_row("score mean ± std", f"{pc.mean(valid).as_py():.5f} ± {pc.stddev(valid).as_py() or 0:.5f}")
+        tab.add_row("score min / median / max", f"{q[0]:.5f} / {q[1]:.5f} / {q[2]:.5f}")
+    tab.add_row("truncated", f"{pc.sum(t.column('truncated')).as_py() or 0:,}")
+    tab.add_row("time", f"{manifest.get('elapsed_s', 0):.1f} s, {manifest.get('tokens_per_s') or 0:,.0f} tokens/s")
+    err.print(tab)
+
+
+@app.command()
+@user_errors
+def score(
+    inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory for scores-*.arrow and manifest.json.")],
+    model: ModelOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    id_column: IdColumnOpt = None,
+    preset: PresetOpt = "none",
+    system: SystemOpt = None,
+    prefix: PrefixOpt = None,
+    site: SiteOpt = "mlp-input",
+    layer: LayerOpt = None,
+    layers: LayersOpt = None,
+    estimator: EstimatorOpt = "paper",
+    w_intra: WIntraOpt = 1.0,
+    w_inter: WInterOpt = None,
+    code_prefix_tokens: CodePrefixOpt = 110,
+    code_suffix_tokens: CodeSuffixOpt = 6,
+    max_length: MaxLengthOpt = 4096,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_tokens: BatchTokensOpt = 16384,
+    limit: LimitOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUTPUT from its last committed part (settings must match).")] = False,
+    commit_every: Annotated[int, typer.Option("--commit-every", help="Commit a part every N rows (rounded to the 512-row read-ahead window).")] = 4096,
+    quiet: QuietOpt = False,
+):
+    """Score prompts by angle concentration and write per-row scores (Arrow IPC + manifest.json)."""
+    from anglerank.score import ScoreOptions, run_score
+
+    opt = ScoreOptions(
+        model=model, preset=preset, system=system, prefix=prefix, site=site, layers=layers_arg(layer, layers),
+        estimator=estimator, w_intra=w_intra, w_inter=w_inter, code_prefix_tokens=code_prefix_tokens,
+        code_suffix_tokens=code_suffix_tokens, max_length=max_length, dtype=dtype, device=device,
+        batch_tokens=batch_tokens,
+    )
+    ctx, cb = _progress(quiet)
+    with ctx:
+        manifest = run_score(
+            inputs, output, options=opt, prompt_column=prompt_column, id_column=id_column, limit=limit,
+            overwrite=overwrite, resume=resume, commit_every=commit_every, progress=cb,
+        )
+    if not quiet:
+        _summary(manifest, output)
+
+
+@app.command()
+@user_errors
+def info(model: ModelOpt = None, json_out: JsonOpt = False):
+    """Show the resolved model folder, architecture, layers, hidden size, chat template and hook sites."""
+    from anglerank import hooks, models
+
+    path = models.resolve_model_path(model)
+    d = {"model": model or models.DEFAULT_MODEL, "path": str(path), **models.describe(path)}
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(cfg)
+        d["hook_sites"] = hooks.hook_sites(skeleton)
+        d["num_layers"] = len(hooks.decoder_layers(skeleton))
+    except hooks.HookError as exc:
+        d["hook_sites"] = []
+        d["hook_error"] = str(exc)
+    if json_out:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    tab = Table(show_header=False, title=f"anglerank info: {d['model']}", title_justify="left")
+    for k in ("path", "architecture", "num_layers", "hidden_size", "chat_template", "hook_sites"):
+        v = d.get(k)
+        tab.add_row(k, ", ".join(v) if isinstance(v, list) else str(v))
+    Console().print(tab)
+
+
+# Other command groups live in their own modules and register themselves here.
+for _module in ():
+    _module.register(app)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Shared pieces of the command line: option definitions used by several commands,
+the stderr console, and the mapping of user errors to one-line messages (exit 2).
+
+Every repeated option is defined once here so names, defaults and help stay
+consistent across `score`, `validate`, `train`, `rank` and the rest.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+err = Console(stderr=True)
+
+
+# --- shared option definitions (one per repeated option) ---------------------------------
+
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Hugging Face id (hub cache, or network when online) or local folder. "
+    "Default: the embedded SmolLM2-135M-Instruct.")]
+PromptColumnOpt = Annotated[Optional[str], typer.Option(
+    "--prompt-column", help="Column with the question: a string or a list of {role, content} messages; "
+    "dotted paths reach into structs (extra_info.question). Default: auto-detect prompt, question, problem, text.")]
+IdColumnOpt = Annotated[Optional[str], typer.Option(
+    "--id-column", help="Column copied to the output `id`. Default: extra_info.index, id or index when present.")]
+PresetOpt = Annotated[str, typer.Option(
+    "--preset", help="none: the row's messages through the chat template; gainrl: the authors' four-message prompt around the question.")]
+SystemOpt = Annotated[Optional[str], typer.Option("--system", help="Set or replace the system message.")]
+PrefixOpt = Annotated[Optional[str], typer.Option(
+    "--prefix", help="Plain-text mode (no chat template): score PREFIX + question; the prefix is segment P.")]
+SiteOpt = Annotated[str, typer.Option(
+    "--site", help="Hook site: mlp-input (the MLP input of layer k, i.e. post-attention norm output; the authors' site) or residual (decoder layer output).")]
+LayerOpt = Annotated[Optional[list[int]], typer.Option(
+    "--layer", help="Decoder layer to hook; negative counts from the end. Repeat for several layers. Default -1.")]
+LayersOpt = Annotated[Optional[str], typer.Option(
+    "--layers", help="Several layers at once: 'all' or a Python-style range 'A:B' (e.g. 10:30). One forward pass serves all.")]
+EstimatorOpt = Annotated[str, typer.Option(
+    "--estimator", help="paper: exact segment means (closed form); gainrl-code: the number the authors' released script computes.")]
+WIntraOpt = Annotated[float, typer.Option("--w-intra", help="Weight of C_intra in score.")]
+WInterOpt = Annotated[Optional[float], typer.Option("--w-inter", help="Weight of C_inter in score. Default 1 (paper) or 8 (gainrl-code).")]
+CodePrefixOpt = Annotated[int, typer.Option("--code-prefix-tokens", help="gainrl-code: fixed prefix length in tokens (authors: 110).")]
+CodeSuffixOpt = Annotated[int, typer.Option("--code-suffix-tokens", help="gainrl-code: fixed suffix length in tokens (authors: 6).")]
+MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longer prompts are truncated at the end and flagged `truncated`.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto|bfloat16|float16|float32. auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else float32.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.")]
+BatchTokensOpt = Annotated[int, typer.Option("--batch-tokens", help="Token budget per forward batch, padding included.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (quick runs).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="The Parquet input(s) that were scored (files, directories or globs).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace scores already in the output directory.")]
+
+
+def fail(msg: str, code: int = 2):
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn):
+    """Map library exceptions to one-line errors with exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from anglerank.data.reader import InputError
+        from anglerank.data.writer import OutputError
+        from anglerank.hooks import HookError
+        from anglerank.models import ModelError
+        from anglerank.render import RenderError
+        from anglerank.score import Interrupted
+
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, OutputError, ModelError, RenderError, HookError, ValueError, FileNotFoundError) as exc:
+            fail(str(exc))
+        except Interrupted as exc:
+            err.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.code)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130)
+        except OSError as exc:
+            fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", 1)
+        except typer.Exit:
+            raise
+        except Exception as exc:  # a bug: keep the traceback available, not in the user's face
+            if os.environ.get("ANGLERANK_DEBUG"):
+                raise
+            fail(f"internal error: {type(exc).__name__}: {exc} (set ANGLERANK_DEBUG=1 for the traceback)", 1)
+
+    return wrapper
+
+
+def layers_arg(layer: list[int] | None, layers: str | None) -> list:
+    if layer and layers:
+        raise ValueError("use either --layer or --layers, not both")
+    if layers:
+        return [layers]
+    return list(layer) if layer else [-1]
+
+

@@ -1,0 +1,237 @@
+"""Parquet inputs -> records, streamed by record batch.
+
+All inputs are opened and checked before any work starts (missing paths, non-Parquet
+files, schema mismatches, unusable prompt columns), so a bad input fails in one line
+instead of after an hour of scoring. Rows are numbered 0.. over the files in order.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from anglerank.render import question_from_messages
+
+AUTO_PROMPT_COLUMNS = ("question", "problem", "text")
+AUTO_ID_COLUMNS = ("extra_info.index", "id", "index")
+
+
+class InputError(Exception):
+    """A user-facing input problem; the CLI prints it in one line and exits 2."""
+
+
+@dataclass
+class Record:
+    row: int
+    id: Any
+    question: str | None
+    history: list[dict] | None  # messages up to and including the last user turn
+    note: str | None = None
+
+
+def resolve_inputs(inputs: list[str] | str) -> list[Path]:
+    if isinstance(inputs, (str, Path)):
+        inputs = [str(inputs)]
+    files: list[Path] = []
+    for spec in inputs:
+        p = Path(spec).expanduser()
+        if p.is_dir():
+            found = sorted(p.glob("*.parquet"))
+            if not found:
+                raise InputError(f"directory {p} contains no .parquet files")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        elif any(ch in str(spec) for ch in "*?["):
+            found = sorted(Path(x) for x in glob.glob(os.path.expanduser(str(spec))))
+            if not found:
+                raise InputError(f"no files match {spec}")
+            files.extend(found)
+        else:
+            raise InputError(f"input not found: {spec}")
+    seen, unique = set(), []
+    for f in files:
+        key = f.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(f)
+    return unique
+
+
+def file_fingerprint(path: Path) -> str:
+    """Hash of the Parquet footer (schema, row groups, sizes, statistics) plus file size."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - 8))
+        tail = fh.read(8)
+        footer_len = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
+        fh.seek(max(0, size - 8 - footer_len))
+        h.update(fh.read(footer_len + 8))
+    return h.hexdigest()[:16]
+
+
+def _field_type(schema: pa.Schema, dotted: str) -> pa.DataType | None:
+    parts = dotted.split(".")
+    if parts[0] not in schema.names:
+        return None
+    t = schema.field(parts[0]).type
+    for part in parts[1:]:
+        if not pa.types.is_struct(t) or t.get_field_index(part) < 0:
+            return None
+        t = t.field(part).type
+    return t
+
+
+def _is_messages(t: pa.DataType) -> bool:
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)):
+        return False
+    v = t.value_type
+    return pa.types.is_struct(v) and v.get_field_index("role") >= 0 and v.get_field_index("content") >= 0
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _all_columns(schema: pa.Schema) -> list[str]:
+    out = []
+    for f in schema:
+        out.append(f.name)
+        if pa.types.is_struct(f.type):
+            out.extend(f"{f.name}.{c.name}" for c in f.type)
+    return out
+
+
+def _get(obj: Any, parts: list[str]) -> Any:
+    for p in parts:
+        if obj is None:
+            return None
+        obj = obj.get(p) if isinstance(obj, dict) else None
+    return obj
+
+
+class ParquetSource:
+    """Validated Parquet inputs with a resolved prompt column and id column."""
+
+    def __init__(self, inputs, prompt_column: str | None = None, id_column: str | None = None):
+        self.files = resolve_inputs(inputs)
+        self._pf: list[pq.ParquetFile] = []
+        schema0 = None
+        for f in self.files:
+            try:
+                pf = pq.ParquetFile(f)
+            except Exception as exc:
+                raise InputError(f"{f} is not a readable Parquet file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+            schema = pf.schema_arrow.remove_metadata()
+            if schema0 is None:
+                schema0 = schema
+            elif not schema.equals(schema0):
+                raise InputError(
+                    f"{f} has a different schema from {self.files[0]}; score files with different "
+                    "schemas in separate runs"
+                )
+            self._pf.append(pf)
+        self.schema: pa.Schema = schema0
+        self.rows_per_file = [pf.metadata.num_rows for pf in self._pf]
+        self.total_rows = sum(self.rows_per_file)
+        self.prompt_column, self.prompt_kind = self._resolve_prompt(prompt_column)
+        self.id_column, self.id_type = self._resolve_id(id_column)
+
+    # -- column resolution -----------------------------------------------------------
+    def _resolve_prompt(self, name: str | None) -> tuple[str, str]:
+        cols = ", ".join(_all_columns(self.schema))
+        if name is not None:
+            t = _field_type(self.schema, name)
+            if t is None:
+                raise InputError(f"prompt column {name!r} not found; columns: {cols}")
+            if _is_messages(t):
+                return name, "messages"
+            if _is_string(t):
+                return name, "string"
+            raise InputError(
+                f"prompt column {name!r} has type {t}; expected a string or a list of {{role, content}} messages"
+            )
+        t = _field_type(self.schema, "prompt")
+        if t is not None:
+            if _is_messages(t):
+                return "prompt", "messages"
+            if _is_string(t):
+                return "prompt", "string"
+            raise InputError(
+                f"column 'prompt' has type {t}; expected a string or a list of {{role, content}} messages "
+                "(or choose another column with --prompt-column)"
+            )
+        found = [c for c in AUTO_PROMPT_COLUMNS if c in self.schema.names]
+        if len(found) > 1:
+            raise InputError(
+                f"ambiguous prompt column: found {', '.join(found)}; choose one with --prompt-column (columns: {cols})"
+            )
+        if not found:
+            raise InputError(f"no prompt column found (looked for prompt, question, problem, text); columns: {cols}; use --prompt-column")
+        t = _field_type(self.schema, found[0])
+        if not _is_string(t):
+            raise InputError(f"prompt column {found[0]!r} has type {t}; expected a string (use --prompt-column)")
+        return found[0], "string"
+
+    def _resolve_id(self, name: str | None) -> tuple[str | None, pa.DataType]:
+        if name is not None:
+            t = _field_type(self.schema, name)
+            if t is None:
+                raise InputError(f"id column {name!r} not found; columns: {', '.join(_all_columns(self.schema))}")
+            return name, t
+        for cand in AUTO_ID_COLUMNS:
+            t = _field_type(self.schema, cand)
+            if t is not None and (pa.types.is_integer(t) or _is_string(t)):
+                return cand, t
+        return None, pa.int64()
+
+    # -- iteration -------------------------------------------------------------------
+    def fingerprints(self) -> list[dict]:
+        return [
+            {"path": str(f.resolve()), "size": f.stat().st_size, "rows": n, "fingerprint": file_fingerprint(f)}
+            for f, n in zip(self.files, self.rows_per_file)
+        ]
+
+    def iter_records(self, start_row: int = 0, stop_row: int | None = None, batch_size: int = 512) -> Iterator[Record]:
+        """Records for global rows [start_row, stop_row), skipping whole row groups before start."""
+        stop_row = self.total_rows if stop_row is None else min(stop_row, self.total_rows)
+        top = sorted({c.split(".")[0] for c in [self.prompt_column, self.id_column] if c})
+        p_parts = self.prompt_column.split(".")
+        id_parts = self.id_column.split(".") if self.id_column else None
+        base = 0
+        for pf in self._pf:
+            for rg in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                lo, hi = base, base + n
+                base = hi
+                if hi <= start_row or n == 0:
+                    continue
+                if lo >= stop_row:
+                    return
+                row = lo
+                for batch in pf.iter_batches(batch_size=batch_size, row_groups=[rg], columns=top):
+                    data = batch.to_pylist()
+                    for item in data:
+                        if start_row <= row < stop_row:
+                            yield self._record(row, item, p_parts, id_parts)
+                        row += 1
+                        if row >= stop_row:
+                            return
+
+    def _record(self, row: int, item: dict, p_parts: list[str], id_parts: list[str] | None) -> Record:
+        rid = _get(item, id_parts) if id_parts else None
+        value = _get(item, p_parts)
+        if self.prompt_kind == "string":
+            return Record(row, rid, value, None, None if value is not None else "null question")
+        if value is None:
+            return Record(row, rid, None, None, "null prompt")
+        history, question, note = question_from_messages(value)
+        return Record(row, rid, question, history, note)
