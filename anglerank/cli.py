@@ -160,7 +160,8 @@ def info(model: ModelOpt = None, json_out: JsonOpt = False):
 
 
 # Other command groups live in their own modules and register themselves here.
-for _module in ():
+from anglerank import cli_rank, cli_validate  # noqa: E402
+for _module in (cli_validate, cli_rank):
     _module.register(app)
 
 

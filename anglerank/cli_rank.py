@@ -1,0 +1,240 @@
+"""The `rank`, `sample` and `inspect` commands: thin Typer wrappers over anglerank.rank.
+
+Registered on the main app by ``anglerank.cli``. Human output goes to the stderr
+console, ``--json`` output to stdout; user mistakes end in one ``error:`` line, exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, user_errors
+
+# --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
+
+ScoresDirArg = Annotated[Path, typer.Argument(
+    help="Score directory written by `anglerank score` (scores-*.arrow + manifest.json).", show_default=False)]
+ByOpt = Annotated[str, typer.Option(
+    "--by", help="Ranking value: score (C_intra + C_inter, or the estimator's weighted sum), intra or inter.")]
+AscendingOpt = Annotated[bool, typer.Option(
+    "--ascending", help="Rank 0 = lowest value instead of highest (the paper trains on high concentration first).")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Accept --data whose fingerprints differ from the scored files (rows are then joined by "
+    "position) and incomplete score directories (missing rows get null scores).")]
+ScoreLayerOpt = Annotated[Optional[int], typer.Option(
+    "--layer", help="Which scored layer to use when the score directory holds several (the numbers listed in "
+    "its manifest, e.g. 29). Required for rank/sample then; inspect defaults to the last one.")]
+FileOverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+MemoryOpt = Annotated[float, typer.Option(
+    "--memory-mb", help="Approximate memory for one pass over the data; larger data sets are written in several "
+    "streaming passes (each re-reads the input).")]
+
+
+def _data_required(data: list[str] | None) -> list[str]:
+    if not data:
+        raise ValueError("--data is required: the Parquet input(s) that were scored, in the same order")
+    return data
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    tab = Table(title=title, show_header=False, title_justify="left")
+    for k, v in rows:
+        tab.add_row(k, v)
+    err.print(tab)
+
+
+def rank_cmd(
+    scores_dir: ScoresDirArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output Parquet file (written atomically).", show_default=False)],
+    data: DataOpt = None,
+    by: ByOpt = "score",
+    ascending: AscendingOpt = False,
+    drop_null: Annotated[bool, typer.Option(
+        "--drop-null", help="Remove rows whose ranking value is null (unscorable or unscored) instead of putting "
+        "them last. Note: the authors' released code sorts NaN scores first; anglerank keeps them last.")] = False,
+    layer: ScoreLayerOpt = None,
+    force: ForceOpt = False,
+    overwrite: FileOverwriteOpt = False,
+    memory_mb: MemoryOpt = 1024.0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Join scores back to the input rows and write them sorted by angle rank.
+
+    Every input column keeps its type and nesting; added: angle_intra, angle_inter,
+    angle_score, angle_rank (0 = highest value; equals the row's position in the
+    file) and angle_pct = angle_rank / (scored rows - 1), 0..1, null for null rows.
+    Rows with a null ranking value come last (ranks after all scored rows).
+    """
+    from anglerank.rank import rank
+
+    s = rank(scores_dir, _data_required(data), output, by=by, ascending=ascending, drop_null=drop_null,
+             force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
+    if json_out:
+        typer.echo(json.dumps(s, indent=2))
+    if quiet:
+        return
+    for p in s["input_mismatch"]:
+        err.print(f"[yellow]warning (--force):[/] {p}", highlight=False, soft_wrap=True)
+    _table("anglerank rank", [
+        ("output", s["output"]),
+        ("rows", f"{s['rows_in']:,} in, {s['rows_out']:,} written ({s['scored']:,} scored, {s['null']:,} null"
+                 f"{', ' + format(s['dropped_null'], ',') + ' dropped' if s['dropped_null'] else ', last'})"),
+        ("ranked by", f"{s['by']} {'ascending' if s['ascending'] else 'descending'} "
+                      f"(estimator {s['estimator']}, layer {s['layer']})"),
+        ("passes", f"{s['passes']} (window {s['window_rows']:,} rows)"),
+        ("time", f"{s['elapsed_s']:.2f} s"),
+    ])
+
+
+RANK_UNITS = ("Rank units or a fraction of N (N = ranked rows): an integer (750, 1) is ranks; a number with a "
+              "decimal point in (0, 1] is a fraction of N (0.1 = N/10, 1.0 = N); larger decimals are ranks.")
+
+
+def sample_cmd(
+    scores_dir: ScoresDirArg,
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output directory for epoch_0000.parquet ... and sample.json; with --concat, the "
+        "output Parquet file.", show_default=False)],
+    subset: Annotated[str, typer.Option(
+        "--subset", "-k", help="Rows per epoch (K), drawn without replacement. " + RANK_UNITS, show_default=False)],
+    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Number of epochs (files) to write.", show_default=False)],
+    data: DataOpt = None,
+    mu0: Annotated[str, typer.Option("--mu0", help="Window centre of epoch 0. " + RANK_UNITS)] = "0",
+    sigma: Annotated[str, typer.Option(
+        "--sigma", help="Window width. Default 0.1333 N, the authors' 1000 ranks for 7,500 prompts. " + RANK_UNITS)] = "0.1333",
+    step: Annotated[Optional[str], typer.Option(
+        "--step", help="Centre move per epoch: mu_t = mu0 + t * step. Default: sweep from mu0 to the last rank "
+        "over the epochs. " + RANK_UNITS, show_default=False)] = None,
+    seed: SeedOpt = 0,
+    keep_order: Annotated[bool, typer.Option(
+        "--keep-order", help="Keep each epoch's rows in rank order (the released code's behaviour) instead of "
+        "shuffling them (seeded).")] = False,
+    concat: Annotated[bool, typer.Option(
+        "--concat", help="Write one Parquet file (-o) with all epochs in order, for trainers reading with "
+        "shuffle=False.")] = False,
+    by: ByOpt = "score",
+    ascending: AscendingOpt = False,
+    include_null: Annotated[bool, typer.Option(
+        "--include-null", help="Also sample rows with a null score (ranked after every scored row). Default: "
+        "leave them out of the curriculum.")] = False,
+    layer: ScoreLayerOpt = None,
+    force: ForceOpt = False,
+    overwrite: FileOverwriteOpt = False,
+    memory_mb: MemoryOpt = 1024.0,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Write an open-loop GAIN-RL curriculum: K rows per epoch from a Gaussian over angle ranks.
+
+    Epoch t draws K distinct rows with probability proportional to
+    exp(-0.5 ((rank - mu_t) / sigma)^2), mu_t = mu0 + t * step, rank 0 = highest
+    score. No accuracy feedback (use the TRL or verl samplers for the closed loop).
+    """
+    from anglerank.rank import sample
+
+    s = sample(scores_dir, _data_required(data), subset, epochs, output, mu0=mu0, sigma=sigma, step=step,
+               seed=seed, keep_order=keep_order, concat=concat, by=by, ascending=ascending,
+               include_null=include_null, force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
+    if json_out:
+        typer.echo(json.dumps(s, indent=2))
+    if quiet:
+        return
+    for p in s["input_mismatch"]:
+        err.print(f"[yellow]warning (--force):[/] {p}", highlight=False, soft_wrap=True)
+    mus = s["mu"]
+    _table("anglerank sample", [
+        ("output", s["output"] + (" (one file)" if s["concat"] else f" ({len(s['files'])} files + sample.json)")),
+        ("ranked rows (N)", f"{s['ranked']:,}" + (f" ({s['null_excluded']:,} null rows left out)" if s["null_excluded"] else "")),
+        ("epochs x K", f"{s['epochs']} x {s['subset']:,} = {s['rows_written']:,} rows"),
+        ("mu0 / sigma / step", f"{s['mu0']:.1f} / {s['sigma']:.1f} / {s['step']:.2f} ranks"),
+        ("centre", f"{mus[0]:.1f} -> {mus[-1]:.1f}"),
+        ("seed / order", f"{s['seed']} / {'shuffled' if s['shuffle'] else 'rank order'}"),
+    ])
+
+
+def inspect_cmd(
+    scores_dir: ScoresDirArg,
+    data: Annotated[Optional[list[str]], typer.Option(
+        "--data", help="The scored Parquet input(s), to show the top and bottom questions' text.")] = None,
+    k: Annotated[int, typer.Option("-k", "--top", help="How many top and bottom rows to list.")] = 5,
+    layer: ScoreLayerOpt = None,
+    bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = 20,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Write a PNG: histograms of intra, inter, score and score vs question length "
+        "(needs matplotlib: pip install 'anglerank[plot]').", show_default=False)] = None,
+    force: ForceOpt = False,
+    json_out: JsonOpt = False,
+):
+    """Summarise a score directory: counts, nulls, statistics, length correlation, histogram, extremes."""
+    from anglerank.rank import inspect, text_histogram
+
+    r = inspect(scores_dir, data, k=k, layer=layer, bins=bins, plot=plot, force=force)
+    if json_out:
+        typer.echo(json.dumps(r, indent=2))
+        return
+    sp = r["spearman"]
+    _table(f"anglerank inspect: {scores_dir}", [
+        ("model / estimator", f"{r['model']} / {r['estimator']} (site {r['site']}, layer {r['layer']})"),
+        ("rows", f"{r['count']:,} score rows{'' if r['complete'] else ' (INCOMPLETE)'}; null intra "
+                 f"{r['null']['intra']:,}, inter {r['null']['inter']:,}, score {r['null']['score']:,}; "
+                 f"truncated {r['truncated']:,}"),
+        ("Spearman with n_question", ", ".join(f"{c} {_f(v, '+.3f')}" for c, v in sp["n_question"].items())),
+        ("Spearman with n_tokens", ", ".join(f"{c} {_f(v, '+.3f')}" for c, v in sp["n_tokens"].items())),
+        *[("notes", ", ".join(f"{n}: {c:,}" for n, c in r["notes"].items()))] * bool(r["notes"]),
+    ])
+    st = Table(title="statistics (std with ddof=1; linear quantiles)", title_justify="left")
+    cols = ("count", "mean", "std", "min", "p05", "p25", "median", "p75", "p95", "max")
+    st.add_column("")
+    for c in cols:
+        st.add_column(c, justify="right")
+    for name, d in r["stats"].items():
+        st.add_row(name, *[f"{d[c]:,}" if c == "count" else _f(d[c], ".5f") for c in cols])
+    err.print(st)
+    if r["histogram"]["counts"]:
+        err.print("[bold]score histogram[/]")
+        for line in text_histogram(r["histogram"]["edges"], r["histogram"]["counts"]):
+            err.print(line, highlight=False)
+    for label, rows in (("top", r["top"]), ("bottom", r["bottom"])):
+        if not rows:
+            continue
+        t = Table(title=f"{label} {len(rows)} by score", title_justify="left")
+        for c in ("row", "id", "score", "n_question", *(["question"] if data else [])):
+            t.add_column(c, overflow="fold" if c == "question" else "ellipsis")
+        for d in rows:
+            q = d.get("question")
+            t.add_row(str(d["row"]), str(d.get("id")), _f(d["score"], ".5f"), str(d.get("n_question")),
+                      *([_short(q)] if data else []))
+        err.print(t)
+    if r.get("layers"):
+        t = Table(title="per layer (score)", title_justify="left")
+        for c in ("layer", "scored", "mean", "std", "Spearman n_question"):
+            t.add_column(c, justify="right")
+        for d in r["layers"]:
+            t.add_row(str(d["layer"]), f"{d['scored']:,}", _f(d["mean"], ".5f"), _f(d["std"], ".5f"),
+                      _f(d["spearman_n_question"], "+.3f"))
+        err.print(t)
+    if r.get("plot"):
+        err.print(f"plot written to {r['plot']}", highlight=False)
+
+
+def _f(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _short(q: str | None, n: int = 160) -> str:
+    if q is None:
+        return "-"
+    q = " ".join(q.split())
+    return q if len(q) <= n else q[: n - 1] + "…"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rank")(user_errors(rank_cmd))
+    app.command("sample")(user_errors(sample_cmd))
+    app.command("inspect")(user_errors(inspect_cmd))

@@ -1,0 +1,165 @@
+"""`anglerank validate`: check the angle signal against gradient norms and pass rates.
+
+A thin command over :func:`anglerank.validate.run_validate`: progress and a rich
+correlation table on stderr, the full JSON report (settings, per-sample values,
+correlations) on stdout or in ``--json FILE``, and optional scatter plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from anglerank.cli_common import (
+    BatchTokensOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, LayerOpt,
+    LayersOpt, MaxLengthOpt, ModelOpt, PrefixOpt, PresetOpt, PromptColumnOpt, QuietOpt, SeedOpt, SiteOpt,
+    SystemOpt, WInterOpt, WIntraOpt, err, layers_arg, user_errors,
+)
+
+Y_LABELS = {"grad_a": "‖∇W_site‖", "grad_b": "‖∇θ‖", "pass_rate": "pass rate", "nll": "target NLL",
+            "n_question": "question len", "n_tokens": "total tokens"}
+
+
+def _fmt(c: dict | None) -> str:
+    if c is None or c.get("spearman") is None:
+        return "–"
+    s = f"{c['spearman']:+.2f}"
+    if c.get("partial_spearman") is not None:
+        s += f" ({c['partial_spearman']:+.2f})"
+    return s
+
+
+def print_report(report: dict) -> None:
+    head = Table(title="anglerank validate", show_header=False, title_justify="left")
+    head.add_row("model", f"{report['model']} (scores {report['dtype']}, gradients float32, {report['device']})")
+    head.add_row("preset / site / estimator", f"{report['preset']} / {report['site']} / {report['estimator']}")
+    head.add_row("samples", f"{report['n_samples']} of {report['input_rows']:,} rows (seed {report['seed']}), "
+                            f"{report['n_with_gradients']} with gradients")
+    head.add_row("target", report["target"])
+    for layer, names in report["grad_a_params"].items():
+        head.add_row(f"‖∇W_site‖ layer {layer}", ", ".join(names))
+    if report["rollouts"]:
+        rates = [r["pass_rate"] for r in report["per_sample"] if r["pass_rate"] is not None]
+        mean = sum(rates) / len(rates) if rates else math.nan
+        head.add_row("rollouts", f"G={report['rollouts']}, T={report['temperature']}, mean pass rate {mean:.3f}")
+    head.add_row("time", f"{report['elapsed_s']:.1f} s")
+    err.print(head)
+    by = {(c["layer"], c["x"], c["y"]): c for c in report["correlations"]}
+    ys = [y for y in Y_LABELS if any(c["y"] == y for c in report["correlations"])]
+    for layer in report["layers"]:
+        tab = Table(title=f"Spearman ρ (partial ρ controlling question length), layer {layer}", title_justify="left")
+        tab.add_column("")
+        for y in ys:
+            tab.add_column(Y_LABELS[y], justify="right")
+        for x in ("score", "intra", "inter", "n_question"):
+            tab.add_row(x if x != "n_question" else "question len", *[_fmt(by.get((layer, x, y))) for y in ys])
+        err.print(tab)
+    n = report["n_samples"]
+    if n > 3:
+        err.print(f"[dim]95% intervals for ρ ≈ ±{1.96 * math.sqrt(1.06 / (n - 3)):.2f} at n={n} "
+                  "(per-correlation intervals and n in the JSON).[/]")
+
+
+def validate(
+    inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
+    samples: Annotated[int, typer.Option("--samples", help="Prompts in the seeded sample (all rows if fewer).")] = 64,
+    seed: SeedOpt = 0,
+    target_column: Annotated[Optional[str], typer.Option(
+        "--target-column", help="Column with a reference completion (dotted paths reach into structs, e.g. "
+        "extra_info.answer). Default: the model's own greedy completion.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", help="Length of greedy completions and rollouts; reference targets are cut to it.")] = 256,
+    rollouts: Annotated[int, typer.Option(
+        "--rollouts", help="G sampled completions per prompt for pass rates (0: skip). Needs --answer-column.")] = 0,
+    answer_column: Annotated[Optional[str], typer.Option(
+        "--answer-column", help="Column with the reference final answer (e.g. reward_model.ground_truth); "
+        "a \\boxed{} or '#### N' reference is reduced to its final answer.")] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Rollout sampling temperature.")] = 0.9,
+    top_p: Annotated[float, typer.Option("--top-p", help="Rollout nucleus sampling threshold.")] = 1.0,
+    gen_batch: Annotated[int, typer.Option("--gen-batch", help="Prompts per greedy-generation batch.")] = 8,
+    json_file: Annotated[Optional[Path], typer.Option(
+        "--json", help="Write the JSON report to FILE instead of stdout.", metavar="FILE")] = None,
+    plot: Annotated[Optional[Path], typer.Option(
+        "--plot", help="Scatter plots (PNG) for the deepest layer; needs matplotlib (the [plot] extra).",
+        metavar="FILE.png")] = None,
+    model: ModelOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    id_column: IdColumnOpt = None,
+    preset: PresetOpt = "none",
+    system: SystemOpt = None,
+    prefix: PrefixOpt = None,
+    site: SiteOpt = "mlp-input",
+    layer: LayerOpt = None,
+    layers: LayersOpt = None,
+    estimator: EstimatorOpt = "paper",
+    w_intra: WIntraOpt = 1.0,
+    w_inter: WInterOpt = None,
+    code_prefix_tokens: CodePrefixOpt = 110,
+    code_suffix_tokens: CodeSuffixOpt = 6,
+    max_length: MaxLengthOpt = 4096,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_tokens: BatchTokensOpt = 16384,
+    quiet: QuietOpt = False,
+):
+    """Correlate angle scores with per-prompt gradient norms (and pass rates) on a seeded sample."""
+    from anglerank.score import ScoreOptions
+    from anglerank.validate import ValidateOptions, plot_report, require_matplotlib, run_validate
+
+    sopt = ScoreOptions(
+        model=model, preset=preset, system=system, prefix=prefix, site=site, layers=layers_arg(layer, layers),
+        estimator=estimator, w_intra=w_intra, w_inter=w_inter, code_prefix_tokens=code_prefix_tokens,
+        code_suffix_tokens=code_suffix_tokens, max_length=max_length, dtype=dtype, device=device,
+        batch_tokens=batch_tokens,
+    )
+    vopt = ValidateOptions(samples=samples, seed=seed, target_column=target_column, max_new_tokens=max_new_tokens,
+                           rollouts=rollouts, answer_column=answer_column, temperature=temperature, top_p=top_p,
+                           gen_batch=gen_batch)
+    if plot is not None:
+        require_matplotlib()
+    if json_file is not None and json_file.is_dir():
+        raise ValueError(f"--json {json_file} is a directory")
+
+    from contextlib import nullcontext
+
+    if quiet:
+        ctx, cb = nullcontext(), None
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        ctx = Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                       TimeElapsedColumn(), console=err, transient=False)
+        tasks: dict[str, int] = {}
+
+        def cb(stage: str, done: int, total: int):
+            if stage not in tasks:
+                tasks[stage] = ctx.add_task(stage, total=total)
+            ctx.update(tasks[stage], completed=done, total=total)
+
+    with ctx:
+        report = run_validate(inputs, score_options=sopt, options=vopt, prompt_column=prompt_column,
+                              id_column=id_column, progress=cb)
+    text = json.dumps(report, indent=1, allow_nan=False, default=str)
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_file.with_name(json_file.name + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(json_file)
+    else:
+        typer.echo(text)
+    if plot is not None:
+        plot_report(report, plot)
+    if not quiet:
+        print_report(report)
+        for what, p in (("json", json_file), ("plot", plot)):
+            if p is not None:
+                err.print(f"{what}: {p}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("validate")(user_errors(validate))

@@ -1,0 +1,245 @@
+"""The scoring engine: hooks, early stop, batching invariance, outputs, CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from anglerank import angles, hooks
+from anglerank.cli import app
+from anglerank.data.reader import ParquetSource
+from anglerank.data.writer import load_scores, read_manifest
+from anglerank.render import Renderer
+from anglerank.score import ScoreOptions, Scorer, make_batches, run_score
+from conftest import make_model, make_tokenizer
+
+runner = CliRunner()
+
+
+def naive_scores(model, tok, question, preset="none", site="mlp-input", layer=-1, history=None):
+    """Plain reference: batch size 1, full forward with output_hidden_states / a hook, L x L matrix."""
+    r = Renderer(tok, preset).render(question, history)
+    ids = torch.tensor([r.ids])
+    idx = hooks.resolve_layer(model, layer)
+    store = {}
+    mod = hooks.site_module(model, idx, site)
+    if site == "mlp-input":
+        h = mod.register_forward_pre_hook(lambda m, a: store.__setitem__("x", a[0]))
+    else:
+        h = mod.register_forward_hook(lambda m, a, o: store.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        model(ids)
+    h.remove()
+    x = store["x"][0]
+    return angles.naive_concentration(x, range(r.n_prefix, r.q_end), range(0, r.n_prefix))
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral", "gemma2", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("site", ["mlp-input", "residual"])
+def test_scorer_matches_naive_for_each_family(kind, site, tiny_tokenizer):
+    model = make_model(kind, vocab_size=len(tiny_tokenizer))
+    opt = ScoreOptions(site=site, layers=[-2], batch_tokens=4096)
+    scorer = Scorer(model, tiny_tokenizer, Renderer(tiny_tokenizer), opt, "cpu")
+    qs = ["What is 7 times 8?", "Tom has 5 apples and buys 3 more. How many apples now?", "x"]
+    from anglerank.data.reader import Record
+
+    out = scorer.score_records([Record(i, i, q, None) for i, q in enumerate(qs)])
+    for row, q in zip(out, qs):
+        intra, inter = naive_scores(model, tiny_tokenizer, q, site=site, layer=-2)
+        if math.isnan(intra):
+            assert row["intra"] is None and "shorter than 2" in row["note"]
+        else:
+            assert row["intra"] == pytest.approx(intra, abs=1e-5)
+        assert row["inter"] == pytest.approx(inter, abs=1e-5)
+
+
+def test_forward_stops_after_hooked_layer(tiny_tokenizer):
+    model = make_model("llama", vocab_size=len(tiny_tokenizer), layers=4)
+    ran = []
+    for i, layer in enumerate(hooks.decoder_layers(model)):
+        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+        layer.mlp.register_forward_hook(lambda m, a, o, i=i: ran.append(f"mlp{i}"))
+    model.lm_head.register_forward_hook(lambda *a: ran.append("head"))
+    model.model.norm.register_forward_hook(lambda *a: ran.append("norm"))
+    scorer = Scorer(model, tiny_tokenizer, Renderer(tiny_tokenizer), ScoreOptions(layers=[1]), "cpu")
+    scorer.forward_hidden([[5, 6, 7, 8]])
+    assert 0 in ran and "mlp0" in ran  # layer 0 ran in full
+    assert "head" not in ran and "norm" not in ran
+    assert 2 not in ran and 3 not in ran and "mlp1" not in ran  # layer 1's MLP never runs
+    ran.clear()
+    Scorer(model, tiny_tokenizer, Renderer(tiny_tokenizer), ScoreOptions(layers=[1], site="residual"), "cpu").forward_hidden([[5, 6]])
+    assert 1 in ran and 2 not in ran and "head" not in ran
+
+
+def test_batch_invariance(tiny_tokenizer, tiny_model):
+    from anglerank.data.reader import Record
+
+    qs = [("apples " * (i % 7 + 1)) + f"question {i}?" for i in range(30)]
+    recs = [Record(i, None, q, None) for i, q in enumerate(qs)]
+    res = {}
+    for bt in (1, 64, 100000):
+        s = Scorer(tiny_model, tiny_tokenizer, Renderer(tiny_tokenizer), ScoreOptions(batch_tokens=bt), "cpu")
+        res[bt] = s.score_records(recs)
+    for a, b, c in zip(res[1], res[64], res[100000]):
+        for k in ("intra", "inter", "score"):
+            assert a[k] == pytest.approx(b[k], abs=1e-4) and a[k] == pytest.approx(c[k], abs=1e-4)
+
+
+def test_make_batches_respects_budget():
+    lengths = [5, 100, 7, 33, 33, 2, 400, 8]
+    batches = make_batches(lengths, 120)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 120
+
+
+def test_parse_layers(tiny_model):
+    assert hooks.parse_layers(tiny_model, [-1]) == [2]
+    assert hooks.parse_layers(tiny_model, ["all"]) == [0, 1, 2]
+    assert hooks.parse_layers(tiny_model, ["1:"]) == [1, 2]
+    with pytest.raises(hooks.HookError, match="out of range"):
+        hooks.parse_layers(tiny_model, [3])
+
+
+def test_run_score_outputs_and_manifest(tmp_path, tiny_model_dir, questions_parquet):
+    out = tmp_path / "s"
+    m = run_score([str(questions_parquet)], out, model=str(tiny_model_dir), dtype="float32", device="cpu",
+                  window_rows=8, commit_every=8)
+    t = load_scores(out)
+    assert t.num_rows == 23 and t.column("row").to_pylist() == list(range(23))
+    assert t.column("id").to_pylist() == [1000 + i for i in range(23)]
+    assert t.schema.field("row").type == pa.int64() and t.schema.field("n_tokens").type == pa.int32()
+    assert m["complete"] and len(m["parts"]) == 3 and m["rows_expected"] == 23
+    for key in ("weights_fingerprint", "template_fingerprint", "inputs", "tokens_per_s", "elapsed_s", "preset"):
+        assert key in m
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "scores-00000.arrow", "scores-00001.arrow",
+                                                     "scores-00002.arrow"]
+    # determinism: a second run writes byte-identical Arrow files
+    out2 = tmp_path / "s2"
+    run_score([str(questions_parquet)], out2, model=str(tiny_model_dir), dtype="float32", device="cpu",
+              window_rows=8, commit_every=8)
+    for f in ("scores-00000.arrow", "scores-00002.arrow"):
+        assert (out / f).read_bytes() == (out2 / f).read_bytes()
+
+
+def test_multi_layer_long_format(tmp_path, tiny_model_dir, questions_parquet):
+    run_score([str(questions_parquet)], tmp_path / "s", model=str(tiny_model_dir), dtype="float32",
+              device="cpu", layers=["all"], limit=5)
+    t = load_scores(tmp_path / "s").to_pylist()
+    assert [(r["row"], r["layer"]) for r in t] == [(r, l) for r in range(5) for l in range(3)]
+
+
+def test_gainrl_code_estimator_in_pipeline(tmp_path, tiny_model_dir, questions_parquet):
+    run_score([str(questions_parquet)], tmp_path / "s", model=str(tiny_model_dir), dtype="float32",
+              device="cpu", estimator="gainrl-code", code_prefix_tokens=4, code_suffix_tokens=2, limit=4)
+    t = load_scores(tmp_path / "s").to_pylist()
+    m = read_manifest(tmp_path / "s")
+    assert m["estimator"] == "gainrl-code" and m["w_inter"] == 8.0
+    for r in t:
+        assert r["score"] == pytest.approx(r["intra"] + 8 * r["inter"])
+
+
+def test_resume_continues_and_refuses_changed_settings(tmp_path, tiny_model_dir, questions_parquet):
+    out = tmp_path / "s"
+    kw = dict(model=str(tiny_model_dir), dtype="float32", device="cpu", window_rows=8, commit_every=8)
+    run_score([str(questions_parquet)], out, limit=16, **kw)
+    full = tmp_path / "full"
+    run_score([str(questions_parquet)], full, **kw)
+    # fake an interruption after the first part
+    m = read_manifest(out)
+    m["parts"], m["next_row"], m["complete"], m["limit"], m["rows_expected"] = m["parts"][:1], 8, False, None, 23
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(Exception, match="settings differ"):
+        run_score([str(questions_parquet)], out, resume=True, **{**kw, "preset": "gainrl"})
+    run_score([str(questions_parquet)], out, resume=True, **kw)
+    assert load_scores(out).to_pylist() == load_scores(full).to_pylist()
+
+
+def _cli(args):
+    return runner.invoke(app, args)
+
+
+def test_cli_score_and_info(tmp_path, tiny_model_dir, questions_parquet):
+    r = _cli(["score", str(questions_parquet), "-o", str(tmp_path / "o"), "--model", str(tiny_model_dir),
+              "--dtype", "float32", "--layer", "-1", "--layer", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    assert set(load_scores(tmp_path / "o").column("layer").to_pylist()) == {0, 2}
+    r = _cli(["info", "--model", str(tiny_model_dir), "--json"])
+    d = json.loads(r.stdout)
+    assert d["num_layers"] == 3 and d["chat_template"] is True and "mlp-input" in d["hook_sites"]
+
+
+def _bad_inputs(tmp_path, questions_parquet):
+    notpq = tmp_path / "x.parquet"
+    notpq.write_text("hello")
+    noprompt = tmp_path / "np.parquet"
+    pq.write_table(pa.table({"foo": [1, 2]}), noprompt)
+    wrongtype = tmp_path / "wt.parquet"
+    pq.write_table(pa.table({"prompt": [1, 2]}), wrongtype)
+    ambiguous = tmp_path / "amb.parquet"
+    pq.write_table(pa.table({"question": ["a"], "problem": ["b"]}), ambiguous)
+    return {
+        "missing": ([str(tmp_path / "nope.parquet")], [], "input not found"),
+        "not parquet": ([str(notpq)], [], "not a readable Parquet"),
+        "no prompt column": ([str(noprompt)], [], "no prompt column"),
+        "wrong type": ([str(wrongtype)], [], "expected a string"),
+        "ambiguous": ([str(ambiguous)], [], "ambiguous"),
+        "bad column": ([str(questions_parquet)], ["--prompt-column", "nope"], "not found"),
+        "bad site": ([str(questions_parquet)], ["--site", "attn"], "unknown hook site"),
+        "bad layer": ([str(questions_parquet)], ["--layer", "7"], "out of range"),
+        "bad preset": ([str(questions_parquet)], ["--preset", "fancy"], "unknown preset"),
+        "unknown model": ([str(questions_parquet)], ["--model", "/no/such/model"], "neither an existing folder"),
+    }
+
+
+def test_cli_bad_inputs_exit_2_one_line(tmp_path, tiny_model_dir, questions_parquet):
+    for name, (inputs, extra, msg) in _bad_inputs(tmp_path, questions_parquet).items():
+        out = tmp_path / f"out-{name.replace(' ', '_')}"
+        args = ["score", *inputs, "-o", str(out), "-q"]
+        if "--model" not in extra:
+            args += ["--model", str(tiny_model_dir)]
+        r = _cli(args + extra)
+        assert r.exit_code == 2, (name, r.output)
+        assert msg in r.output, (name, r.output)
+        assert "Traceback" not in r.output
+        assert not (out / "manifest.json").exists(), name
+
+
+def test_cli_existing_output_refused(tmp_path, tiny_model_dir, questions_parquet):
+    args = ["score", str(questions_parquet), "-o", str(tmp_path / "o"), "--model", str(tiny_model_dir), "-q",
+            "--limit", "3"]
+    assert _cli(args).exit_code == 0
+    r = _cli(args)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert _cli(args + ["--overwrite"]).exit_code == 0
+
+
+def test_per_row_problems_are_notes(tmp_path, tiny_model_dir):
+    p = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"prompt": [
+        [{"role": "user", "content": "What is 1+1?"}],
+        [{"role": "system", "content": "only system"}],
+        [{"role": "user", "content": "   "}],
+        None,
+        [{"role": "user", "content": "Why?"}],
+    ]}), p)
+    m = run_score([str(p)], tmp_path / "o", model=str(tiny_model_dir), dtype="float32", device="cpu")
+    rows = load_scores(tmp_path / "o").to_pylist()
+    assert [r["row"] for r in rows] == list(range(5)) and m["complete"]
+    assert rows[0]["score"] is not None
+    assert rows[1]["note"] == "no user message" and rows[1]["score"] is None
+    assert rows[2]["note"] == "empty question" and rows[3]["note"] == "null prompt"
+    assert rows[1]["n_tokens"] == 0
+
+
+def test_reader_dotted_prompt_and_id(questions_parquet):
+    src = ParquetSource([str(questions_parquet)], prompt_column="reward_model.ground_truth",
+                        id_column="extra_info.index")
+    recs = list(src.iter_records(start_row=5, stop_row=9))
+    assert [r.row for r in recs] == [5, 6, 7, 8] and recs[0].question == "13" and recs[0].id == 1005

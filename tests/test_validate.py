@@ -1,0 +1,211 @@
+"""`anglerank validate` on a tiny in-process model: report structure, correlations that
+recompute from the per-sample values, gradient norm (a) against a direct autograd
+computation, determinism by seed, reader detection per family, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from anglerank import models
+from anglerank.angles import rankdata, spearman
+from anglerank.render import Renderer
+from anglerank.score import ScoreOptions
+from anglerank.validate import (
+    ValidateOptions, correlations, partial_spearman, run_validate, sample_rows, site_readers,
+)
+from conftest import make_model, make_tokenizer
+
+N_ROWS = 23
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    qs = [f"Tom has {i} apples and buys {i % 5 + 3} more. " + "How many apples does he have now? " * (1 + i % 3)
+          for i in range(N_ROWS)]
+    table = pa.table({
+        "prompt": [[{"role": "user", "content": q}] for q in qs],
+        "reward_model": [{"ground_truth": str(i + i % 5 + 3), "style": "rule"} for i in range(N_ROWS)],
+        "extra_info": [{"index": 1000 + i, "answer": f"He has {i} + {i % 5 + 3} = {i + i % 5 + 3} apples.\n"
+                        f"#### {i + i % 5 + 3}"} for i in range(N_ROWS)],
+    })
+    path = tmp_path_factory.mktemp("validate") / "q.parquet"
+    pq.write_table(table, path, row_group_size=7)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    return models.load(str(tiny_model_dir), device="cpu", dtype="float32")
+
+
+def _run(data, loaded, tiny_model_dir, layers=(-1,), site="mlp-input", **kw):
+    sopt = ScoreOptions(model=str(tiny_model_dir), layers=list(layers), site=site, dtype="float32", device="cpu")
+    return run_validate(data, score_options=sopt, options=ValidateOptions(**kw), loaded=loaded)
+
+
+@pytest.fixture(scope="module")
+def report(data, loaded, tiny_model_dir):
+    return _run(data, loaded, tiny_model_dir, layers=(1, -1), samples=12, max_new_tokens=8, rollouts=2,
+                answer_column="reward_model.ground_truth")
+
+
+def test_report_structure(report):
+    json.dumps(report, allow_nan=False)  # strict JSON: no NaN anywhere
+    assert report["n_samples"] == 12 and report["layers"] == [1, 2]
+    assert report["grad_a_params"] == {
+        str(l): [f"model.layers.{l}.mlp.gate_proj.weight", f"model.layers.{l}.mlp.up_proj.weight"] for l in (1, 2)
+    }
+    ps = report["per_sample"]
+    assert len(ps) == 24 and len({r["row"] for r in ps}) == 12
+    for r in ps:
+        for k in ("row", "id", "layer", "n_tokens", "n_question", "intra", "inter", "score", "nll", "grad_a",
+                  "grad_b", "pass_rate", "n_target"):
+            assert k in r
+        assert r["grad_a"] > 0 and r["grad_b"] > r["grad_a"] and r["nll"] > 0
+        assert 0.0 <= r["pass_rate"] <= 1.0 and 1 <= r["n_target"] <= 8
+    # grad_b, nll and pass rate are per prompt; grad_a and the scores are per layer
+    for row in {r["row"] for r in ps}:
+        a, b = [r for r in ps if r["row"] == row]
+        assert a["grad_b"] == b["grad_b"] and a["pass_rate"] == b["pass_rate"]
+    keys = {(c["layer"], c["x"], c["y"]) for c in report["correlations"]}
+    for layer in (1, 2):
+        for x in ("score", "intra", "inter"):
+            for y in ("grad_a", "grad_b", "pass_rate", "nll", "n_question", "n_tokens"):
+                assert (layer, x, y) in keys
+
+
+def _partial_by_residuals(x, y, z) -> float:
+    """Independent partial Spearman: residuals of rank regressions on the control's ranks."""
+    rx, ry, rz = rankdata(x), rankdata(y), rankdata(z)
+    A = np.stack([np.ones_like(rz), rz], 1)
+    ex = rx - A @ np.linalg.lstsq(A, rx, rcond=None)[0]
+    ey = ry - A @ np.linalg.lstsq(A, ry, rcond=None)[0]
+    return float(np.corrcoef(ex, ey)[0, 1])
+
+
+def test_correlations_recompute_from_per_sample(report):
+    checked = 0
+    for c in report["correlations"]:
+        rows = [r for r in report["per_sample"] if r["layer"] == c["layer"]]
+        trip = [(r[c["x"]], r[c["y"]], r["n_question"]) for r in rows
+                if r[c["x"]] is not None and r[c["y"]] is not None]
+        x, y, z = (np.array(v, dtype=float) for v in zip(*trip))
+        assert c["n"] == len(trip)
+        rho = spearman(x, y)
+        if c["spearman"] is None:
+            assert math.isnan(rho)
+            continue
+        assert c["spearman"] == pytest.approx(rho, abs=1e-12)
+        if c["partial_spearman"] is not None:
+            assert c["partial_spearman"] == pytest.approx(_partial_by_residuals(x, y, z), abs=1e-9)
+            checked += 1
+    assert checked >= 12
+
+
+def test_partial_spearman_known_values():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=200)
+    x = z + 0.1 * rng.normal(size=200)
+    y = z + 0.1 * rng.normal(size=200)
+    assert spearman(x, y) > 0.9  # both driven by z
+    assert abs(partial_spearman(x, y, z)) < 0.2  # nothing left once z is controlled
+    assert partial_spearman(x, y, z) == pytest.approx(_partial_by_residuals(x, y, z), abs=1e-12)
+    assert math.isnan(partial_spearman([1, 2, 3], [1, 2, 3], [3, 2, 1]))
+    assert math.isnan(partial_spearman(x, y, x))  # x fully explained by the control
+
+
+def test_grad_a_matches_direct_autograd(data, loaded, tiny_model_dir):
+    rep = _run(data, loaded, tiny_model_dir, samples=3, target_column="extra_info.answer", max_new_tokens=12)
+    r = rep["per_sample"][0]
+    tab = pq.read_table(data).to_pylist()[r["row"]]
+    model = make_model("llama", vocab_size=len(loaded.tokenizer))  # same seed as the saved tiny model
+    model.load_state_dict(loaded.model.state_dict())
+    tok = loaded.tokenizer
+    prompt = Renderer(tok, "none").render(tab["prompt"][0]["content"]).ids
+    target = tok(tab["extra_info"]["answer"], add_special_tokens=False)["input_ids"][:12]
+    assert r["n_target"] == len(target)
+    ids = torch.tensor([prompt + target])
+    logits = model(input_ids=ids).logits[0, len(prompt) - 1: -1]
+    loss = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt):])
+    mlp = model.model.layers[-1].mlp
+    ws = [mlp.gate_proj.weight, mlp.up_proj.weight]
+    grads = torch.autograd.grad(loss, ws, retain_graph=True)
+    direct = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+    all_grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    direct_b = math.sqrt(sum(float(g.double().pow(2).sum()) for g in all_grads if g is not None))
+    assert r["nll"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert r["grad_a"] == pytest.approx(direct, rel=1e-4)
+    assert r["grad_b"] == pytest.approx(direct_b, rel=1e-4)
+    # the loaded model is handed back unchanged: no grads left, same dtype
+    assert all(p.grad is None for p in loaded.model.parameters())
+
+
+def test_deterministic_by_seed(data, loaded, tiny_model_dir, report):
+    again = _run(data, loaded, tiny_model_dir, layers=(1, -1), samples=12, max_new_tokens=8, rollouts=2,
+                 answer_column="reward_model.ground_truth")
+    assert again["per_sample"] == report["per_sample"]
+    assert again["correlations"] == report["correlations"]
+    other = _run(data, loaded, tiny_model_dir, samples=12, max_new_tokens=4, seed=1)
+    assert [r["row"] for r in other["per_sample"]] != [r["row"] for r in report["per_sample"] if r["layer"] == 2]
+    assert sample_rows(100, 10, 3) == sample_rows(100, 10, 3) and sample_rows(5, 10, 0) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind,site,expect", [
+    ("gpt2", "mlp-input", ["transformer.h.1.mlp.c_fc.weight"]),
+    ("gpt_neox", "mlp-input", ["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"]),
+    ("llama", "residual", ["model.layers.2.self_attn.q_proj.weight", "model.layers.2.self_attn.k_proj.weight",
+                           "model.layers.2.self_attn.v_proj.weight"]),
+    ("gpt2", "residual", ["transformer.h.2.attn.c_attn.weight"]),
+])
+def test_site_readers_by_family(kind, site, expect):
+    model = make_model(kind, vocab_size=64)
+    readers = site_readers(model, [1], site, list(range(3, 20)))
+    assert list(readers[1]) == expect
+
+
+def test_correlations_skip_missing_measurements():
+    ps = [{"row": i, "layer": 0, "score": float(i), "intra": float(-i), "inter": 0.5 * i, "n_question": 10 + i % 3,
+           "n_tokens": 20 + i % 3, "grad_a": float(i * i), "grad_b": 1.0 + i, "nll": 2.0, "pass_rate": None}
+          for i in range(8)]
+    cs = correlations(ps, [0])
+    assert not any(c["y"] == "pass_rate" for c in cs)
+    c = next(c for c in cs if c["x"] == "score" and c["y"] == "grad_a")
+    assert c["spearman"] == pytest.approx(1.0) and c["n"] == 8
+    assert next(c for c in cs if c["y"] == "nll")["spearman"] is None  # constant
+
+
+def test_cli_json_and_errors(data, tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from anglerank.cli import app
+
+    runner = CliRunner()
+    base = ["validate", str(data), "--model", str(tiny_model_dir), "--dtype", "float32", "--device", "cpu"]
+    out = tmp_path / "v.json"
+    res = runner.invoke(app, [*base, "--samples", "4", "--max-new-tokens", "4", "--json", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())
+    assert rep["n_samples"] == 4 and rep["samples"] == 4
+    res = runner.invoke(app, [*base, "--samples", "3", "--max-new-tokens", "4", "--quiet"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["n_samples"] == 3
+    bad = [
+        ["validate", str(tmp_path / "missing.parquet"), "--model", str(tiny_model_dir)],
+        [*base, "--target-column", "extra_info.nope"],
+        [*base, "--rollouts", "2"],
+        [*base, "--answer-column", "reward_model.ground_truth"],
+        [*base, "--samples", "0"],
+        [*base, "--layer", "7"],
+        [*base, "--site", "attention"],
+        [*base, "--target-column", "reward_model"],
+    ]
+    for args in bad:
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert "error:" in res.output and "Traceback" not in res.output
