@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -56,6 +56,12 @@ def _progress(quiet: bool):
         prog.update(state["task"], completed=done, rate=rate)
 
     return prog, cb
+
+
+def read_manifest(out: Path) -> dict:
+    from anglerank.data.writer import read_manifest as _read
+
+    return _read(out)
 
 
 def _summary(manifest: dict, out: Path) -> None:
@@ -107,7 +113,9 @@ def score(
     limit: LimitOpt = None,
     overwrite: OverwriteOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUTPUT from its last committed part (settings must match).")] = False,
-    commit_every: Annotated[int, typer.Option("--commit-every", help="Commit a part every N rows (rounded to the 512-row read-ahead window).")] = 4096,
+    commit_every: Annotated[int, typer.Option("--commit-every", help="Commit a part every N rows (rounded down to a multiple of the read-ahead window, at most 512 rows); --resume restarts from the last part.")] = 4096,
+    num_shards: Annotated[Optional[int], typer.Option("--num-shards", help="Split the rows into N contiguous shards (Slurm arrays, several machines on shared storage); this run scores one, into OUTPUT/shard-IIIII-of-NNNNN. Set automatically under torchrun.")] = None,
+    shard_index: Annotated[Optional[int], typer.Option("--shard-index", help="Which shard (0-based) this invocation scores.")] = None,
     quiet: QuietOpt = False,
 ):
     """Score prompts by angle concentration and write per-row scores (Arrow IPC + manifest.json)."""
@@ -119,14 +127,63 @@ def score(
         code_suffix_tokens=code_suffix_tokens, max_length=max_length, dtype=dtype, device=device,
         batch_tokens=batch_tokens,
     )
-    ctx, cb = _progress(quiet)
+    if (num_shards is None) != (shard_index is None):
+        raise ValueError("--num-shards and --shard-index go together")
+    from anglerank.score import distributed_env
+
+    dist_env = distributed_env() if num_shards is None else None
+    rank0 = dist_env is None or dist_env[0] == 0
+    ctx, cb = _progress(quiet or not rank0)
     with ctx:
         manifest = run_score(
             inputs, output, options=opt, prompt_column=prompt_column, id_column=id_column, limit=limit,
             overwrite=overwrite, resume=resume, commit_every=commit_every, progress=cb,
+            num_shards=num_shards, shard_index=shard_index,
+            warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False),
         )
+    if dist_env is not None:
+        _merge_after_torchrun(output, rank0, overwrite or resume)
+    elif num_shards is not None:
+        if not quiet:
+            err.print(f"shard {shard_index} of {num_shards} done; when all shards are done run "
+                      f"`anglerank merge {output}`", highlight=False)
+        return
+    if not quiet and rank0:
+        _summary(read_manifest(output), output)
+
+
+def _merge_after_torchrun(output: Path, rank0: bool, overwrite: bool) -> None:
+    """Wait for every rank (gloo barrier, no GPU collectives needed), then rank 0 merges."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(hours=72))
+    try:
+        dist.barrier()
+        if rank0:
+            from anglerank.merge import merge
+
+            merge(output, overwrite=True)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@app.command("merge")
+@user_errors
+def merge_cmd(
+    output: Annotated[Path, typer.Argument(help="The --output directory of a sharded `anglerank score` run.")],
+    overwrite: OverwriteOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Check that every shard finished and covers every row exactly once, then write the merged scores."""
+    from anglerank.merge import merge
+
+    m = merge(output, overwrite=overwrite)
     if not quiet:
-        _summary(manifest, output)
+        _summary(m, output)
 
 
 @app.command()
@@ -160,8 +217,8 @@ def info(model: ModelOpt = None, json_out: JsonOpt = False):
 
 
 # Other command groups live in their own modules and register themselves here.
-from anglerank import cli_rank, cli_validate  # noqa: E402
-for _module in (cli_validate, cli_rank):
+from anglerank import cli_rank, cli_train, cli_validate  # noqa: E402
+for _module in (cli_validate, cli_rank, cli_train):
     _module.register(app)
 
 

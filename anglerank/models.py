@@ -125,11 +125,14 @@ def load(model: str | None, device: str = "cpu", dtype: str = "float32") -> Load
 
     path = resolve_model_path(model)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         tok = AutoTokenizer.from_pretrained(path)
         mdl = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except Exception as exc:
         raise ModelError(f"could not load model from {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+    finally:
+        hf_logging.enable_progress_bar()
     mdl.to(device)
     mdl.eval()
     return LoadedModel(mdl, tok, path, model or DEFAULT_MODEL)

@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+import pyarrow as pa
 import torch
 
 from anglerank import __version__, angles, hooks
-from anglerank.data.reader import ParquetSource, Record
+from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.data.writer import (
     OutputError,
     ScoreWriter,
@@ -203,8 +204,11 @@ class Scorer:
             hooks.run_until_captured(self.model, ids, mask)
         return dict(captured)
 
-    def score_records(self, records: list[Record]) -> list[dict]:
-        """One result row per (record, layer), sorted by (row, layer)."""
+    def score_records(self, records: list[Record], on_batch: Callable[[int], None] | None = None) -> list[dict]:
+        """One result row per (record, layer), sorted by (row, layer).
+
+        ``on_batch(n_rows)`` runs after each forward batch (progress, or raising to stop).
+        """
         rendered = []
         for rec in records:
             if rec.question is None and rec.note:
@@ -226,6 +230,8 @@ class Scorer:
                 intra, inter = self._terms(hidden[layer], items)
                 for k, i in enumerate(idx):
                     out.append(self._row(records[i], items[k], layer, intra[k], inter[k]))
+            if on_batch:
+                on_batch(len(idx))
         out.sort(key=lambda d: (d["row"], d["layer"]))
         return out
 
@@ -239,6 +245,10 @@ SETTINGS_KEYS = (
 )
 
 
+class _Abort(Exception):
+    """Drop the window in flight (a stop was requested between two batches)."""
+
+
 def _inputs_fingerprint(files: list[dict]) -> str:
     import hashlib
 
@@ -248,8 +258,39 @@ def _inputs_fingerprint(files: list[dict]) -> str:
     return h.hexdigest()[:16]
 
 
+def auto_window_rows(total: int) -> int:
+    """Read-ahead window (rows bucketed together): a function of the row count only.
+
+    Windows sit on a global grid of this size and shard boundaries fall on it too, so
+    a sharded or resumed run forms exactly the batches of a single uninterrupted run
+    and its output is bit-identical.
+    """
+    return min(512, max(8, -(-total // 64)))
+
+
+def shard_range(total: int, num_shards: int, shard_index: int, window_rows: int) -> tuple[int, int]:
+    """Rows [start, stop) of one shard: contiguous whole windows, deterministic, every row once."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"--shard-index must be in 0..{num_shards - 1}")
+    units = -(-total // window_rows)
+    lo = (units * shard_index) // num_shards
+    hi = (units * (shard_index + 1)) // num_shards
+    return min(total, lo * window_rows), min(total, hi * window_rows)
+
+
+def shard_dir(output: Path, shard_index: int, num_shards: int) -> Path:
+    return Path(output) / f"shard-{shard_index:05d}-of-{num_shards:05d}"
+
+
+def distributed_env() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) under torchrun, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return None
+
+
 class _SignalGuard:
-    """Turn SIGTERM into a clean stop at the next window boundary (Ctrl-C likewise)."""
+    """Turn Ctrl-C / SIGTERM into a clean stop between batches; a second signal stops at once."""
 
     def __init__(self):
         self.signum = None
@@ -257,7 +298,7 @@ class _SignalGuard:
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.signum is not None:  # a second signal: stop now
+            if self.signum is not None:
                 raise KeyboardInterrupt
             self.signum = signum
 
@@ -283,25 +324,47 @@ def run_score(
     limit: int | None = None,
     overwrite: bool = False,
     resume: bool = False,
-    window_rows: int = 512,
+    window_rows: int | None = None,
     commit_every: int = 4096,
+    num_shards: int | None = None,
+    shard_index: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     loaded=None,
+    warn: Callable[[str], None] | None = None,
     **option_kwargs,
 ) -> dict:
     """Score Parquet ``inputs`` into the directory ``output``; return the manifest.
 
     ``options`` (or keyword arguments of :class:`ScoreOptions`) select model, preset,
     site, layers, estimator and performance settings. ``progress(done, total, tokens)``
-    is called after each window. Pass ``loaded`` (a models.LoadedModel) to reuse a model.
+    is called after each batch. Pass ``loaded`` (a models.LoadedModel) to reuse a model.
+    With ``num_shards``/``shard_index`` (or under torchrun) this process scores one
+    shard into ``output/shard-IIIII-of-NNNNN``; :func:`anglerank.merge.merge` joins them.
     """
     from anglerank import models
 
     opt = options or ScoreOptions(**option_kwargs)
     if limit is not None and limit < 0:
         raise ValueError("--limit must be >= 0")
-    commit_every = max(window_rows, (commit_every // window_rows) * window_rows)
+    dist_env = distributed_env()
+    if num_shards is None and dist_env is not None:
+        shard_index, num_shards = dist_env[0], dist_env[1]
+        if opt.device == "auto" and torch.cuda.is_available():
+            opt.device = f"cuda:{dist_env[2]}"
+    num_shards = num_shards or 1
+    shard_index = shard_index or 0
+    if num_shards < 1:
+        raise ValueError("--num-shards must be >= 1")
+
     source = ParquetSource(inputs, prompt_column=prompt_column, id_column=id_column)
+    total = source.total_rows if limit is None else min(limit, source.total_rows)
+    if source.total_rows == 0:
+        raise InputError("the input has no rows")
+    window_rows = window_rows or auto_window_rows(total)
+    if window_rows < 1:
+        raise ValueError("window_rows must be positive")
+    commit_every = max(window_rows, (commit_every // window_rows) * window_rows)
+    row_start, row_stop = shard_range(total, num_shards, shard_index, window_rows)
     device = resolve_device(opt.device)
     dtype = resolve_dtype(opt.dtype, device)
     if loaded is None:
@@ -309,8 +372,8 @@ def run_score(
     model, tok = loaded.model, loaded.tokenizer
     renderer = Renderer(tok, opt.preset, opt.system, opt.prefix, opt.max_length)
     scorer = Scorer(model, tok, renderer, opt, device)
-    stop_row = source.total_rows if limit is None else min(limit, source.total_rows)
     files = source.fingerprints()
+    out = Path(output) if num_shards == 1 else shard_dir(output, shard_index, num_shards)
 
     manifest = {
         "anglerank_version": __version__,
@@ -330,37 +393,38 @@ def run_score(
         "limit": limit,
         "window_rows": window_rows,
         "commit_every": commit_every,
-        "rows_expected": stop_row,
+        "rows_expected": total,
+        "num_shards": num_shards,
+        "shard_index": shard_index,
+        "row_start": row_start,
+        "row_stop": row_stop,
     }
-    out = Path(output)
-    start_row, prev = 0, None
+    start_row, prev, fresh = row_start, None, True
     if resume and read_manifest(out) is not None:
         prev = read_manifest(out)
-        diffs = [k for k in SETTINGS_KEYS if prev.get(k) != manifest.get(k)]
+        diffs = [k for k in SETTINGS_KEYS + ("num_shards", "shard_index") if prev.get(k) != manifest.get(k)]
         if diffs:
             raise OutputError(
                 f"cannot resume {out}: settings differ from the interrupted run ({', '.join(diffs)}); "
                 "use the original settings or a new output directory"
             )
-        start_row = int(prev.get("next_row", 0))
-        # drop any part file not recorded in the manifest (written but never committed)
+        fresh = False
+        start_row = int(prev.get("next_row", row_start))
         recorded = {p["file"] for p in prev["parts"]}
-        for f in out.glob("scores-*.arrow"):
+        for f in out.glob("scores-*.arrow"):  # written but never committed (killed mid-rename)
             if f.name not in recorded:
                 f.unlink()
+        for f in out.glob(".*.tmp"):
+            f.unlink()
         manifest["parts"] = prev["parts"]
-        manifest["started_at"] = prev.get("started_at", time.time())
-        manifest["elapsed_s"] = prev.get("elapsed_s", 0.0)
-        manifest["tokens"] = prev.get("tokens", 0)
+        for k in ("started_at", "elapsed_s", "tokens"):
+            manifest[k] = prev.get(k, 0)
     else:
         prepare_output_dir(out, overwrite)
-        manifest["started_at"] = time.time()
-        manifest["elapsed_s"] = 0.0
-        manifest["tokens"] = 0
+        manifest.update(started_at=time.time(), elapsed_s=0.0, tokens=0)
     writer = ScoreWriter(out, score_schema(source.id_type, with_layer=True), manifest)
     if prev is not None and prev.get("complete"):
-        writer.manifest["complete"] = True
-        return writer.finish(stop_row)
+        return writer.finish(row_stop, finished_at=prev.get("finished_at"))
 
     t0, base_elapsed, base_tokens = time.perf_counter(), manifest["elapsed_s"], manifest["tokens"]
 
@@ -373,33 +437,101 @@ def run_score(
     done = start_row
     window: list[Record] = []
     with _SignalGuard() as guard:
+        def on_batch(rows_in_batch: int):
+            if progress:
+                on_batch.partial += rows_in_batch
+                progress(min(done + on_batch.partial, row_stop) - row_start, row_stop - row_start,
+                         base_tokens + scorer.tokens_seen)
+            if guard.signum is not None:
+                raise _Abort
+
         def flush_window():
             nonlocal done, window
-            writer.add(scorer.score_records(window))
+            on_batch.partial = 0
+            writer.add(scorer.score_records(window, on_batch=on_batch))
             done = window[-1].row + 1
             window = []
             if progress:
-                progress(done, stop_row, base_tokens + scorer.tokens_seen)
-            if done % commit_every == 0 or writer.buffered >= commit_every:
+                progress(done - row_start, row_stop - row_start, base_tokens + scorer.tokens_seen)
+            if done % commit_every == 0:
                 writer.commit(done, **stats())
 
+        on_batch.partial = 0
+        if progress:
+            progress(done - row_start, row_stop - row_start, base_tokens)
         try:
-            for rec in source.iter_records(start_row, stop_row):
-                window.append(rec)
-                if len(window) == window_rows:
+            try:
+                for rec in source.iter_records(start_row, row_stop):
+                    window.append(rec)
+                    if (rec.row + 1) % window_rows == 0:  # a global grid: shards form the same windows
+                        flush_window()
+                        if guard.signum is not None:
+                            break
+                if guard.signum is None and window:
                     flush_window()
-                    if guard.signum is not None:
-                        break
-            if guard.signum is None and window:
-                flush_window()
-        except KeyboardInterrupt:
-            guard.signum = signal.SIGINT
-        if guard.signum is not None:
-            writer.commit(done, **stats())
-            code = 130 if guard.signum == signal.SIGINT else 143
-            raise Interrupted(
-                code,
-                f"interrupted after {done} of {stop_row} rows; committed output is in {out}. "
-                "Continue with the same command plus --resume",
-            )
-    return writer.finish(done, **stats(), finished_at=time.time())
+            except (_Abort, KeyboardInterrupt):
+                guard.signum = guard.signum or signal.SIGINT
+            except InputError:
+                raise
+            except (OSError, pa.ArrowException) as exc:
+                if isinstance(exc, OSError) and exc.errno is not None:
+                    raise  # a real I/O error (disk full, permissions): handled below
+                raise InputError(f"cannot read the input after row {done}: {str(exc).splitlines()[0][:200]}") from None
+            if guard.signum is not None:
+                writer.commit(done, **stats())
+                code = 130 if guard.signum == signal.SIGINT else 143
+                raise Interrupted(
+                    code,
+                    f"interrupted after {done - row_start} of {row_stop - row_start} rows; committed output "
+                    f"is in {out}. Continue with the same command plus --resume",
+                )
+            manifest = writer.finish(done, **stats(), finished_at=time.time())
+        except InputError:
+            if fresh:  # unreadable input: leave nothing half-written behind
+                _remove_output(out)
+            raise
+        except OSError as exc:
+            raise OutputError(
+                f"writing {out} failed ({exc.strerror or exc}); committed parts are intact: free space or fix "
+                "the problem, then rerun with --resume"
+            ) from None
+    dup = _duplicate_ids(out, manifest)
+    if dup:
+        manifest["duplicate_ids"] = dup
+        writer.manifest = manifest
+        from anglerank.data.writer import MANIFEST, write_json_atomic
+
+        write_json_atomic(out / MANIFEST, manifest)
+        if warn:
+            warn(f"{dup} duplicate id value(s) in column {source.id_column!r}; all rows were kept")
+    return manifest
+
+
+def _remove_output(out: Path) -> None:
+    from anglerank.data.writer import MANIFEST
+
+    for f in [out / MANIFEST, out / "DONE", *out.glob("scores-*.arrow"), *out.glob(".*.tmp")]:
+        f.unlink(missing_ok=True)
+    try:
+        out.rmdir()
+    except OSError:
+        pass
+
+
+def _duplicate_ids(out: Path, manifest: dict) -> int:
+    """Number of id values that occur on more than one row (checked once, at the end)."""
+    if not manifest.get("id_column"):
+        return 0
+    import pyarrow.compute as pc
+    import pyarrow.ipc as ipc
+
+    cols = []
+    for part in manifest["parts"]:
+        with ipc.open_file(out / part["file"]) as r:
+            t = r.read_all().select(["id", "layer"])
+        cols.append(t.filter(pc.equal(t["layer"], manifest["layers"][0]))["id"])
+    if not cols:
+        return 0
+    ids = pa.chunked_array([c for col in cols for c in col.chunks], type=cols[0].type)
+    ids = pc.drop_null(ids)
+    return int(len(ids) - pc.count_distinct(ids).as_py())

@@ -118,7 +118,7 @@ def test_run_score_outputs_and_manifest(tmp_path, tiny_model_dir, questions_parq
     assert m["complete"] and len(m["parts"]) == 3 and m["rows_expected"] == 23
     for key in ("weights_fingerprint", "template_fingerprint", "inputs", "tokens_per_s", "elapsed_s", "preset"):
         assert key in m
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "scores-00000.arrow", "scores-00001.arrow",
+    assert sorted(p.name for p in out.iterdir()) == ["DONE", "manifest.json", "scores-00000.arrow", "scores-00001.arrow",
                                                      "scores-00002.arrow"]
     # determinism: a second run writes byte-identical Arrow files
     out2 = tmp_path / "s2"

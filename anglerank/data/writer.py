@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 MANIFEST = "manifest.json"
+DONE = "DONE"
 PART_GLOB = "scores-*.arrow"
 
 
@@ -80,7 +81,7 @@ def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output {out_dir} exists and is not a directory")
-    ours = [out_dir / MANIFEST, *out_dir.glob(PART_GLOB), *out_dir.glob(".*.tmp")] if out_dir.exists() else []
+    ours = [out_dir / MANIFEST, out_dir / DONE, *out_dir.glob(PART_GLOB), *out_dir.glob(".*.tmp")] if out_dir.exists() else []
     ours = [p for p in ours if p.exists()]
     if ours and not overwrite:
         raise OutputError(f"output directory {out_dir} already holds scores; pass --overwrite to replace them")
@@ -147,6 +148,8 @@ class ScoreWriter:
         self.commit(next_row, **stats)
         self.manifest["complete"] = True
         write_json_atomic(self.out_dir / MANIFEST, self.manifest)
+        # the completion marker that `anglerank merge` (and any scheduler) can check
+        (self.out_dir / DONE).write_text(f"{self.rows_committed}\n")
         return self.manifest
 
 
@@ -155,6 +158,8 @@ def load_scores(out_dir: Path | str) -> pa.Table:
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     if manifest is None:
+        if any(out_dir.glob("shard-*-of-*")):
+            raise OutputError(f"{out_dir} holds unmerged shards; run `anglerank merge {out_dir}` first")
         raise OutputError(f"{out_dir} has no {MANIFEST}; is it an anglerank score directory?")
     tables = []
     for part in manifest.get("parts", []):

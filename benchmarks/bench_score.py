@@ -1,0 +1,127 @@
+"""Benchmark `anglerank score` against the authors' scoring algorithm, in one process.
+
+Reference (METHOD.md section 4): one prompt per forward pass, float32, the full model
+including the LM head, activations kept until the end, then the full L x L cosine
+matrix per prompt. Here the reference matrix is reduced with the correct segment spans
+(the paper-intent means), so its numbers are the float32 ground truth for ours.
+
+Ours: `run_score` with default settings (dtype auto, length-bucketed batches, base
+model only, forward stopped at the hooked site, closed-form O(L d) angles).
+
+Usage: python benchmarks/bench_score.py [--n 128] [--data ../shared/data/gsm8k_test.parquet]
+Ends with one JSON line on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from anglerank import angles, models
+from anglerank.data.reader import ParquetSource
+from anglerank.data.writer import load_scores
+from anglerank.render import Renderer
+from anglerank.score import ScoreOptions, resolve_dtype, run_score
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def authors_reference(path: Path, data: Path, n: int, preset: str) -> tuple[list[float], float, int]:
+    """The authors' algorithm: bs1, float32, full model + LM head, L x L matrix. Returns scores, seconds, tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    target = model.model.layers[-1].mlp.up_proj
+    renderer = Renderer(tok, preset)
+    records = list(ParquetSource([str(data)]).iter_records(stop_row=n))
+    with torch.no_grad():  # warm-up
+        model(torch.tensor([renderer.render(records[0].question, records[0].history).ids]))
+    t0 = time.perf_counter()
+    acts, spans, tokens = [], [], 0
+    for rec in records:
+        text, _, _ = renderer.text_and_span(rec.question, rec.history)  # chat template, as the authors do
+        r = renderer.render(rec.question, rec.history)
+        store = {}
+        h = target.register_forward_hook(lambda m, a, o: store.__setitem__("x", a[0].detach()))
+        with torch.no_grad():
+            model(input_ids=torch.tensor([r.ids]))
+        h.remove()
+        acts.append(store["x"])  # kept in memory until the end, as in the released script
+        spans.append((r.n_prefix, r.q_end))
+        tokens += len(r.ids)
+    scores = []
+    for x, (p, q) in zip(acts, spans):
+        u = torch.nn.functional.normalize(x.squeeze(0).float(), p=2, dim=1)
+        cos = u @ u.T  # the full L x L matrix
+        Q = cos[p:q, p:q]
+        n_q = q - p
+        intra = (Q.sum() - Q.diagonal().sum()) / (n_q * (n_q - 1))
+        inter = cos[p:q, :p].mean()
+        scores.append(float(intra + inter))
+    return scores, time.perf_counter() - t0, tokens
+
+
+def ours(path: Path, data: Path, n: int, preset: str, dtype: str) -> tuple[list[float], float, int]:
+    loaded = models.load(str(path), device="cpu", dtype=resolve_dtype(dtype, "cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        warm = ScoreOptions(model=str(path), preset=preset, dtype=dtype, device="cpu")
+        run_score([str(data)], Path(tmp) / "warm", options=warm, limit=8, loaded=loaded)
+        t0 = time.perf_counter()
+        m = run_score([str(data)], Path(tmp) / "s", options=warm, limit=n, loaded=loaded)
+        el = time.perf_counter() - t0
+        scores = load_scores(Path(tmp) / "s").column("score").to_pylist()
+    return scores, el, m["tokens"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=128, help="number of prompts")
+    ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "gsm8k_test.parquet")
+    ap.add_argument("--preset", default="gainrl")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_score.json")
+    args = ap.parse_args()
+    path = models.prepare_embedded()
+    torch.manual_seed(0)
+
+    ref, t_ref, tok_ref = authors_reference(path, args.data, args.n, args.preset)
+    auto, t_auto, tok_auto = ours(path, args.data, args.n, args.preset, "auto")
+    f32, t_f32, _ = ours(path, args.data, args.n, args.preset, "float32")
+    assert tok_ref == tok_auto, (tok_ref, tok_auto)
+
+    auto_dtype = resolve_dtype("auto", "cpu")
+    rows = [
+        ("authors' algorithm (bs1, fp32, full model, LxL)", t_ref, ref),
+        (f"anglerank score, default (dtype auto = {auto_dtype})", t_auto, auto),
+        ("anglerank score, --dtype float32", t_f32, f32),
+    ]
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "n_prompts": args.n, "tokens": tok_ref, "preset": args.preset, "data": args.data.name,
+        "variants": [],
+    }
+    for name, secs, sc in rows:
+        result["variants"].append({
+            "name": name, "seconds": round(secs, 3), "rows_per_s": round(args.n / secs, 2),
+            "tokens_per_s": round(tok_ref / secs, 1), "speedup_vs_authors": round(t_ref / secs, 2),
+            "spearman_vs_fp32_reference": round(angles.spearman(sc, ref), 5),
+            "max_abs_diff_vs_reference": float(max(abs(a - b) for a, b in zip(sc, ref))),
+        })
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("| variant | rows/s | tokens/s | speed-up | Spearman vs fp32 reference | max abs diff |")
+    print("|---|---|---|---|---|---|")
+    for v in result["variants"]:
+        print(f"| {v['name']} | {v['rows_per_s']:.2f} | {v['tokens_per_s']:.0f} | {v['speedup_vs_authors']:.2f}x "
+              f"| {v['spearman_vs_fp32_reference']:.4f} | {v['max_abs_diff_vs_reference']:.1e} |")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
