@@ -79,12 +79,13 @@ def rank_cmd(
         typer.echo(json.dumps(s, indent=2))
     if quiet:
         return
-    for p in s["input_mismatch"]:
-        err.print(f"[yellow]warning (--force):[/] {p}", highlight=False, soft_wrap=True)
+    _warnings(s)
+    nulls = ""
+    if s["null"]:
+        nulls = f", {s['null']:,} null " + ("dropped" if s["dropped_null"] else "ranked last")
     _table("anglerank rank", [
         ("output", s["output"]),
-        ("rows", f"{s['rows_in']:,} in, {s['rows_out']:,} written ({s['scored']:,} scored, {s['null']:,} null"
-                 f"{', ' + format(s['dropped_null'], ',') + ' dropped' if s['dropped_null'] else ', last'})"),
+        ("rows", f"{s['rows_in']:,} in, {s['rows_out']:,} written ({s['scored']:,} scored{nulls})"),
         ("ranked by", f"{s['by']} {'ascending' if s['ascending'] else 'descending'} "
                       f"(estimator {s['estimator']}, layer {s['layer']})"),
         ("passes", f"{s['passes']} (window {s['window_rows']:,} rows)"),
@@ -92,8 +93,7 @@ def rank_cmd(
     ])
 
 
-RANK_UNITS = ("Rank units or a fraction of N (N = ranked rows): an integer (750, 1) is ranks; a number with a "
-              "decimal point in (0, 1] is a fraction of N (0.1 = N/10, 1.0 = N); larger decimals are ranks.")
+RANK_UNITS = "Ranks or a fraction of N (rule above)."
 
 
 def sample_cmd(
@@ -135,6 +135,10 @@ def sample_cmd(
     Epoch t draws K distinct rows with probability proportional to
     exp(-0.5 ((rank - mu_t) / sigma)^2), mu_t = mu0 + t * step, rank 0 = highest
     score. No accuracy feedback (use the TRL or verl samplers for the closed loop).
+
+    --subset, --mu0, --sigma and --step take ranks or a fraction of N (N = ranked
+    rows): an integer (750, 1) is ranks; a decimal in (0, 1] is a fraction of N
+    (0.1 = N/10, 1.0 = all of N); a larger decimal (750.0) is ranks.
     """
     from anglerank.rank import sample
 
@@ -145,8 +149,7 @@ def sample_cmd(
         typer.echo(json.dumps(s, indent=2))
     if quiet:
         return
-    for p in s["input_mismatch"]:
-        err.print(f"[yellow]warning (--force):[/] {p}", highlight=False, soft_wrap=True)
+    _warnings(s)
     mus = s["mu"]
     _table("anglerank sample", [
         ("output", s["output"] + (" (one file)" if s["concat"] else f" ({len(s['files'])} files + sample.json)")),
@@ -167,14 +170,20 @@ def inspect_cmd(
     bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = 20,
     plot: Annotated[Optional[Path], typer.Option(
         "--plot", help="Write a PNG: histograms of intra, inter, score and score vs question length "
-        "(needs matplotlib: pip install 'anglerank[plot]').", show_default=False)] = None,
+        "(needs matplotlib: pip install 'anglerank\\[plot]').", show_default=False)] = None,
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ):
     """Summarise a score directory: counts, nulls, statistics, length correlation, histogram, extremes."""
-    from anglerank.rank import inspect, text_histogram
+    from rich.markup import escape
 
-    r = inspect(scores_dir, data, k=k, layer=layer, bins=bins, plot=plot, force=force)
+    from anglerank.rank import MissingExtra, inspect, text_histogram
+
+    try:
+        r = inspect(scores_dir, data, k=k, layer=layer, bins=bins, plot=plot, force=force)
+    except MissingExtra as exc:  # escaped: cli_common.fail would read "[plot]" as rich markup
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     if json_out:
         typer.echo(json.dumps(r, indent=2))
         return
@@ -221,6 +230,16 @@ def inspect_cmd(
         err.print(t)
     if r.get("plot"):
         err.print(f"plot written to {r['plot']}", highlight=False)
+
+
+def _warnings(s: dict) -> None:
+    from rich.markup import escape
+
+    for p in s["input_mismatch"]:
+        err.print(f"[yellow]warning (--force):[/] {escape(p)}", highlight=False, soft_wrap=True)
+    if not s["score_dir_complete"]:
+        err.print("[yellow]warning (--force):[/] the score directory is incomplete; rows without a score count "
+                  "as null", highlight=False, soft_wrap=True)
 
 
 def _f(v, spec: str) -> str:

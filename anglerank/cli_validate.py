@@ -85,7 +85,7 @@ def validate(
     json_file: Annotated[Optional[Path], typer.Option(
         "--json", help="Write the JSON report to FILE instead of stdout.", metavar="FILE")] = None,
     plot: Annotated[Optional[Path], typer.Option(
-        "--plot", help="Scatter plots (PNG) for the deepest layer; needs matplotlib (the [plot] extra).",
+        "--plot", help="Scatter plots (PNG) for the deepest layer; needs matplotlib (pip install matplotlib).",
         metavar="FILE.png")] = None,
     model: ModelOpt = None,
     prompt_column: PromptColumnOpt = None,
@@ -107,7 +107,14 @@ def validate(
     batch_tokens: BatchTokensOpt = 16384,
     quiet: QuietOpt = False,
 ):
-    """Correlate angle scores with per-prompt gradient norms (and pass rates) on a seeded sample."""
+    """Correlate angle scores with per-prompt gradient norms (and pass rates) on a seeded sample.
+
+    For each sampled prompt: the angle scores (as `anglerank score` computes them), the gradient norm of the
+    mean token NLL of a target completion w.r.t. the weights that read the hooked site (mlp-input: the MLP
+    input projections) and w.r.t. all weights (float32, one prompt per backward), and with --rollouts the
+    pass rate of G sampled completions. Reports Spearman correlations, raw and with question length
+    (tokens) partialled out.
+    """
     from anglerank.score import ScoreOptions
     from anglerank.validate import ValidateOptions, plot_report, require_matplotlib, run_validate
 

@@ -194,7 +194,10 @@ def load_layer_scores(scores_dir, layer: int | None = None, force: bool = False)
         if not p.exists():
             raise InputError(f"score part {p} listed in {d / MANIFEST} is missing")
     if layer is not None and layers and int(layer) not in layers:
-        raise ValueError(f"layer {layer} was not scored in {d}; scored layers: {', '.join(map(str, layers))}")
+        raise ValueError(
+            f"layer {layer} was not scored in {d}; scored layers: {', '.join(map(str, layers))} "
+            "(absolute layer numbers, as in its manifest)"
+        )
     if layer is None and len(layers) > 1:
         raise ValueError(
             f"{d} holds scores for several layers ({', '.join(map(str, layers))}); choose one with --layer"
@@ -608,17 +611,21 @@ def sample(
         else:
             _prepare_sample_dir(out, overwrite)
         for group in _epoch_groups([len(d) for d in draws], window):
-            gathered = _Gathered(inputs, np.concatenate([row_of_rank[draws[t]] for t in group]))
+            ranks = np.concatenate([draws[t] for t in group])
+            epoch_of = np.concatenate([np.full(len(draws[t]), t, dtype=np.int64) for t in group])
+            part = table[pl.Series(ranks)].with_columns(pl.Series("epoch", epoch_of))
+            rows = row_of_rank[ranks]
+            arrow = _assemble(_Gathered(inputs, rows).take(rows), part, schema)
+            if concat:
+                concat_writer.write(arrow)
+                continue
+            offset = 0
             for t in group:
-                part = table[pl.Series(draws[t])].with_columns(pl.lit(t, dtype=pl.Int64).alias("epoch"))
-                arrow = _assemble(gathered.take(row_of_rank[draws[t]]), part, schema)
-                if concat:
-                    concat_writer.write(arrow)
-                else:
-                    name = f"epoch_{t:04d}.parquet"
-                    with _AtomicParquet(out / name, schema) as w:
-                        w.write(arrow)
-                    files.append(name)
+                name = f"epoch_{t:04d}.parquet"
+                with _AtomicParquet(out / name, schema) as w:
+                    w.write(arrow.slice(offset, len(draws[t])))
+                offset += len(draws[t])
+                files.append(name)
     summary = {
         "output": str(out),
         "concat": concat,
@@ -632,6 +639,7 @@ def sample(
         "estimator": ls.manifest.get("estimator"),
         "forced": bool(force),
         "input_mismatch": problems,
+        "score_dir_complete": bool(ls.manifest.get("complete")),
         "elapsed_s": round(time.perf_counter() - t0, 3),
     }
     if not concat:

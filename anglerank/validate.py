@@ -463,7 +463,11 @@ def run_validate(
         todo = [rec for rec in live if target_ids.get(rec.row)]
         tick("gradients", 0, len(todo))
         for k, rec in enumerate(todo):
-            grads[rec.row] = target_nll_grads(model, rendered[rec.row].ids, target_ids[rec.row], readers)
+            nll, ga, gb = target_nll_grads(model, rendered[rec.row].ids, target_ids[rec.row], readers)
+            if all(math.isfinite(v) for v in (nll, gb, *ga.values())):
+                grads[rec.row] = (nll, ga, gb)
+            else:
+                notes[rec.row].append("non-finite loss or gradient")
             tick("gradients", k + 1, len(todo))
 
         # 4. pass rates from G sampled completions per prompt (seeded per row)
@@ -564,7 +568,8 @@ def plot_report(report: dict, path, layer: int | None = None) -> None:
             pts = [(r[x], r[y]) for r in rows if r.get(x) is not None and r.get(y) is not None]
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=9, alpha=0.6)
-            if y.startswith("grad") and pts and min(p[1] for p in pts) > 0:
+            if y.startswith("grad") and pts and min(p[1] for p in pts) > 0 and \
+                    max(p[1] for p in pts) > 20 * min(p[1] for p in pts):
                 ax.set_yscale("log")
             c = corr.get((x, y), {})
             rho, prho = c.get("spearman"), c.get("partial_spearman")

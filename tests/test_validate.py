@@ -25,6 +25,15 @@ from conftest import make_model, make_tokenizer
 N_ROWS = 23
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny matrices: OpenMP threads only spin (badly so on a shared, loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     qs = [f"Tom has {i} apples and buys {i % 5 + 3} more. " + "How many apples does he have now? " * (1 + i % 3)

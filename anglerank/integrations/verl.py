@@ -92,7 +92,6 @@ CONFIG_KEYS = (
     "subset_size", "mu0", "sigma", "step", "alpha", "beta_acc", "adj_min", "adj_max", "seed", "shuffle",
     "rank_column", "angle", "reward_key", "accuracy", "correct_threshold", "reward_range", "batch_size",
 )
-_SAMPLER_OWN_KEYS = ("class_path", "class_name")
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -121,15 +120,18 @@ def _plain(value: Any) -> Any:
 def read_options(data_config: Any) -> dict:
     """GAIN-RL options from ``data_config.sampler`` extras then ``data_config.gainrl``."""
     opts: dict[str, Any] = {}
-    for section in (_get(data_config, "sampler"), _get(data_config, "gainrl")):
-        if section is None:
-            continue
-        for key in (section.keys() if hasattr(section, "keys") else vars(section)):
-            if key in _SAMPLER_OWN_KEYS:
-                continue
+    sampler = _get(data_config, "sampler")
+    if sampler is not None:  # verl may add keys of its own here: take only ours
+        for key in CONFIG_KEYS:
+            value = _get(sampler, key)
+            if value is not None:
+                opts[key] = _plain(value)
+    gainrl = _get(data_config, "gainrl")
+    if gainrl is not None:  # our own section: a typo is an error
+        for key in (gainrl.keys() if hasattr(gainrl, "keys") else vars(gainrl)):
             if key not in CONFIG_KEYS:
-                raise ValueError(f"unknown GAIN-RL option {key!r}; known: {', '.join(CONFIG_KEYS)}")
-            value = _get(section, key)
+                raise ValueError(f"unknown GAIN-RL option data.gainrl.{key}; known: {', '.join(CONFIG_KEYS)}")
+            value = _get(gainrl, key)
             if value is not None:
                 opts[key] = _plain(value)
     return opts

@@ -1,0 +1,317 @@
+"""Configuration of `anglerank train`: one dataclass, TOML in, TOML out.
+
+This module exists so every knob of a GAIN-RL run is named, documented and
+checked in one place. Each field carries its help text (shown by
+``anglerank train --help``) and a help panel; ``__post_init__`` holds the
+cross-field checks (TRL's ``GRPOConfig`` pattern). A run is configured from
+defaults, then a TOML file (``--config run.toml``), then command-line flags,
+and the resolved result is written to ``RUN_DIR/config.toml`` so
+``--config RUN_DIR/config.toml`` reproduces it.
+
+Rank-unit fields (``mu0``, ``sigma``, ``step``, ``adj_min``, ``adj_max``)
+follow :func:`anglerank.train.sampler.resolve_rank_units`: an int is ranks, a
+float with ``0 < |x| <= 1`` is a fraction of the number of training prompts
+N, any other float is ranks. The defaults are the authors' values (n = 500,
+sigma = 1000, clamp [0, 1000] for about 7,500 prompts) expressed as fractions
+so they scale with N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "field_help", "RANK_FIELDS", "SAMPLERS"]
+
+SAMPLERS = ("gainrl", "uniform", "ordered")
+RANK_FIELDS = ("mu0", "sigma", "step", "adj_min", "adj_max")
+
+
+def _f(default, help: str, panel: str, *, factory=None, flag: str | None = None, cli: bool = True):
+    meta = {"help": help, "panel": panel, "flag": flag, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+D, M, R, W, L, G, O = "Data", "Model", "Rollouts", "Rewards", "Loss and optimiser", "GAIN-RL", "Run"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a `anglerank train` run."""
+
+    # --- data -----------------------------------------------------------------------
+    train_data: list = _f(None, "Training Parquet files, directories or globs (verl layout or plain columns).", D,
+                          factory=list, cli=False)
+    output_dir: str | None = _f(None, "Run directory: config.toml, metrics.jsonl, subsets.jsonl, checkpoints/.", D,
+                                flag="--output")
+    eval_data: list | None = _f(None, "Held-out Parquet for greedy-accuracy evaluation (repeat for several files).", D)
+    prompt_column: str | None = _f(None, "Question column (as in `score`).", D)
+    id_column: str | None = _f(None, "Id column (as in `score`).", D)
+    answer_column: str | None = _f(
+        None, "Reference-answer column, dotted paths allowed. Default: the first of reward_model.ground_truth, "
+        "answer, solution, ground_truth that exists.", D)
+    preset: str = _f("none", "Prompt rendering (as in `score`), used for rollouts, scoring and eval alike.", D)
+    system: str | None = _f(None, "Set or replace the system message.", D)
+    prefix: str | None = _f(None, "Plain-text mode: PREFIX + question, no chat template.", D)
+    max_prompt_length: int = _f(512, "Prompts longer than this many tokens are left out of the pool (counted in the log).", D)
+    limit: int | None = _f(None, "Use only the first N training rows.", D)
+    eval_limit: int | None = _f(None, "Evaluate on a seeded random subset of N eval rows (the same subset every time).", D)
+
+    # --- model ----------------------------------------------------------------------
+    model: str | None = _f(None, "Policy to train.", M)
+    dtype: str = _f("auto", "Compute dtype (weights and optimiser stay float32; bf16 runs under autocast).", M)
+    device: str = _f("auto", "Device.", M)
+    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice). On a shared, busy CPU, 1 is "
+                             "often several times faster than oversubscribed threads.", M)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% slower).", M)
+
+    # --- rollouts ---------------------------------------------------------------------
+    num_generations: int = _f(8, "Completions per prompt (G, the group size).", R)
+    temperature: float = _f(0.9, "Sampling temperature for rollouts.", R)
+    top_p: float = _f(1.0, "Nucleus sampling threshold (1 = off).", R)
+    top_k: int = _f(0, "Top-k sampling (0 = off).", R)
+    max_new_tokens: int = _f(512, "Completion length limit; a completion stops earlier at EOS.", R)
+    generation_batch_size: int = _f(64, "Sequences per `generate` call.", R)
+
+    # --- rewards ----------------------------------------------------------------------
+    reward: list = _f(None, "Reward function: 'math' (built-in checker) or module:function / file.py:function with "
+                      "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several.", W,
+                      factory=lambda: ["math"])
+    reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W)
+    correct_threshold: float = _f(
+        1.0, "Without an answer column, a completion counts as correct when its total reward >= this. With one, "
+        "correctness is the built-in math checker.", W)
+
+    # --- loss and optimiser ----------------------------------------------------------------
+    prompts_per_step: int = _f(8, "Prompts per rollout batch (x G completions); one optimiser update per batch "
+                               "and iteration.", L)
+    micro_batch_size: int = _f(8, "Sequences per forward/backward; gradients accumulate over the batch.", L)
+    num_iterations: int = _f(1, "Optimiser updates per rollout batch (GRPO's mu; >1 uses the clipped ratio).", L)
+    loss_type: str = _f("grpo", "grpo (mean per sequence), dapo/bnpo (mean per token over the batch), dr_grpo "
+                        "(sum / (B * max-new-tokens)).", L)
+    scale_rewards: str = _f("group", "group: advantage = (r - mean) / std within the group; none: r - mean (Dr. GRPO).", L)
+    epsilon: float = _f(0.2, "Lower clip range of the ratio.", L)
+    epsilon_high: float | None = _f(None, "Upper clip range (default: --epsilon; DAPO uses 0.28).", L)
+    beta: float = _f(0.0, "KL penalty to the frozen initial policy (k3). 0 loads no reference model; the authors "
+                     "used 0.005.", L)
+    lr: float = _f(1e-6, "Peak learning rate (authors: 1e-6).", L)
+    lr_schedule: str = _f("constant", "constant or cosine (after warm-up).", L)
+    warmup_steps: int = _f(0, "Linear warm-up over this many optimiser updates.", L)
+    min_lr_ratio: float = _f(0.0, "Cosine: final lr as a fraction of --lr.", L)
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases).", L)
+    adam_beta1: float = _f(0.9, "AdamW beta1.", L)
+    adam_beta2: float = _f(0.99, "AdamW beta2.", L)
+    adam_eps: float = _f(1e-8, "AdamW epsilon.", L)
+    max_grad_norm: float = _f(0.1, "Clip the global gradient norm (0 = no clipping).", L)
+
+    # --- GAIN-RL ------------------------------------------------------------------------
+    epochs: int = _f(10, "Epochs; one epoch is one sampled subset of --subset-size prompts.", G)
+    subset_size: int = _f(256, "Prompts per epoch (K).", G)
+    sampler: str = _f("gainrl", "gainrl: Gaussian window over angle ranks with the feedback update; uniform: "
+                      "shuffled passes over the data; ordered: consecutive windows of the angle ranking.", G)
+    mu0: float = _f(0.0, "Initial window centre (rank units or fraction of N).", G)
+    sigma: float = _f(1000 / 7500, "Window width (rank units or fraction of N; authors: 1000 of 7,500).", G)
+    step: float = _f(500 / 7500, "Update step n (rank units or fraction of N; authors: 500 of 7,500).", G)
+    alpha: float = _f(2.0, "Update sharpness alpha.", G)
+    beta_acc: float = _f(0.5, "Target accuracy: the window moves on faster above it.", G)
+    adj_min: float = _f(0.0, "Lower clamp of the per-epoch move (negative lets the window move back).", G)
+    adj_max: float = _f(1000 / 7500, "Upper clamp of the per-epoch move (authors: 1000 of 7,500).", G)
+    keep_order: bool = _f(False, "Train an epoch's prompts in rank order instead of shuffled.", G)
+    rescore_every: int = _f(1, "Re-score and re-rank all training prompts with the current policy every K epochs "
+                            "(0 = only the initial scoring).", G)
+    site: str = _f("mlp-input", "Hook site for scores and the angle term (as in `score`).", G)
+    layer: int = _f(-1, "Decoder layer for scores and the angle term.", G)
+    estimator: str = _f("paper", "Score estimator (as in `score`).", G)
+    score_batch_tokens: int = _f(16384, "Token budget per scoring forward batch.", G)
+
+    # --- run ----------------------------------------------------------------------------
+    eval_every: int = _f(1, "Evaluate every N epochs (and before the first and after the last; 0 = never).", O)
+    eval_max_new_tokens: int | None = _f(None, "Eval completion limit (default: --max-new-tokens).", O)
+    eval_batch_size: int = _f(32, "Prompts per greedy eval `generate` call.", O)
+    save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O)
+    keep_checkpoints: int = _f(2, "Checkpoints to keep (oldest deleted first).", O)
+    seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O)
+
+    def __post_init__(self):
+        def need(cond: bool, msg: str):
+            if not cond:
+                raise ValueError(msg)
+
+        if isinstance(self.train_data, (str, Path)):
+            self.train_data = [str(self.train_data)]
+        if isinstance(self.eval_data, (str, Path)):
+            self.eval_data = [str(self.eval_data)]
+        if isinstance(self.reward, str):
+            self.reward = [self.reward]
+        if self.reward_weight is not None and not isinstance(self.reward_weight, (list, tuple)):
+            self.reward_weight = [self.reward_weight]
+        self.train_data = [str(x) for x in self.train_data or []]
+        self.eval_data = [str(x) for x in self.eval_data] if self.eval_data else None
+        self.reward = [str(x) for x in self.reward or []]
+        for name in ("num_generations", "max_new_tokens", "generation_batch_size", "prompts_per_step",
+                     "micro_batch_size", "num_iterations", "subset_size", "eval_batch_size", "max_prompt_length"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
+                 f"--{_flag(name)} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("epochs", "warmup_steps", "rescore_every", "eval_every", "save_every", "top_k"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
+                 f"--{_flag(name)} must be a non-negative integer, got {getattr(self, name)!r}")
+        need(self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
+        for name in ("limit", "eval_limit", "eval_max_new_tokens", "threads"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, int) and v >= 1), f"--{_flag(name)} must be a positive integer")
+        need(self.sampler in SAMPLERS, f"unknown --sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        from anglerank.train.grpo import LOSS_TYPES
+
+        need(self.loss_type in LOSS_TYPES, f"unknown --loss-type {self.loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
+        need(self.scale_rewards in ("group", "none"), "--scale-rewards must be group or none")
+        need(self.lr_schedule in ("constant", "cosine"), "--lr-schedule must be constant or cosine")
+        need(self.temperature > 0, "--temperature must be > 0 (use eval for greedy decoding)")
+        need(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
+        need(self.epsilon >= 0 and (self.epsilon_high is None or self.epsilon_high >= 0), "--epsilon must be >= 0")
+        need(self.beta >= 0, "--beta must be >= 0")
+        need(self.lr > 0, "--lr must be > 0")
+        need(0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]")
+        need(self.max_grad_norm >= 0, "--max-grad-norm must be >= 0")
+        need(0 <= self.beta_acc <= 1, "--beta-acc is a target accuracy in [0, 1]")
+        for name in RANK_FIELDS:
+            v = getattr(self, name)
+            need(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
+                 f"--{_flag(name)} must be a finite number, got {v!r}")
+        need(self.adj_min <= self.adj_max or _mixed_units(self.adj_min, self.adj_max),
+             f"--adj-min ({self.adj_min}) > --adj-max ({self.adj_max})")
+        if self.reward_weight is not None:
+            self.reward_weight = [float(w) for w in self.reward_weight]
+            need(len(self.reward_weight) == len(self.reward),
+                 f"{len(self.reward_weight)} --reward-weight values for {len(self.reward)} --reward functions")
+        need(bool(self.reward), "at least one --reward is needed")
+        need(self.preset in ("none", "gainrl"), f"unknown --preset {self.preset!r}; choose from none, gainrl")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _mixed_units(a, b) -> bool:
+    """adj_min/adj_max in different units (fraction vs ranks) are checked after resolution."""
+    return (isinstance(a, float) and 0 < abs(a) <= 1) != (isinstance(b, float) and 0 < abs(b) <= 1)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def field_help(name: str) -> str:
+    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
+
+
+# --- TOML ------------------------------------------------------------------------------
+
+def _base_type(tp) -> type:
+    """The non-None type of a field annotation (str | None -> str, list | None -> list)."""
+    if isinstance(tp, str):
+        tp = eval(tp, {"list": list, "str": str, "int": int, "float": float, "bool": bool})  # noqa: S307
+    args = [a for a in typing.get_args(tp) if a is not type(None)] if isinstance(tp, types.UnionType) else [tp]
+    return args[0]
+
+
+def coerce(name: str, value):
+    """Check and convert one TOML/CLI value for field ``name``; raise ValueError."""
+    f = next((f for f in fields(TrainConfig) if f.name == name), None)
+    if f is None:
+        raise ValueError(f"unknown setting {name!r}")
+    if value is None:
+        return None
+    base = _base_type(f.type)
+    if name in RANK_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number (ranks, or a fraction of N), got {value!r}")
+        return value  # int vs float matters: keep it
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+    if base is list:
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+    return value
+
+
+def load_toml(path: str | Path) -> dict:
+    """Settings from a TOML file: top-level keys or a ``[train]`` table; dashes or underscores."""
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"config file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{p} is not valid TOML: {exc}") from None
+    if isinstance(data.get("train"), dict):
+        data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
+    names = [f.name for f in fields(TrainConfig)]
+    out = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise ValueError(f"{p}: unknown setting {key!r} (valid: {', '.join(names)})")
+        try:
+            out[name] = coerce(name, value)
+        except ValueError as exc:
+            raise ValueError(f"{p}: {exc}") from None
+    return out
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\t", "\\t") + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+def dump_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML (unset optional fields are written as comments)."""
+    lines = ["# anglerank train: resolved configuration (reuse with --config)"]
+    panel = None
+    for f in fields(TrainConfig):
+        if f.metadata["panel"] != panel:
+            panel = f.metadata["panel"]
+            lines.append(f"\n# --- {panel} ---")
+        v = getattr(cfg, f.name)
+        if v is None:
+            lines.append(f"# {f.name} = (unset)")
+        else:
+            lines.append(f"{f.name} = {_toml_value(v)}")
+    return "\n".join(lines) + "\n"
+
+
+def build_config(toml_path: str | Path | None = None, **overrides) -> TrainConfig:
+    """Defaults <- TOML file <- ``overrides`` (values given on the command line; None is skipped)."""
+    values = load_toml(toml_path) if toml_path else {}
+    for k, v in overrides.items():
+        if v is not None:
+            values[k] = coerce(k, v)
+    return TrainConfig(**values)

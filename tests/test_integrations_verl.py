@@ -1,0 +1,332 @@
+"""GAIN-RL sampler for verl, exercised the way verl's PPO trainer drives it.
+
+verl's trainer loop, reduced to what touches the sampler: a StatefulDataLoader
+(torchdata; plain DataLoader when absent) with ``drop_last=True`` iterates the
+sampler once per epoch; every batch becomes a DataProto, is repeated ``n``
+times (``interleave=True``), gets ``token_level_scores`` (the reward on the
+last response token) and goes to ``sampler.update(batch)``; checkpoints hold
+``dataloader.state_dict()``.
+
+With verl installed (a version that still has
+``verl.experimental.dataset.sampler``, i.e. 0.5 to 0.7) the real DataProto,
+RLHFDataset, collate_fn and ``create_rl_sampler`` are used; otherwise a
+stand-in with the same attributes (``.batch`` dict of tensors,
+``.non_tensor_batch`` dict of numpy arrays).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anglerank.integrations.verl import GainRLSampler, read_options, response_rewards
+from anglerank.train.sampler import GaussianRankSampler
+
+try:
+    from verl import DataProto
+    from verl.experimental.dataset.sampler import AbstractCurriculumSampler
+
+    HAVE_VERL = True
+except Exception:  # noqa: BLE001 - absent, or a verl without the curriculum interface
+    HAVE_VERL = False
+
+try:
+    from torchdata.stateful_dataloader import StatefulDataLoader as Loader
+
+    HAVE_STATEFUL = True
+except Exception:  # noqa: BLE001
+    from torch.utils.data import DataLoader as Loader
+
+    HAVE_STATEFUL = False
+
+N_ROWS = 30
+BATCH = 4  # data.train_batch_size (prompts per step)
+N_RESP = 3  # actor_rollout_ref.rollout.n
+SEED = 5
+GAIN = dict(subset_size=10, mu0=0, sigma=4, step=6, alpha=2.0, beta_acc=0.5, adj_min=-12, adj_max=12)
+K_EFF = 8  # subset_size rounded down to whole batches of 4
+
+
+def ranks_and_scores(n: int = N_ROWS, seed: int = 0):
+    ranks = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    return ranks, 0.8 - ranks / n
+
+
+def correct(row: int, resp: int, ranks) -> bool:
+    """Deterministic 'verifier': low-rank prompts mostly right, the rest mostly wrong."""
+    return (ranks[row] < 8) != (resp == 0)
+
+
+def expected_delta(acc: float, ang: float, g: dict = GAIN) -> float:
+    raw = g["step"] * math.tanh(g["alpha"] * (acc - g["beta_acc"])) + g["step"] * math.tanh(g["alpha"] * ang)
+    return min(max(raw, g["adj_min"]), g["adj_max"])
+
+
+class RowsDataset(torch.utils.data.Dataset):
+    """Map-style data with a ``dataframe`` like verl's RLHFDataset; items are row ids."""
+
+    def __init__(self):
+        import pyarrow as pa  # verl keeps a datasets.Dataset; any column holder works
+
+        ranks, scores = ranks_and_scores()
+        self.dataframe = pa.table({"row": list(range(N_ROWS)), "angle_rank": ranks, "angle_score": scores})
+
+    def __len__(self):
+        return len(self.dataframe)
+
+    def __getitem__(self, i):
+        return {"row": i}
+
+
+class FakeDataProto:
+    """The attributes of verl's DataProto that the sampler reads."""
+
+    def __init__(self, batch: dict, non_tensor_batch: dict):
+        self.batch = batch
+        self.non_tensor_batch = non_tensor_batch
+
+    def __len__(self):
+        return len(next(iter(self.non_tensor_batch.values())))
+
+
+def make_batch(rows: list[int], ranks) -> object:
+    """A post-reward training batch: each prompt repeated N_RESP times, interleaved."""
+    rows_rep = np.repeat(np.asarray(rows), N_RESP)
+    resp = np.tile(np.arange(N_RESP), len(rows))
+    scores = torch.zeros(len(rows_rep), 6)
+    scores[:, -1] = torch.tensor([float(correct(r, k, ranks)) for r, k in zip(rows_rep, resp)])
+    non_tensor = {"row": rows_rep.astype(object), "uid": rows_rep.astype(str).astype(object)}
+    if HAVE_VERL:
+        return DataProto.from_dict(tensors={"token_level_scores": scores}, non_tensors=non_tensor)
+    return FakeDataProto({"token_level_scores": scores}, non_tensor)
+
+
+def data_config(**gainrl):
+    cfg = {
+        "train_batch_size": BATCH,
+        "dataloader_num_workers": 0,
+        "seed": SEED,
+        "sampler": {"class_path": "pkg://anglerank.integrations.verl", "class_name": "GainRLSampler"},
+        "gainrl": {**GAIN, **gainrl},
+    }
+    if HAVE_VERL:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.create(cfg)
+    return cfg
+
+
+def make_loader(sampler, dataset):
+    def collate(items):
+        return {"row": [it["row"] for it in items]}
+
+    return Loader(dataset=dataset, batch_size=BATCH, num_workers=0, drop_last=True, collate_fn=collate,
+                  sampler=sampler)
+
+
+def run_epochs(sampler, loader, ranks, epochs, *, log=None, stop_after=None, save_before_update=False):
+    """verl's fit() loop as far as the sampler sees it; returns the loader state at ``stop_after``."""
+    step = 0
+    for _ in range(epochs):
+        for batch_dict in loader:
+            step += 1
+            if log is not None:
+                log.append(list(batch_dict["row"]))
+            batch = make_batch(batch_dict["row"], ranks)
+            if stop_after == step and save_before_update:
+                return loader.state_dict() if HAVE_STATEFUL else sampler.state_dict()
+            if not HAVE_VERL or isinstance(sampler, AbstractCurriculumSampler):
+                sampler.update(batch)
+            if stop_after == step:
+                return loader.state_dict() if HAVE_STATEFUL else sampler.state_dict()
+    return None
+
+
+def test_sampler_is_a_verl_curriculum_sampler():
+    if HAVE_VERL:
+        assert issubclass(GainRLSampler, AbstractCurriculumSampler) and GainRLSampler.VERL_BASE
+    else:
+        assert issubclass(GainRLSampler, torch.utils.data.Sampler) and not GainRLSampler.VERL_BASE
+    s = GainRLSampler(RowsDataset(), data_config())
+    assert len(s) == K_EFF  # 10 rounded down to two batches of 4
+
+
+def test_epochs_follow_gaussian_and_update_rule_without_lag():
+    ranks, scores = ranks_and_scores()
+    ds = RowsDataset()
+    sampler = GainRLSampler(data_source=ds, data_config=data_config())
+    loader = make_loader(sampler, ds)
+    assert len(loader) == K_EFF // BATCH
+    log: list[list[int]] = []
+    run_epochs(sampler, loader, ranks, 3, log=log)
+
+    per_epoch = K_EFF // BATCH
+    epochs = [sum(log[i:i + per_epoch], []) for i in range(0, len(log), per_epoch)]
+    assert len(epochs) == 3
+    ref = GaussianRankSampler(N_ROWS, K_EFF, seed=SEED, **{k: v for k, v in GAIN.items() if k != "subset_size"})
+    mu = 0.0
+    for t, rows in enumerate(epochs):
+        assert ranks[rows].tolist() == ref.draw().tolist(), f"epoch {t} is not the Gaussian draw at mu={mu}"
+        acc = np.mean([correct(r, k, ranks) for r in rows for k in range(N_RESP)])
+        ang = float(np.mean(scores[rows]))
+        rec = sampler.curriculum.epochs[t]
+        assert rec["completions"] == K_EFF * N_RESP
+        assert rec["accuracy"] == pytest.approx(acc) and rec["angle"] == pytest.approx(ang)
+        assert rec["mu_before"] == pytest.approx(mu)  # epoch t was drawn with the updated mu: no lag
+        assert rec["delta"] == pytest.approx(expected_delta(acc, ang))
+        mu += expected_delta(acc, ang)
+        ref.update(acc, ang)
+    assert sampler.mu == pytest.approx(mu) and mu > 0
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 3])
+def test_resume_from_dataloader_checkpoint_matches_uninterrupted(stop_after):
+    """Checkpoint after step ``stop_after``'s update, restore into fresh objects, finish."""
+    ranks, _ = ranks_and_scores()
+    full_log: list[list[int]] = []
+    ds = RowsDataset()
+    full = GainRLSampler(ds, data_config())
+    run_epochs(full, make_loader(full, ds), ranks, 3, log=full_log)
+
+    first = GainRLSampler(ds, data_config())
+    state = run_epochs(first, make_loader(first, ds), ranks, 3, stop_after=stop_after)
+    state = torch.load(_roundtrip(state), weights_only=False)  # verl writes data.pt with torch.save
+
+    resumed = GainRLSampler(RowsDataset(), data_config())
+    loader = make_loader(resumed, ds)
+    if HAVE_STATEFUL:
+        loader.load_state_dict(state)
+    else:
+        resumed.load_state_dict(state)
+    log: list[list[int]] = []
+    steps_left = 3 * (K_EFF // BATCH) - stop_after
+    # verl resumes at epoch global_step // len(loader): the current epoch's remainder, then new epochs
+    epochs_left = 3 - stop_after // (K_EFF // BATCH)
+    run_epochs(resumed, loader, ranks, epochs_left, log=log)
+    assert log == full_log[stop_after:] and len(log) == steps_left
+    assert resumed.curriculum.epochs == full.curriculum.epochs
+    assert resumed.state_dict() == full.state_dict()
+
+
+def test_checkpoint_on_epoch_last_step_before_update_starts_next_epoch():
+    """verl saves before calling update(): a checkpoint on an epoch's last step still resumes cleanly."""
+    ranks, _ = ranks_and_scores()
+    ds = RowsDataset()
+    first = GainRLSampler(ds, data_config())
+    per_epoch = K_EFF // BATCH
+    state = run_epochs(first, make_loader(first, ds), ranks, 2, stop_after=per_epoch, save_before_update=True)
+    resumed = GainRLSampler(ds, data_config())
+    loader = make_loader(resumed, ds)
+    if HAVE_STATEFUL:
+        loader.load_state_dict(state)
+    else:
+        resumed.load_state_dict(state)
+    log: list[list[int]] = []
+    run_epochs(resumed, loader, ranks, 1, log=log)
+    assert len(log) == per_epoch  # a full new epoch, not an empty remainder
+    rec = resumed.curriculum.epochs[0]  # epoch 0 closed on resume without its last batch's rewards
+    assert rec["completions"] == (per_epoch - 1) * BATCH * N_RESP
+    assert resumed.curriculum.epochs[1]["mu_before"] == pytest.approx(rec["mu"])
+
+
+def _roundtrip(obj):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_options_keys_precedence_and_typos():
+    cfg = {"train_batch_size": 8, "sampler": {"class_path": "x", "class_name": "y", "sigma": 7, "alpha": 3.0},
+           "gainrl": {"sigma": 0.25}}
+    assert read_options(cfg) == {"sigma": 0.25, "alpha": 3.0}
+    with pytest.raises(ValueError, match="data.gainrl.sigmma"):
+        read_options({"gainrl": {"sigmma": 1}})
+    s = GainRLSampler(RowsDataset(), {"train_batch_size": 4, "gainrl": {"sigma": 0.25, "subset_size": 12}})
+    assert s.curriculum.sampler.sigma == pytest.approx(0.25 * N_ROWS)  # fraction of N
+    assert len(s) == 12
+    s = GainRLSampler(RowsDataset(), {"gen_batch_size": 5, "train_batch_size": 4})
+    assert len(s) == 30  # default K=256 capped by N=30, whole batches of gen_batch_size 5
+    with pytest.raises(ValueError, match="angle_rank"):
+        GainRLSampler([{"q": 1}] * 4, {"train_batch_size": 1})
+
+
+def test_response_rewards_sources_and_modes():
+    ranks, _ = ranks_and_scores()
+    batch = make_batch([0, 1], ranks)
+    np.testing.assert_array_equal(
+        response_rewards(batch), [float(correct(r, k, ranks)) for r in (0, 1) for k in range(N_RESP)]
+    )
+    fake = FakeDataProto({"token_level_rewards": torch.tensor([[0.0, 0.5], [0.0, 2.0]])},
+                         {"acc": np.array([True, None], dtype=object)})
+    np.testing.assert_array_equal(response_rewards(fake), [0.5, 2.0])
+    np.testing.assert_array_equal(response_rewards(fake, "acc"), [1.0, np.nan])
+    with pytest.raises(KeyError, match="no reward"):
+        response_rewards(fake, "score")
+
+    # accuracy=mean with reward_range: rewards 0.5 and 2.0 on a 0..2 scale -> 0.625
+    ds = RowsDataset()
+    s = GainRLSampler(ds, {"train_batch_size": 2, "gainrl": {**GAIN, "subset_size": 2, "accuracy": "mean",
+                                                             "reward_range": [0, 2], "reward_key": "token_level_rewards"}})
+    rows = list(iter(s))
+    assert len(rows) == 2
+    s.update(fake)
+    assert s.curriculum.epochs[0]["accuracy"] == pytest.approx(0.625)
+
+
+@pytest.mark.skipif(not HAVE_VERL, reason="verl with verl.experimental.dataset.sampler (0.5-0.7) not installed")
+def test_real_verl_create_rl_sampler_and_rlhf_dataset(tmp_path):
+    """verl builds the sampler from data.sampler.class_path/class_name over its RLHFDataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from omegaconf import OmegaConf
+    from verl.trainer.main_ppo import create_rl_sampler
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from conftest import make_tokenizer
+
+    ranks, scores = ranks_and_scores()
+    table = pa.table({
+        "data_source": ["demo"] * N_ROWS,
+        "prompt": [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(N_ROWS)],
+        "ability": ["math"] * N_ROWS,
+        "reward_model": [{"ground_truth": str(i + 1), "style": "rule"} for i in range(N_ROWS)],
+        "extra_info": [{"index": i, "split": "train"} for i in range(N_ROWS)],
+        "angle_rank": pa.array(ranks, pa.int64()),
+        "angle_score": pa.array(scores),
+    })
+    path = tmp_path / "ranked.parquet"
+    pq.write_table(table, path)
+    cfg = OmegaConf.create({
+        "train_batch_size": BATCH, "max_prompt_length": 64, "dataloader_num_workers": 0, "shuffle": True,
+        "prompt_key": "prompt", "return_raw_chat": False, "filter_overlong_prompts": False, "seed": SEED,
+        "sampler": {"class_path": "pkg://anglerank.integrations.verl", "class_name": "GainRLSampler"},
+        "gainrl": GAIN,
+    })
+    ds = RLHFDataset(data_files=[str(path)], tokenizer=make_tokenizer(), config=cfg)
+    sampler = create_rl_sampler(cfg, ds)
+    assert isinstance(sampler, AbstractCurriculumSampler) and type(sampler).__name__ == "GainRLSampler"
+    loader = Loader(dataset=ds, batch_size=BATCH, num_workers=0, drop_last=True, collate_fn=collate_fn,
+                    sampler=sampler)
+    ref = GaussianRankSampler(N_ROWS, K_EFF, seed=SEED, **{k: v for k, v in GAIN.items() if k != "subset_size"})
+    for epoch in range(2):
+        seen = []
+        for batch_dict in loader:
+            batch = DataProto.from_single_dict(batch_dict).repeat(repeat_times=N_RESP, interleave=True)
+            rows = batch.non_tensor_batch["index"].astype(int)  # extra_info.index == row here
+            seen += rows[::N_RESP].tolist()
+            reward = torch.zeros(len(batch), 3)
+            reward[:, -1] = torch.tensor([float(correct(r, k % N_RESP, ranks)) for k, r in enumerate(rows)])
+            batch.batch["token_level_scores"] = reward
+            sampler.update(batch=batch)
+        assert ranks[seen].tolist() == ref.draw().tolist()
+        rec = sampler.curriculum.epochs[epoch]
+        ref.update(rec["accuracy"], rec["angle"])
+        acc = np.mean([correct(r, k, ranks) for r in seen for k in range(N_RESP)])
+        assert rec["accuracy"] == pytest.approx(acc)
+    assert sampler.mu == pytest.approx(ref.mu)
