@@ -54,11 +54,13 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar o
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="The Parquet input(s) that were scored (files, directories or globs).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace scores already in the output directory.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")]
 
 
 def fail(msg: str, code: int = 2):
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

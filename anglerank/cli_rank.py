@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, user_errors
+from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, fail, user_errors
 
 # --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
 
@@ -175,15 +175,12 @@ def inspect_cmd(
     json_out: JsonOpt = False,
 ):
     """Summarise a score directory: counts, nulls, statistics, length correlation, histogram, extremes."""
-    from rich.markup import escape
-
     from anglerank.rank import MissingExtra, inspect, text_histogram
 
     try:
         r = inspect(scores_dir, data, k=k, layer=layer, bins=bins, plot=plot, force=force)
-    except MissingExtra as exc:  # escaped: cli_common.fail would read "[plot]" as rich markup
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2)
+    except MissingExtra as exc:
+        fail(str(exc))
     if json_out:
         typer.echo(json.dumps(r, indent=2))
         return

@@ -193,6 +193,8 @@ def load_layer_scores(scores_dir, layer: int | None = None, force: bool = False)
     for p in parts:
         if not p.exists():
             raise InputError(f"score part {p} listed in {d / MANIFEST} is missing")
+    if layer is not None and int(layer) < 0 and manifest.get("num_layers"):
+        layer = int(layer) + int(manifest["num_layers"])  # -1 = the model's last layer, as in `score`
     if layer is not None and layers and int(layer) not in layers:
         raise ValueError(
             f"layer {layer} was not scored in {d}; scored layers: {', '.join(map(str, layers))} "

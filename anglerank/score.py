@@ -383,6 +383,7 @@ def run_score(
         "template_fingerprint": models.text_fingerprint(getattr(tok, "chat_template", None)),
         **{k: v for k, v in asdict(opt).items() if k not in ("model", "dtype", "device", "layers")},
         "layers": scorer.layer_idx,
+        "num_layers": len(hooks.decoder_layers(model)),
         "dtype": dtype,
         "device": device,
         "prompt_column": source.prompt_column,

@@ -8,6 +8,9 @@ matrix per prompt. Here the reference matrix is reduced with the correct segment
 Ours: `run_score` with default settings (dtype auto, length-bucketed batches, base
 model only, forward stopped at the hooked site, closed-form O(L d) angles).
 
+The three variants run interleaved in chunks of prompts (alternating order) so that
+load from other processes affects them alike; times are summed over chunks.
+
 Usage: python benchmarks/bench_score.py [--n 128] [--data ../shared/data/gsm8k_test.parquet]
 Ends with one JSON line on stdout.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,22 +36,13 @@ from anglerank.score import ScoreOptions, resolve_dtype, run_score
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def authors_reference(path: Path, data: Path, n: int, preset: str) -> tuple[list[float], float, int]:
-    """The authors' algorithm: bs1, float32, full model + LM head, L x L matrix. Returns scores, seconds, tokens."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+def authors_reference(model, tok, records, preset: str) -> tuple[list[float], int]:
+    """The authors' algorithm: bs1, float32, full model + LM head, activations kept, L x L matrix."""
     target = model.model.layers[-1].mlp.up_proj
     renderer = Renderer(tok, preset)
-    records = list(ParquetSource([str(data)]).iter_records(stop_row=n))
-    with torch.no_grad():  # warm-up
-        model(torch.tensor([renderer.render(records[0].question, records[0].history).ids]))
-    t0 = time.perf_counter()
     acts, spans, tokens = [], [], 0
     for rec in records:
-        text, _, _ = renderer.text_and_span(rec.question, rec.history)  # chat template, as the authors do
-        r = renderer.render(rec.question, rec.history)
+        r = renderer.render(rec.question, rec.history)  # chat template + generation prompt
         store = {}
         h = target.register_forward_hook(lambda m, a, o: store.__setitem__("x", a[0].detach()))
         with torch.no_grad():
@@ -65,19 +60,25 @@ def authors_reference(path: Path, data: Path, n: int, preset: str) -> tuple[list
         intra = (Q.sum() - Q.diagonal().sum()) / (n_q * (n_q - 1))
         inter = cos[p:q, :p].mean()
         scores.append(float(intra + inter))
-    return scores, time.perf_counter() - t0, tokens
+    return scores, tokens
 
 
-def ours(path: Path, data: Path, n: int, preset: str, dtype: str) -> tuple[list[float], float, int]:
-    loaded = models.load(str(path), device="cpu", dtype=resolve_dtype(dtype, "cpu"))
-    with tempfile.TemporaryDirectory() as tmp:
-        warm = ScoreOptions(model=str(path), preset=preset, dtype=dtype, device="cpu")
-        run_score([str(data)], Path(tmp) / "warm", options=warm, limit=8, loaded=loaded)
-        t0 = time.perf_counter()
-        m = run_score([str(data)], Path(tmp) / "s", options=warm, limit=n, loaded=loaded)
-        el = time.perf_counter() - t0
-        scores = load_scores(Path(tmp) / "s").column("score").to_pylist()
-    return scores, el, m["tokens"]
+def ours(loaded, chunk_file: Path, out: Path, preset: str, dtype: str) -> tuple[list[float], int]:
+    opt = ScoreOptions(model=str(loaded.path), preset=preset, dtype=dtype, device="cpu")
+    m = run_score([str(chunk_file)], out, options=opt, loaded=loaded)
+    return load_scores(out).column("score").to_pylist(), m["tokens"]
+
+
+def write_chunks(data: Path, n: int, chunk: int, folder: Path) -> list[Path]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data).slice(0, n)
+    paths = []
+    for i in range(0, n, chunk):
+        p = folder / f"chunk{i:06d}.parquet"
+        pq.write_table(table.slice(i, chunk), p)
+        paths.append(p)
+    return paths
 
 
 def main() -> None:
@@ -85,15 +86,47 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="number of prompts")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "gsm8k_test.parquet")
     ap.add_argument("--preset", default="gainrl")
+    ap.add_argument("--chunk", type=int, default=32, help="prompts per interleaved chunk")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_score.json")
     args = ap.parse_args()
     path = models.prepare_embedded()
     torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ref, t_ref, tok_ref = authors_reference(path, args.data, args.n, args.preset)
-    auto, t_auto, tok_auto = ours(path, args.data, args.n, args.preset, "auto")
-    f32, t_f32, _ = ours(path, args.data, args.n, args.preset, "float32")
-    assert tok_ref == tok_auto, (tok_ref, tok_auto)
+    tok = AutoTokenizer.from_pretrained(path)
+    ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    variants = {"auto": models.load(str(path), "cpu", resolve_dtype("auto", "cpu")),
+                "float32": models.load(str(path), "cpu", "float32")}
+    times = {"ref": 0.0, "auto": 0.0, "float32": 0.0}
+    scores = {"ref": [], "auto": [], "float32": []}
+    tokens = {"ref": 0, "auto": 0, "float32": 0}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        chunks = write_chunks(args.data, args.n, args.chunk, tmp)
+        # warm-up every variant once (allocators, kernels) before timing
+        warm = list(ParquetSource([str(chunks[0])]).iter_records(stop_row=4))
+        authors_reference(ref_model, tok, warm, args.preset)
+        for name, lm in variants.items():
+            ours(lm, chunks[0], tmp / f"warm-{name}", args.preset, name)
+        # interleave the variants chunk by chunk so a busy machine slows them alike
+        for k, chunk in enumerate(chunks):
+            recs = list(ParquetSource([str(chunk)]).iter_records())
+            order = ["ref", "auto", "float32"] if k % 2 == 0 else ["float32", "auto", "ref"]
+            for name in order:
+                t0 = time.perf_counter()
+                if name == "ref":
+                    sc, nt = authors_reference(ref_model, tok, recs, args.preset)
+                else:
+                    sc, nt = ours(variants[name], chunk, tmp / f"{name}-{k}", args.preset, name)
+                times[name] += time.perf_counter() - t0
+                scores[name] += sc
+                tokens[name] += nt
+            print(f"chunk {k + 1}/{len(chunks)}: " + ", ".join(f"{n} {t:.1f}s" for n, t in times.items()),
+                  file=sys.stderr, flush=True)
+    assert tokens["ref"] == tokens["auto"] == tokens["float32"], tokens
+    ref, t_ref, tok_ref = scores["ref"], times["ref"], tokens["ref"]
+    auto, t_auto = scores["auto"], times["auto"]
+    f32, t_f32 = scores["float32"], times["float32"]
 
     auto_dtype = resolve_dtype("auto", "cpu")
     rows = [

@@ -269,6 +269,7 @@ def main():
     ap.add_argument("--skip-probe", action="store_true")
     ap.add_argument("--probe-per-kind", type=int, default=24)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (cpu config default: 1)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (train_<config><tag>.*)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -276,7 +277,7 @@ def main():
     if args.threads is not None:
         spec["train"]["threads"] = args.threads
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else spec["seeds"]
-    work, out = Path(args.work), Path(args.out)
+    work, out = Path(args.work) / f"{args.config}{args.tag}", Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     train_rows = make_split(spec["n_train"], seed=1234)
@@ -302,7 +303,7 @@ def main():
     res = analyse(runs)
     result = {"config": args.config, "spec": spec, "machine": machine, "seeds": seeds, "mix": MIX,
               "probe": probe_res, "runs": res, "total_s": round(time.perf_counter() - t_all, 1)}
-    stem = f"train_{args.config}"
+    stem = f"train_{args.config}{args.tag}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (out / f"{stem}.md").write_text(markdown(args.config, spec, probe_res, res, machine))
     try:

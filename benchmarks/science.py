@@ -44,7 +44,9 @@ from anglerank.angles import spearman  # noqa: E402
 from anglerank.data.reader import ParquetSource  # noqa: E402
 from anglerank.render import Renderer  # noqa: E402
 from anglerank.score import ScoreOptions, Scorer, make_batches  # noqa: E402
-from anglerank.validate import ValidateOptions, correlations, run_validate, sample_rows  # noqa: E402
+from anglerank.validate import (  # noqa: E402
+    ValidateOptions, correlations, partial_spearman, run_validate, sample_rows,
+)
 
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -245,14 +247,17 @@ def build_report() -> tuple[dict, str]:
                           f"{_f(e['rho_inter_question_len'])} | {_f(e.get('rho_inter_total_tokens'))} | "
                           f"{_f(None if e['null_scores'] == d['rows'] else e['rho_authors_order_position_total_tokens'])} |")
         md += ["", "Authors' order position: the score sorted descending with null (NaN) scores first, as the "
-               "released script's `torch.argsort(descending=True)` does; a negative ρ with total tokens means "
-               "shortest first.", ""]
+               "released script's `torch.argsort(descending=True)` does (null scores kept in row order among "
+               "themselves); position 0 comes first, so a positive ρ with total tokens means shorter prompts first. "
+               "Null `gainrl-code` scores: the hard-coded 110-token prefix and 6-token suffix leave no intra rows "
+               "for prompts of 232 tokens or fewer (METHOD.md section 4).", ""]
         md += ["**Stability across layers**: Spearman ρ between the last layer's (29) score and layer k's, same prompts.",
                "", "| dataset | estimator | " + " | ".join(f"k={k}" for k in STABILITY_LAYERS) + " |",
                "| --- | --- | " + " | ".join("---" for _ in STABILITY_LAYERS) + " |"]
         for ds, d in L["datasets"].items():
             for est, e in d["estimators"].items():
-                md.append(f"| {ds} | `{est}` score | " + " | ".join(_f(e["stability_vs_last_layer"].get(str(k)))
+                nn = f" ({d['rows'] - e['null_scores']} non-null)" if e["null_scores"] else ""
+                md.append(f"| {ds} | `{est}` score{nn} | " + " | ".join(_f(e["stability_vs_last_layer"].get(str(k)))
                                                                      for k in STABILITY_LAYERS) + " |")
                 md.append(f"| {ds} | `{est}` inter term | " + " | ".join(
                     _f(e.get("stability_inter_vs_last_layer", {}).get(str(k))) for k in STABILITY_LAYERS) + " |")
@@ -278,8 +283,22 @@ def build_report() -> tuple[dict, str]:
                      "question tokens": "n_question"}[label]
                 cells = [_cell(_c(r, x, y, key=key)) if y != x else "—"
                          for y in ("grad_a", "grad_b", "pass_rate", "nll", "n_question")]
-                md.append(f"| {what} | {r['n_with_gradients']} | {label} | " + " | ".join(cells) + " |")
+                n_x = _c(r, x, "grad_b", key=key).get("n", r["n_with_gradients"])
+                md.append(f"| {what} | {n_x} | {label} | " + " | ".join(cells) + " |")
+            last_rows = [p for p in r["per_sample"] if p["layer"] == max(r["layers"])]
+            nt = [p["n_target"] for p in last_rows]
+            cells = [_f(_rho(nt, [p[y] for p in last_rows])) if any(p[y] is not None for p in last_rows) else "n/a"
+                     for y in ("grad_a", "grad_b", "pass_rate", "nll", "n_question")]
+            md.append(f"| {what} | {r['n_with_gradients']} | target tokens | " + " | ".join(cells) + " |")
         md.append("")
+        ctl = []
+        for k, r in vals:
+            rows = [p for p in r["per_sample"] if p["layer"] == max(r["layers"])]
+            pr = partial_spearman([p["score"] for p in rows], [p["grad_a"] for p in rows], [p["n_target"] for p in rows])
+            pb = partial_spearman([p["score"] for p in rows], [p["grad_b"] for p in rows], [p["n_target"] for p in rows])
+            ctl.append(f"{k}: ‖∇W‖ {_f(_num(pr))}, ‖∇θ‖ {_f(_num(pb))}")
+        md += ["Partial ρ of the `paper` score with the gradient norms controlling *target* length instead: "
+               + "; ".join(ctl) + ".", ""]
         layer_rows = []
         for k, r in vals:
             if k == "passrate-gsm8k":

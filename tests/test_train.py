@@ -277,3 +277,27 @@ def test_plot_writes_png_or_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)
     res = runner.invoke(app, ["plot", str(run), "-o", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "pip install" in res.output
+
+
+def test_baseline_samplers_and_config_only_invocation(tmp_path, tiny_model_dir, questions_parquet, reward_file):
+    """uniform never scores; ordered walks the ranking in order; TRAIN may come from --config."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'train_data = ["{questions_parquet}"]\nsampler = "ordered"\nkeep_order = true\nepochs = 2\n')
+    run = tmp_path / "ordered"
+    args = _args(questions_parquet, run, tiny_model_dir, reward_file, "--config", str(cfg))
+    args.remove(str(questions_parquet))
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    draws = [json.loads(x) for x in (run / "subsets.jsonl").read_text().splitlines()]
+    assert [d["ranks"] for d in draws] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [d["epoch"] for d in draws] == [1, 2]
+
+    run = tmp_path / "uniform"
+    res = runner.invoke(app, _args(questions_parquet, run, tiny_model_dir, reward_file, "--sampler", "uniform",
+                                   "--epochs", "2"))
+    assert res.exit_code == 0, res.output
+    recs = loop.read_metrics(run)
+    assert not [r for r in recs if r["type"] == "score"]
+    rows = [json.loads(x)["rows"] for x in (run / "subsets.jsonl").read_text().splitlines()]
+    assert len(set(rows[0]) | set(rows[1])) == 8  # one shuffled pass: no prompt twice
+    assert all(r["rescore_s"] == 0 and r["mu"] is None for r in recs if r["type"] == "epoch")

@@ -15,7 +15,8 @@ G completions, followed by ``num_iterations`` optimiser updates.
 Run directory::
 
     RUN_DIR/config.toml           resolved config (reusable with --config)
-    RUN_DIR/metrics.jsonl         one JSON object per line, "type": step|epoch|eval|score
+    RUN_DIR/metrics.jsonl         one JSON object per line, "type": step|epoch|eval|score;
+                                  "epoch" counts from 1 (eval/score: epochs completed, 0 = before training)
     RUN_DIR/subsets.jsonl         each epoch's drawn prompts (ranks, rows, ids)
     RUN_DIR/checkpoints/step-N/   model.safetensors + config + tokenizer (from_pretrained),
                                   optimizer.pt, rng.pt, trainer_state.json
@@ -193,7 +194,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                     st.subset = [int(st.ranking[r]) for r in ranks]
                     st.subset_info = _subset_info(ranks, st.subset, st.scores, sampler)
                     st.acc = _EpochStats()
-                    subsets_log.write({"epoch": st.epoch, "ranks": [int(r) for r in ranks],
+                    subsets_log.write({"epoch": st.epoch + 1, "ranks": [int(r) for r in ranks],
                                        "rows": [pool.rows[i] for i in st.subset],
                                        "ids": [pool.ids[i] for i in st.subset]})
                 while st.step_in_epoch < steps_per_epoch:
@@ -207,7 +208,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                         raise _Stop from None
                     st.global_step += 1
                     st.step_in_epoch += 1
-                    rec.update(type="step", epoch=st.epoch, step=st.global_step, elapsed_s=elapsed())
+                    rec.update(type="step", epoch=st.epoch + 1, step=st.global_step, elapsed_s=elapsed())
                     log.write(rec)
                     emit("step", rec)
                     if stop.requested:
