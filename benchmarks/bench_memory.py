@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import resource, sys
-from anglerank.cli import app
+from anglerank.cli import _tune_allocator, app
+_tune_allocator()  # what the `anglerank` entry point does
 try:
     app(sys.argv[1:], standalone_mode=False)
 except SystemExit as e:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import random
@@ -193,6 +192,19 @@ def _printer(tag: str):
     return show
 
 
+def trained_mix(run_dir) -> dict:
+    """Distinct prompts drawn over the run and the share of each problem kind among all draws."""
+    run_dir = Path(run_dir)
+    draws = [json.loads(x) for x in (run_dir / "subsets.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for d in draws for r in d["rows"]]
+    kinds = pq.read_table(run_dir.parent / "train.parquet", columns=["kind"]).column("kind").to_pylist()
+    counts = {k: 0 for k in MIX}
+    for r in rows:
+        counts[kinds[r]] += 1
+    return {"distinct_prompts": len(set(rows)), "draws": len(rows),
+            "kind_share": {k: round(v / max(1, len(rows)), 3) for k, v in counts.items()}}
+
+
 def analyse(runs: list[dict]) -> dict:
     out = {}
     for r in runs:
@@ -204,7 +216,7 @@ def analyse(runs: list[dict]) -> dict:
         rollout = [e["rollout_s"] for e in epochs]
         update = [e["update_s"] for e in epochs]
         out[f"{r['sampler']}-s{r['seed']}"] = {
-            "sampler": r["sampler"], "seed": r["seed"],
+            "sampler": r["sampler"], "seed": r["seed"], "run_dir": r["run_dir"],
             "eval_curve": [(e["step"], round(e["elapsed_s"], 1), e["eval_accuracy"]) for e in evals],
             "base_eval_accuracy": evals[0]["eval_accuracy"] if evals else None,
             "final_eval_accuracy": evals[-1]["eval_accuracy"] if evals else None,
@@ -213,7 +225,7 @@ def analyse(runs: list[dict]) -> dict:
             "mu_by_epoch": [e["mu"] for e in epochs],
             "subset_mean_rank_by_epoch": [e["subset_mean_rank"] for e in epochs],
             "angle_by_epoch": [e["angle"] for e in epochs],
-            "steps": r["steps"], "wall_s": r["wall_s"],
+            "steps": r["steps"], "wall_s": r["wall_s"], **trained_mix(r["run_dir"]),
             "initial_score_s": scores[0]["seconds"] if scores else 0.0,
             "rescore_s_mean": float(np.mean(rescore)) if rescore else 0.0,
             "rollout_s_mean": float(np.mean(rollout)), "update_s_mean": float(np.mean(update)),
@@ -259,6 +271,79 @@ def markdown(spec_name: str, spec: dict, probe_res: dict | None, res: dict, mach
     return "\n".join(lines) + "\n"
 
 
+def machine_name(threads: int | None) -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu} CPU, {os.cpu_count()} cores shared with other jobs, torch {torch.__version__}, "
+            f"{threads or torch.get_num_threads()} thread(s), bf16 autocast")
+
+
+SAMPLER_COLORS = {"gainrl": "C0", "uniform": "C1", "ordered": "C2"}
+
+
+def _find_run(work: Path, key: str) -> str | None:
+    for cand in [work / key, *sorted(work.glob(f"*/{key}"))]:
+        if (cand / "subsets.jsonl").exists():
+            return str(cand)
+    return None
+
+
+def combine(paths: list[str], out: Path, stem: str, work: Path) -> dict:
+    """Merge result JSONs of several invocations (e.g. different seeds) into one table and plot."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    runs = {k: v for r in results for k, v in r["runs"].items()}
+    dirs = {k: v.get("run_dir") for r in results for k, v in r["runs"].items()}
+    for k, v in runs.items():
+        dirs[k] = v["run_dir"] = dirs[k] or _find_run(work, k)
+    by_sampler: dict[str, list] = {}
+    for key, r in runs.items():
+        by_sampler.setdefault(r["sampler"], []).append(r)
+    table = {}
+    for s, rs in by_sampler.items():
+        fin = [r["final_eval_accuracy"] for r in rs]
+        table[s] = {"seeds": sorted(r["seed"] for r in rs), "final_mean": float(np.mean(fin)),
+                    "final_sd": float(np.std(fin, ddof=1)) if len(fin) > 1 else 0.0,
+                    "finals": fin, "base_mean": float(np.mean([r["base_eval_accuracy"] for r in rs])),
+                    "best_mean": float(np.mean([r["best_eval_accuracy"] for r in rs])),
+                    "steps_to_uniform_final": [r.get("steps_to_uniform_final") for r in rs],
+                    "wall_min_mean": float(np.mean([r["wall_s"] for r in rs]) / 60),
+                    "rescore_over_rollout": float(np.mean([r["rescore_over_rollout"] for r in rs])),
+                    "rescore_over_epoch": float(np.mean([r["rescore_over_epoch"] for r in rs])),
+                    "distinct_prompts": [trained_mix(r["run_dir"])["distinct_prompts"] for r in rs],
+                    "kind_share": {k: round(float(np.mean([trained_mix(r["run_dir"])["kind_share"][k] for r in rs])), 3)
+                                   for k in MIX}}
+    first = results[0]
+    lines = [f"# bench_train: {first['config']} config, seeds {sorted({r['seed'] for r in runs.values()})}", "",
+             f"Machine: {first['machine']}", "",
+             "| sampler | seeds | base eval acc | final eval acc, mean ± sd (per seed) | best (mean) | "
+             "steps to uniform's final (per seed; - = not reached) | wall min / run | rescore / rollout | "
+             "rescore / epoch | distinct prompts trained | kinds trained (share of draws) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for s, t in table.items():
+        lines.append(f"| {s} | {len(t['seeds'])} | {t['base_mean']:.3f} | {t['final_mean']:.3f} ± {t['final_sd']:.3f} "
+                     f"({', '.join(f'{x:.3f}' for x in t['finals'])}) | {t['best_mean']:.3f} | "
+                     f"{', '.join('-' if x is None else str(x) for x in t['steps_to_uniform_final'])} | "
+                     f"{t['wall_min_mean']:.1f} | {t['rescore_over_rollout']:.2f} | {t['rescore_over_epoch']:.2f} | "
+                     f"{', '.join(map(str, t['distinct_prompts']))} | "
+                     f"{', '.join(f'{k} {v:.2f}' for k, v in t['kind_share'].items())} |")
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"inputs": paths, "by_sampler": table}, indent=2))
+    keys = [k for k in runs if dirs[k] and Path(dirs[k]).exists()]
+    if keys:
+        from anglerank.train.plot import plot_runs
+
+        plot_runs([dirs[k] for k in keys], out / f"{stem}.png", labels=keys,
+                  colors=[SAMPLER_COLORS.get(runs[k]["sampler"], "C3") for k in keys],
+                  title=f"GAIN-RL vs uniform vs ordered ({first['config']} config, all seeds)")
+    return table
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
@@ -270,7 +355,14 @@ def main():
     ap.add_argument("--probe-per-kind", type=int, default=24)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (cpu config default: 1)")
     ap.add_argument("--tag", default="", help="suffix of the result files (train_<config><tag>.*)")
+    ap.add_argument("--combine", nargs="+", metavar="RESULT_JSON",
+                    help="only merge earlier result JSONs (several seeds) into train_<config><tag>.md/.json/.png")
     args = ap.parse_args()
+    if args.combine:
+        table = combine(args.combine, Path(args.out), f"train_{args.config}{args.tag}", Path(args.work))
+        print(json.dumps({k: {"final_mean": round(v["final_mean"], 4), "final_sd": round(v["final_sd"], 4),
+                              "steps_to_uniform_final": v["steps_to_uniform_final"]} for k, v in table.items()}))
+        return
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     spec = json.loads(json.dumps(CONFIGS[args.config]))
@@ -286,10 +378,7 @@ def main():
     write_parquet(train_rows, data["train"])
     write_parquet(eval_rows, data["eval"])
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    machine = (torch.cuda.get_device_name(0) if device == "cuda" else
-               f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs), "
-               f"torch {torch.__version__}, {spec['train'].get('threads') or torch.get_num_threads()} thread(s)")
+    machine = machine_name(spec["train"].get("threads"))
     t_all = time.perf_counter()
     probe_res = None
     if not args.skip_probe:
@@ -311,6 +400,7 @@ def main():
 
         plot_runs([r["run_dir"] for r in runs], out / f"{stem}.png",
                   labels=[f"{r['sampler']} s{r['seed']}" for r in runs],
+                  colors=[SAMPLER_COLORS.get(r["sampler"], "C3") for r in runs] if len(seeds) > 1 else None,
                   title=f"GAIN-RL vs uniform vs ordered ({args.config} config, {machine})")
     except ValueError as exc:  # matplotlib missing
         print(f"no plot: {exc}", file=sys.stderr)

@@ -241,7 +241,7 @@ def build_report() -> tuple[dict, str]:
                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for ds, d in L["datasets"].items():
             for est, e in d["estimators"].items():
-                md.append(f"| {ds} (median {d['n_tokens_median']:.0f} tokens, {d['n_tokens_min']}-{d['n_tokens_max']}) "
+                md.append(f"| {ds} (total tokens: median {d['n_tokens_median']:.0f}, range {d['n_tokens_min']}-{d['n_tokens_max']}) "
                           f"| `{est}` | {e['null_scores']}/{d['rows']} | {_f(e['rho_score_question_len'])} | "
                           f"{_f(e['rho_score_total_tokens'])} | {_f(e['rho_intra_question_len'])} | "
                           f"{_f(e['rho_inter_question_len'])} | {_f(e.get('rho_inter_total_tokens'))} | "
@@ -274,10 +274,12 @@ def build_report() -> tuple[dict, str]:
             what = {"validate-gsm8k": "GSM8K, target = reference solution",
                     "validate-math": f"MATH, target = greedy completion (≤{parts['validate-math']['max_new_tokens'] if 'validate-math' in parts else ''} tokens)",
                     "passrate-gsm8k": f"GSM8K, pass rate from G={r.get('rollouts')} samples (T={r.get('temperature')}, ≤{r.get('max_new_tokens')} tokens)"}[k]
-            for key, label in (("correlations", "`paper` score"), ("correlations", "`paper` intra"),
-                               ("correlations", "`paper` inter"), ("correlations_gainrl_code", "`gainrl-code` score"),
-                               ("correlations_gainrl_code", "`gainrl-code` inter term"),
-                               ("correlations", "question tokens")):
+            labels = (("correlations", "`paper` score"), ("correlations", "`paper` intra"),
+                      ("correlations", "`paper` inter"), ("correlations_gainrl_code", "`gainrl-code` score"),
+                      ("correlations_gainrl_code", "`gainrl-code` inter term"), ("correlations", "question tokens"))
+            if k == "passrate-gsm8k":
+                labels = (labels[0], labels[4], labels[5])
+            for key, label in labels:
                 x = {"`paper` score": "score", "`paper` intra": "intra", "`paper` inter": "inter",
                      "`gainrl-code` score": "score", "`gainrl-code` inter term": "inter",
                      "question tokens": "n_question"}[label]
@@ -316,8 +318,12 @@ def build_report() -> tuple[dict, str]:
         if "passrate-gsm8k" in parts:
             pr = [s["pass_rate"] for s in parts["passrate-gsm8k"]["per_sample"] if s["pass_rate"] is not None
                   and s["layer"] == max(parts["passrate-gsm8k"]["layers"])]
-            md += [f"Pass-rate run: mean pass rate {np.mean(pr):.3f} over {len(pr)} prompts; "
-                   f"{sum(p > 0 for p in pr)} prompts with at least one correct sample.", ""]
+            pk = parts["passrate-gsm8k"]
+            md += [f"Pass-rate run ({len(pr)} other seeded GSM8K prompts, G={pk['rollouts']}, T={pk['temperature']}, "
+                   f"≤{pk['max_new_tokens']} new tokens, judged by `answers_match(extract_answer(completion), "
+                   f"reward_model.ground_truth)`): mean pass rate {np.mean(pr):.3f}; "
+                   f"{sum(p > 0 for p in pr)} prompts with at least one correct sample"
+                   + (", so every correlation with pass rate is undefined (n/a)." if not any(pr) else "."), ""]
     summary = {"stages": sorted(parts)}
     for k, r in vals:
         summary[k] = {"n": r["n_with_gradients"], "rho_score_grad_a": _c(r, "score", "grad_a").get("spearman"),

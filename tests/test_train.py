@@ -16,7 +16,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from anglerank import angles
 from anglerank.cli import app
 from anglerank.train import grpo, loop, rollout
 from anglerank.train.config import TrainConfig, build_config, dump_toml, load_toml
@@ -301,3 +300,20 @@ def test_baseline_samplers_and_config_only_invocation(tmp_path, tiny_model_dir, 
     rows = [json.loads(x)["rows"] for x in (run / "subsets.jsonl").read_text().splitlines()]
     assert len(set(rows[0]) | set(rows[1])) == 8  # one shuffled pass: no prompt twice
     assert all(r["rescore_s"] == 0 and r["mu"] is None for r in recs if r["type"] == "epoch")
+
+
+def test_kl_reference_and_several_iterations(tmp_path, tiny_model_dir, questions_parquet, reward_file):
+    """beta > 0 loads a frozen reference; num_iterations > 1 trains on stored old log-probs."""
+    run = tmp_path / "kl"
+    res = runner.invoke(app, _args(questions_parquet, run, tiny_model_dir, reward_file, "--epochs", "1",
+                                   "--beta", "0.05", "--num-iterations", "2", "--loss-type", "dapo",
+                                   "--epsilon-high", "0.28", "--lr-schedule", "cosine", "--warmup-steps", "1"))
+    assert res.exit_code == 0, res.output
+    steps = loop.read_metrics(run, "step")
+    assert len(steps) == 2
+    # updates 0..3: lr 0 (warm-up), then cosine from 1e-3 at update 1 down to update 3
+    assert steps[0]["lr"] == pytest.approx(1e-3)
+    assert steps[1]["lr"] == pytest.approx(grpo.lr_at(3, 4, 1e-3, 1, "cosine"))
+    # step 1's second pass follows an lr-0 update: nothing moved yet; step 2's follows a real one
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-7) and steps[0]["ratio_mean"] == pytest.approx(1.0)
+    assert steps[1]["kl"] > 0 and steps[1]["ratio_mean"] != 1.0

@@ -218,3 +218,45 @@ def test_cli_json_and_errors(data, tiny_model_dir, tmp_path):
         res = runner.invoke(app, args)
         assert res.exit_code == 2, (args, res.output)
         assert "error:" in res.output and "Traceback" not in res.output
+
+
+def test_pass_rates_use_the_math_checker(data, loaded, tiny_model_dir, monkeypatch):
+    import anglerank.validate as v
+
+    tok = loaded.tokenizer
+    real = v._generate
+
+    def fake(model, prompts, pad_id, eos, max_new_tokens, do_sample, *a, **kw):
+        if not do_sample:
+            return real(model, prompts, pad_id, eos, max_new_tokens, do_sample, *a, **kw)
+        return [tok("so the answer is \\boxed{7}", add_special_tokens=False)["input_ids"],
+                tok("#### 8.0", add_special_tokens=False)["input_ids"]]
+
+    monkeypatch.setattr(v, "_generate", fake)
+    rep = _run(data, loaded, tiny_model_dir, samples=N_ROWS, max_new_tokens=2, rollouts=2,
+               answer_column="reward_model.ground_truth", target_column="extra_info.answer")
+    truth = {i: i + i % 5 + 3 for i in range(N_ROWS)}
+    rates = {r["row"]: r["pass_rate"] for r in rep["per_sample"]}
+    assert rates == {i: (0.5 if truth[i] in (7, 8) else 0.0) for i in range(N_ROWS)}
+    assert any(c["y"] == "pass_rate" and c["spearman"] is not None for c in rep["correlations"])
+
+
+def test_plot_without_matplotlib_is_one_clear_error(data, tiny_model_dir, tmp_path, monkeypatch):
+    import sys
+
+    from typer.testing import CliRunner
+
+    from anglerank.cli import app
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    res = CliRunner().invoke(app, ["validate", str(data), "--model", str(tiny_model_dir), "--plot",
+                                   str(tmp_path / "p.png")])
+    assert res.exit_code == 2 and "--plot needs matplotlib" in res.output
+
+
+def test_plot_writes_png(report, tmp_path):
+    pytest.importorskip("matplotlib")
+    from anglerank.validate import plot_report
+
+    plot_report(report, tmp_path / "v.png")
+    assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"

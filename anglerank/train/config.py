@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -256,6 +255,13 @@ def coerce(name: str, value):
 
 def load_toml(path: str | Path) -> dict:
     """Settings from a TOML file: top-level keys or a ``[train]`` table; dashes or underscores."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ValueError("reading TOML needs Python 3.11+ or `pip install tomli`") from None
     p = Path(path)
     if not p.exists():
         raise ValueError(f"config file not found: {p}")

@@ -37,8 +37,13 @@ def _mpl():
     return plt
 
 
-def plot_runs(run_dirs, output=None, labels: list[str] | None = None, title: str | None = None) -> Path:
-    """Draw the curves of ``run_dirs`` into one PNG; return its path."""
+def plot_runs(run_dirs, output=None, labels: list[str] | None = None, title: str | None = None,
+              colors: list[str] | None = None) -> Path:
+    """Draw the curves of ``run_dirs`` into one PNG; return its path.
+
+    ``labels`` and ``colors`` (matplotlib colour specs) are per run; by default the
+    directory name and one colour per run.
+    """
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
         raise ValueError("give at least one run directory")
@@ -48,7 +53,7 @@ def plot_runs(run_dirs, output=None, labels: list[str] | None = None, title: str
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     ax = axes.ravel()
     for i, (label, recs) in enumerate(runs):
-        c = f"C{i % 10}"
+        c = colors[i] if colors else f"C{i % 10}"
         steps = [r for r in recs if r["type"] == "step"]
         epochs = [r for r in recs if r["type"] == "epoch"]
         evals = [r for r in recs if r["type"] == "eval"]
