@@ -135,7 +135,7 @@ def score(
     rank0 = dist_env is None or dist_env[0] == 0
     ctx, cb = _progress(quiet or not rank0)
     with ctx:
-        manifest = run_score(
+        run_score(
             inputs, output, options=opt, prompt_column=prompt_column, id_column=id_column, limit=limit,
             overwrite=overwrite, resume=resume, commit_every=commit_every, progress=cb,
             num_shards=num_shards, shard_index=shard_index,

@@ -14,7 +14,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import pyarrow as pa
 import torch
@@ -236,6 +236,21 @@ class Scorer:
         return out
 
 
+def build_scorer(opt: ScoreOptions, loaded=None):
+    """Resolve device and dtype, load the model unless given, and build its Scorer.
+
+    Returns ``(scorer, loaded, device, dtype)``.
+    """
+    from anglerank import models
+
+    device = resolve_device(opt.device)
+    dtype = resolve_dtype(opt.dtype, device)
+    if loaded is None:
+        loaded = models.load(opt.model, device=device, dtype=dtype)
+    renderer = Renderer(loaded.tokenizer, opt.preset, opt.system, opt.prefix, opt.max_length)
+    return Scorer(loaded.model, loaded.tokenizer, renderer, opt, device), loaded, device, dtype
+
+
 # --- file-level run --------------------------------------------------------------------
 
 SETTINGS_KEYS = (
@@ -367,13 +382,8 @@ def run_score(
         raise ValueError("window_rows must be positive")
     commit_every = max(window_rows, (commit_every // window_rows) * window_rows)
     row_start, row_stop = shard_range(total, num_shards, shard_index, window_rows)
-    device = resolve_device(opt.device)
-    dtype = resolve_dtype(opt.dtype, device)
-    if loaded is None:
-        loaded = models.load(opt.model, device=device, dtype=dtype)
+    scorer, loaded, device, dtype = build_scorer(opt, loaded)
     model, tok = loaded.model, loaded.tokenizer
-    renderer = Renderer(tok, opt.preset, opt.system, opt.prefix, opt.max_length)
-    scorer = Scorer(model, tok, renderer, opt, device)
     files = source.fingerprints()
     out = Path(output) if num_shards == 1 else shard_dir(output, shard_index, num_shards)
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -46,8 +46,7 @@ import torch
 from anglerank import __version__, hooks
 from anglerank.angles import rankdata, spearman
 from anglerank.data.reader import InputError, ParquetSource, Record
-from anglerank.render import Renderer
-from anglerank.score import ScoreOptions, Scorer, resolve_device, resolve_dtype
+from anglerank.score import ScoreOptions, build_scorer
 
 X_VARS = ("score", "intra", "inter")
 Y_VARS = ("grad_a", "grad_b", "pass_rate", "nll", "n_question", "n_tokens")
@@ -178,24 +177,12 @@ def sample_rows(total: int, samples: int, seed: int) -> list[int]:
     return sorted(int(r) for r in rng.choice(total, size=samples, replace=False))
 
 
-def _field_type(schema, dotted: str):
-    import pyarrow as pa
-
-    parts = dotted.split(".")
-    if parts[0] not in schema.names:
-        return None
-    t = schema.field(parts[0]).type
-    for part in parts[1:]:
-        if not pa.types.is_struct(t) or t.get_field_index(part) < 0:
-            return None
-        t = t.field(part).type
-    return t
-
-
 def check_column(source: ParquetSource, column: str, what: str, numeric_ok: bool) -> None:
     import pyarrow as pa
 
-    t = _field_type(source.schema, column)
+    from anglerank.data.reader import field_type
+
+    t = field_type(source.schema, column)
     if t is None:
         names = [f.name for f in source.schema]
         raise InputError(f"{what} column {column!r} not found; top-level columns: {', '.join(names)} "
@@ -385,7 +372,6 @@ def run_validate(
     models.LoadedModel) to reuse a model; it is temporarily cast to float32 for the
     generation and gradient stages and cast back afterwards.
     """
-    from anglerank import models
     from anglerank.train.rewards import answers_match, extract_answer
 
     sopt = score_options or ScoreOptions()
@@ -398,13 +384,9 @@ def run_validate(
         check_column(source, vopt.answer_column, "answer", numeric_ok=True)
     if source.total_rows == 0:
         raise InputError("the input has no rows")
-    device = resolve_device(sopt.device)
-    dtype = resolve_dtype(sopt.dtype, device)
-    if loaded is None:
-        loaded = models.load(sopt.model, device=device, dtype=dtype)
+    scorer, loaded, device, dtype = build_scorer(sopt, loaded)
     model, tok = loaded.model, loaded.tokenizer
-    renderer = Renderer(tok, sopt.preset, sopt.system, sopt.prefix, sopt.max_length)
-    scorer = Scorer(model, tok, renderer, sopt, device)
+    renderer = scorer.renderer
     layers = scorer.layer_idx
     tick = progress or (lambda stage, done, total: None)
 

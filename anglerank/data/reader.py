@@ -78,7 +78,7 @@ def file_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _field_type(schema: pa.Schema, dotted: str) -> pa.DataType | None:
+def field_type(schema: pa.Schema, dotted: str) -> pa.DataType | None:
     parts = dotted.split(".")
     if parts[0] not in schema.names:
         return None
@@ -149,7 +149,7 @@ class ParquetSource:
     def _resolve_prompt(self, name: str | None) -> tuple[str, str]:
         cols = ", ".join(_all_columns(self.schema))
         if name is not None:
-            t = _field_type(self.schema, name)
+            t = field_type(self.schema, name)
             if t is None:
                 raise InputError(f"prompt column {name!r} not found; columns: {cols}")
             if _is_messages(t):
@@ -159,7 +159,7 @@ class ParquetSource:
             raise InputError(
                 f"prompt column {name!r} has type {t}; expected a string or a list of {{role, content}} messages"
             )
-        t = _field_type(self.schema, "prompt")
+        t = field_type(self.schema, "prompt")
         if t is not None:
             if _is_messages(t):
                 return "prompt", "messages"
@@ -176,19 +176,19 @@ class ParquetSource:
             )
         if not found:
             raise InputError(f"no prompt column found (looked for prompt, question, problem, text); columns: {cols}; use --prompt-column")
-        t = _field_type(self.schema, found[0])
+        t = field_type(self.schema, found[0])
         if not _is_string(t):
             raise InputError(f"prompt column {found[0]!r} has type {t}; expected a string (use --prompt-column)")
         return found[0], "string"
 
     def _resolve_id(self, name: str | None) -> tuple[str | None, pa.DataType]:
         if name is not None:
-            t = _field_type(self.schema, name)
+            t = field_type(self.schema, name)
             if t is None:
                 raise InputError(f"id column {name!r} not found; columns: {', '.join(_all_columns(self.schema))}")
             return name, t
         for cand in AUTO_ID_COLUMNS:
-            t = _field_type(self.schema, cand)
+            t = field_type(self.schema, cand)
             if t is not None and (pa.types.is_integer(t) or _is_string(t)):
                 return cand, t
         return None, pa.int64()
