@@ -47,7 +47,7 @@ CodeSuffixOpt = Annotated[int, typer.Option("--code-suffix-tokens", help="gainrl
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longer prompts are truncated at the end and flagged `truncated`.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto|bfloat16|float16|float32. auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else float32.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.")]
-BatchTokensOpt = Annotated[int, typer.Option("--batch-tokens", help="Token budget per forward batch, padding included.")]
+BatchTokensOpt = Annotated[Optional[int], typer.Option("--batch-tokens", help="Token budget per forward batch, padding included. Default: 16384 on GPUs, 2048 on CPUs (small batches stay in cache).")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (quick runs).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]

@@ -104,7 +104,7 @@ def validate(
     max_length: MaxLengthOpt = 4096,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
-    batch_tokens: BatchTokensOpt = 16384,
+    batch_tokens: BatchTokensOpt = None,
     quiet: QuietOpt = False,
 ):
     """Correlate angle scores with per-prompt gradient norms (and pass rates) on a seeded sample.

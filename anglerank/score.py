@@ -59,7 +59,7 @@ class ScoreOptions:
     max_length: int = 4096
     dtype: str = "auto"
     device: str = "auto"
-    batch_tokens: int = 16384
+    batch_tokens: int | None = None  # None: 16384 on GPUs, 2048 on CPUs (measured best here)
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -68,7 +68,7 @@ class ScoreOptions:
             raise ValueError(f"unknown hook site {self.site!r}; choose from {', '.join(hooks.SITES)}")
         if self.w_inter is None:
             self.w_inter = 8.0 if self.estimator == "gainrl-code" else 1.0
-        if self.batch_tokens < 1:
+        if self.batch_tokens is not None and self.batch_tokens < 1:
             raise ValueError("--batch-tokens must be positive")
         if not self.layers:
             self.layers = [-1]
@@ -141,6 +141,8 @@ class Scorer:
         self.renderer = renderer
         self.opt = options
         self.device = device
+        if options.batch_tokens is None:
+            options.batch_tokens = 2048 if str(device) == "cpu" else 16384
         self.layer_idx = hooks.parse_layers(model, options.layers)
         for idx in self.layer_idx:
             hooks.site_module(model, idx, options.site)  # fail early on unsupported layouts
