@@ -58,12 +58,6 @@ def _progress(quiet: bool):
     return prog, cb
 
 
-def read_manifest(out: Path) -> dict:
-    from anglerank.data.writer import read_manifest as _read
-
-    return _read(out)
-
-
 def _summary(manifest: dict, out: Path) -> None:
     from anglerank.data.writer import load_scores
 
@@ -149,6 +143,8 @@ def score(
                       f"`anglerank merge {output}`", highlight=False)
         return
     if not quiet and rank0:
+        from anglerank.data.writer import read_manifest
+
         _summary(read_manifest(output), output)
 
 

@@ -22,11 +22,14 @@ import torch
 from anglerank import __version__, angles, hooks
 from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.data.writer import (
+    MANIFEST,
     OutputError,
     ScoreWriter,
+    own_files,
     prepare_output_dir,
     read_manifest,
     score_schema,
+    write_json_atomic,
 )
 from anglerank.render import Renderer
 
@@ -514,9 +517,6 @@ def run_score(
     dup = _duplicate_ids(out, manifest)
     if dup:
         manifest["duplicate_ids"] = dup
-        writer.manifest = manifest
-        from anglerank.data.writer import MANIFEST, write_json_atomic
-
         write_json_atomic(out / MANIFEST, manifest)
         if warn:
             warn(f"{dup} duplicate id value(s) in column {source.id_column!r}; all rows were kept")
@@ -539,9 +539,7 @@ def _release_free_memory() -> None:
 
 
 def _remove_output(out: Path) -> None:
-    from anglerank.data.writer import MANIFEST
-
-    for f in [out / MANIFEST, out / "DONE", *out.glob("scores-*.arrow"), *out.glob(".*.tmp")]:
+    for f in own_files(out):
         f.unlink(missing_ok=True)
     try:
         out.rmdir()

@@ -76,13 +76,21 @@ def read_manifest(out_dir: Path) -> dict | None:
     return json.loads(p.read_text())
 
 
+def own_files(out_dir: Path) -> list[Path]:
+    """The files anglerank writes into an output directory (nothing else is ever removed)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    files = [out_dir / MANIFEST, out_dir / DONE, *out_dir.glob(PART_GLOB), *out_dir.glob(".*.tmp")]
+    return [p for p in files if p.exists()]
+
+
 def prepare_output_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse an existing output unless --overwrite; then remove only our own files."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"output {out_dir} exists and is not a directory")
-    ours = [out_dir / MANIFEST, out_dir / DONE, *out_dir.glob(PART_GLOB), *out_dir.glob(".*.tmp")] if out_dir.exists() else []
-    ours = [p for p in ours if p.exists()]
+    ours = own_files(out_dir)
     if ours and not overwrite:
         raise OutputError(f"output directory {out_dir} already holds scores; pass --overwrite to replace them")
     try:
