@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from anglerank.cli_common import (
-    BatchTokensOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
+    BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
     LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
     PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, layers_arg, user_errors,
 )
@@ -104,6 +104,7 @@ def score(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     batch_tokens: BatchTokensOpt = None,
+    prefix_cache: PrefixCacheOpt = True,
     limit: LimitOpt = None,
     overwrite: OverwriteOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUTPUT from its last committed part (settings must match).")] = False,
@@ -119,7 +120,7 @@ def score(
         model=model, preset=preset, system=system, prefix=prefix, site=site, layers=layers_arg(layer, layers),
         estimator=estimator, w_intra=w_intra, w_inter=w_inter, code_prefix_tokens=code_prefix_tokens,
         code_suffix_tokens=code_suffix_tokens, max_length=max_length, dtype=dtype, device=device,
-        batch_tokens=batch_tokens,
+        batch_tokens=batch_tokens, prefix_cache=prefix_cache,
     )
     if (num_shards is None) != (shard_index is None):
         raise ValueError("--num-shards and --shard-index go together")

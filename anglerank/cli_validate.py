@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from anglerank.cli_common import (
-    BatchTokensOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, LayerOpt,
+    BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, LayerOpt,
     LayersOpt, MaxLengthOpt, ModelOpt, PrefixOpt, PresetOpt, PromptColumnOpt, QuietOpt, SeedOpt, SiteOpt,
     SystemOpt, WInterOpt, WIntraOpt, err, layers_arg, user_errors,
 )
@@ -105,6 +105,7 @@ def validate(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     batch_tokens: BatchTokensOpt = None,
+    prefix_cache: PrefixCacheOpt = True,
     quiet: QuietOpt = False,
 ):
     """Correlate angle scores with per-prompt gradient norms (and pass rates) on a seeded sample.
@@ -122,7 +123,7 @@ def validate(
         model=model, preset=preset, system=system, prefix=prefix, site=site, layers=layers_arg(layer, layers),
         estimator=estimator, w_intra=w_intra, w_inter=w_inter, code_prefix_tokens=code_prefix_tokens,
         code_suffix_tokens=code_suffix_tokens, max_length=max_length, dtype=dtype, device=device,
-        batch_tokens=batch_tokens,
+        batch_tokens=batch_tokens, prefix_cache=prefix_cache,
     )
     vopt = ValidateOptions(samples=samples, seed=seed, target_column=target_column, max_new_tokens=max_new_tokens,
                            rollouts=rollouts, answer_column=answer_column, temperature=temperature, top_p=top_p,

@@ -141,9 +141,10 @@ def capture(model, layers: list[int], site: str, stop: bool = True, detach: bool
             h.remove()
 
 
-def run_until_captured(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-    """Run only the base model (no LM head, no KV cache) until the stop hook fires."""
+def run_until_captured(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> None:
+    """Run only the base model (no LM head; no KV cache unless one is passed) until the stop hook fires."""
+    kwargs.setdefault("use_cache", False)
     try:
-        base_model(model)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        base_model(model)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     except _StopForward:
         pass

@@ -5,11 +5,14 @@ including the LM head, activations kept until the end, then the full L x L cosin
 matrix per prompt. Here the reference matrix is reduced with the correct segment spans
 (the paper-intent means), so its numbers are the float32 ground truth for ours.
 
-Ours: `run_score` with default settings (dtype auto, length-bucketed batches, base
-model only, forward stopped at the hooked site, closed-form O(L d) angles).
+Ours: `run_score` with default settings (dtype auto, shared-prefix key/value cache,
+length-bucketed batches, base model only, forward stopped at the hooked site,
+closed-form O(L d) angles), plus `--no-prefix-cache` and `--dtype float32` variants.
 
-The three variants run interleaved in chunks of prompts (alternating order) so that
-load from other processes affects them alike; times are summed over chunks.
+The variants run interleaved in chunks of prompts (alternating order) so that load
+from other processes affects them alike; times are summed over chunks. Each chunk is
+scored with the read-ahead window a single run over all N prompts uses (windows sit on
+a global grid), so the chunks form exactly that run's batches.
 
 Usage: python benchmarks/bench_score.py [--n 128] [--data ../shared/data/gsm8k_test.parquet]
 Ends with one JSON line on stdout.
@@ -31,7 +34,7 @@ from anglerank import angles, models
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores
 from anglerank.render import Renderer
-from anglerank.score import ScoreOptions, resolve_dtype, run_score
+from anglerank.score import ScoreOptions, auto_window_rows, resolve_dtype, run_score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,9 +66,10 @@ def authors_reference(model, tok, records, preset: str) -> tuple[list[float], in
     return scores, tokens
 
 
-def ours(loaded, chunk_file: Path, out: Path, preset: str, dtype: str) -> tuple[list[float], int]:
-    opt = ScoreOptions(model=str(loaded.path), preset=preset, dtype=dtype, device="cpu")
-    m = run_score([str(chunk_file)], out, options=opt, loaded=loaded)
+def ours(loaded, chunk_file: Path, out: Path, preset: str, dtype: str, window: int,
+         prefix_cache: bool = True) -> tuple[list[float], int]:
+    opt = ScoreOptions(model=str(loaded.path), preset=preset, dtype=dtype, device="cpu", prefix_cache=prefix_cache)
+    m = run_score([str(chunk_file)], out, options=opt, loaded=loaded, window_rows=window)
     return load_scores(out).column("score").to_pylist(), m["tokens"]
 
 
@@ -86,7 +90,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="number of prompts")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "gsm8k_test.parquet")
     ap.add_argument("--preset", default="gainrl")
-    ap.add_argument("--chunk", type=int, default=32, help="prompts per interleaved chunk")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="prompts per interleaved chunk (default: the read-ahead window of an N-row run)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_score.json")
     args = ap.parse_args()
     path = models.prepare_embedded()
@@ -95,48 +100,54 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(path)
     ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    variants = {"auto": models.load(str(path), "cpu", resolve_dtype("auto", "cpu")),
-                "float32": models.load(str(path), "cpu", "float32")}
-    times = {"ref": 0.0, "auto": 0.0, "float32": 0.0}
-    scores = {"ref": [], "auto": [], "float32": []}
-    tokens = {"ref": 0, "auto": 0, "float32": 0}
+    auto_dtype = resolve_dtype("auto", "cpu")
+    loaded = {"auto": models.load(str(path), "cpu", auto_dtype), "float32": models.load(str(path), "cpu", "float32")}
+    # name -> (label, dtype option, prefix cache)
+    variants = {
+        "auto": (f"anglerank score, default (dtype auto = {auto_dtype})", "auto", True),
+        "auto-nocache": ("anglerank score --no-prefix-cache", "auto", False),
+        "float32": ("anglerank score --dtype float32", "float32", True),
+    }
+    window = auto_window_rows(args.n)
+    args.chunk = args.chunk or window
+    if args.chunk % window:
+        ap.error(f"--chunk must be a multiple of the read-ahead window ({window} rows for --n {args.n})")
+    names = ["ref", *variants]
+    times = dict.fromkeys(names, 0.0)
+    scores = {n: [] for n in names}
+    tokens = dict.fromkeys(names, 0)
+
+    def run(name: str, chunk: Path, recs, out: Path) -> tuple[list[float], int]:
+        if name == "ref":
+            return authors_reference(ref_model, tok, recs, args.preset)
+        _, dtype, cache = variants[name]
+        return ours(loaded[dtype], chunk, out, args.preset, dtype, window, cache)
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         chunks = write_chunks(args.data, args.n, args.chunk, tmp)
         # warm-up every variant once (allocators, kernels) before timing
         warm = list(ParquetSource([str(chunks[0])]).iter_records(stop_row=4))
-        authors_reference(ref_model, tok, warm, args.preset)
-        for name, lm in variants.items():
-            ours(lm, chunks[0], tmp / f"warm-{name}", args.preset, name)
+        for name in names:
+            run(name, chunks[0], warm, tmp / f"warm-{name}")
         # interleave the variants chunk by chunk so a busy machine slows them alike
         for k, chunk in enumerate(chunks):
             recs = list(ParquetSource([str(chunk)]).iter_records())
-            order = ["ref", "auto", "float32"] if k % 2 == 0 else ["float32", "auto", "ref"]
-            for name in order:
+            for name in names if k % 2 == 0 else names[::-1]:
                 t0 = time.perf_counter()
-                if name == "ref":
-                    sc, nt = authors_reference(ref_model, tok, recs, args.preset)
-                else:
-                    sc, nt = ours(variants[name], chunk, tmp / f"{name}-{k}", args.preset, name)
+                sc, nt = run(name, chunk, recs, tmp / f"{name}-{k}")
                 times[name] += time.perf_counter() - t0
                 scores[name] += sc
                 tokens[name] += nt
             print(f"chunk {k + 1}/{len(chunks)}: " + ", ".join(f"{n} {t:.1f}s" for n, t in times.items()),
                   file=sys.stderr, flush=True)
-    assert tokens["ref"] == tokens["auto"] == tokens["float32"], tokens
+    assert len(set(tokens.values())) == 1, tokens
     ref, t_ref, tok_ref = scores["ref"], times["ref"], tokens["ref"]
-    auto, t_auto = scores["auto"], times["auto"]
-    f32, t_f32 = scores["float32"], times["float32"]
-
-    auto_dtype = resolve_dtype("auto", "cpu")
-    rows = [
-        ("authors' algorithm (bs1, fp32, full model, LxL)", t_ref, ref),
-        (f"anglerank score, default (dtype auto = {auto_dtype})", t_auto, auto),
-        ("anglerank score, --dtype float32", t_f32, f32),
-    ]
+    rows = [("authors' algorithm (bs1, fp32, full model, LxL)", t_ref, ref)]
+    rows += [(label, times[n], scores[n]) for n, (label, _, _) in variants.items()]
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "n_prompts": args.n, "tokens": tok_ref, "preset": args.preset, "data": args.data.name,
+        "n_prompts": args.n, "tokens": tok_ref, "window_rows": window, "preset": args.preset, "data": args.data.name,
         "variants": [],
     }
     for name, secs, sc in rows:

@@ -72,6 +72,10 @@ def make_model(kind: str = "llama", vocab_size: int = 400, layers: int = 3, hidd
     elif kind == "qwen2":
         cfg = tf.Qwen2Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, **common)
+    elif kind == "qwen3":
+        cfg = tf.Qwen3Config(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                             max_position_embeddings=8192, **common)
     elif kind == "mistral":
         cfg = tf.MistralConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, **common)

@@ -176,8 +176,10 @@ def trl_env():
 
     from conftest import make_tokenizer
 
+    n = torch.get_num_threads()
     torch.set_num_threads(1)
-    return {"datasets": datasets, "tok": make_tokenizer()}
+    yield {"datasets": datasets, "tok": make_tokenizer()}
+    torch.set_num_threads(n)
 
 
 class RankReward:

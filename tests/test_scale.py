@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from anglerank.cli import app
@@ -95,6 +96,9 @@ def test_shard_settings_mismatch_refused(tmp_path, tiny_model_dir, many_rows):
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # the same thread count as the in-process runs they are compared with bit for bit
+    # (CPU attention kernels round differently for some shapes with other thread counts)
+    env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
     return env
 
 
@@ -141,9 +145,11 @@ def big_rows(tmp_path):
 @pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_kill_and_resume_is_identical(tmp_path, tiny_model_dir, big_rows, sig, code):
     full = tmp_path / "full"
-    run_score([str(big_rows)], full, commit_every=20, **_kw(tiny_model_dir))
+    # one row per batch: slow enough that the run is still going when the signal arrives
+    run_score([str(big_rows)], full, commit_every=20, batch_tokens=16, **_kw(tiny_model_dir))
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_score_cmd(big_rows, out, tiny_model_dir, "--commit-every", "20"), env=_env(),
+    slow = ("--commit-every", "20", "--batch-tokens", "16")
+    proc = subprocess.Popen(_score_cmd(big_rows, out, tiny_model_dir, *slow), env=_env(),
                             stderr=subprocess.PIPE, text=True)
     _wait_parts(out, 2, proc)
     proc.send_signal(sig)
@@ -153,7 +159,7 @@ def test_kill_and_resume_is_identical(tmp_path, tiny_model_dir, big_rows, sig, c
         assert "--resume" in stderr and "Traceback" not in stderr
     m = read_manifest(out)
     assert not m["complete"] and sum(p["rows"] for p in m["parts"]) == m["next_row"]
-    r = subprocess.run(_score_cmd(big_rows, out, tiny_model_dir, "--commit-every", "20", "--resume"), env=_env(),
+    r = subprocess.run(_score_cmd(big_rows, out, tiny_model_dir, *slow, "--resume"), env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     a, b = load_scores(out), load_scores(full)

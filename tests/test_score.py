@@ -91,6 +91,66 @@ def test_batch_invariance(tiny_tokenizer, tiny_model):
             assert a[k] == pytest.approx(b[k], abs=1e-4) and a[k] == pytest.approx(c[k], abs=1e-4)
 
 
+def _score_both_ways(model, tok, recs, preset="none", **kw):
+    """{prefix_cache: (scorer, rows)} for the cached and the uncached forward."""
+    out = {}
+    for cached in (True, False):
+        s = Scorer(model, tok, Renderer(tok, preset), ScoreOptions(preset=preset, prefix_cache=cached, **kw), "cpu")
+        out[cached] = (s, s.score_records(recs))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "mistral", "gemma2", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("site", ["mlp-input", "residual"])
+def test_prefix_cache_matches_full_forward(kind, site, tiny_tokenizer):
+    from anglerank.data.reader import Record
+
+    model = make_model(kind, vocab_size=len(tiny_tokenizer))
+    qs = [("apples " * (i % 5 + 1)) + f"question {i}?" for i in range(9)] + ["x", ""]
+    history = [{"role": "system", "content": "Count."}, {"role": "user", "content": "q"},
+               {"role": "assistant", "content": "a"}]
+    recs = [Record(i, None, q, history if i % 3 == 0 else None) for i, q in enumerate(qs)]
+    res = _score_both_ways(model, tiny_tokenizer, recs, site=site, layers=["all"], batch_tokens=64)
+    cached, full = res[True][1], res[False][1]
+    assert res[True][0].use_prefix_cache and not res[False][0].use_prefix_cache
+    assert len(res[True][0]._prefixes) == 2  # the two shared prefixes (default system, given history)
+    assert [(r["row"], r["layer"]) for r in cached] == [(r["row"], r["layer"]) for r in full]
+    for a, b in zip(cached, full):
+        assert a["note"] == b["note"] and a["n_prefix"] == b["n_prefix"]
+        for k in ("intra", "inter", "score"):
+            assert (a[k] is None) == (b[k] is None)
+            if a[k] is not None:
+                assert a[k] == pytest.approx(b[k], abs=1e-5)
+
+
+def test_prefix_cache_with_gainrl_code_estimator(tiny_tokenizer, tiny_model):
+    from anglerank.data.reader import Record
+
+    recs = [Record(i, None, ("apples " * (i + 3)) + "?", None) for i in range(6)]
+    res = _score_both_ways(tiny_model, tiny_tokenizer, recs, preset="gainrl", estimator="gainrl-code",
+                           code_prefix_tokens=20, code_suffix_tokens=2)
+    for a, b in zip(res[True][1], res[False][1]):
+        assert a["score"] is not None and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_prefix_cache_is_dropped_when_weights_change(tiny_tokenizer):
+    from anglerank.data.reader import Record
+
+    model = make_model("llama", vocab_size=len(tiny_tokenizer))
+    recs = [Record(i, None, f"question {i} about apples?", None) for i in range(4)]
+    s = Scorer(model, tiny_tokenizer, Renderer(tiny_tokenizer), ScoreOptions(), "cpu")
+    before = s.score_records(recs)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5).add_(0.01)  # an in-place update, as an optimizer step does
+    after = s.score_records(recs)
+    fresh = Scorer(model, tiny_tokenizer, Renderer(tiny_tokenizer), ScoreOptions(prefix_cache=False), "cpu")
+    expected = fresh.score_records(recs)
+    assert any(abs(a["score"] - b["score"]) > 1e-3 for a, b in zip(before, after))
+    for a, b in zip(after, expected):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
 def test_make_batches_respects_budget():
     lengths = [5, 100, 7, 33, 33, 2, 400, 8]
     batches = make_batches(lengths, 120)
