@@ -274,7 +274,8 @@ class Scorer:
         by_key: dict[tuple, list[int]] = {}
         for i in live:
             r = rendered[i]
-            by_key.setdefault(tuple(r.ids[: r.n_prefix]) if r.n_prefix else (), []).append(i)
+            shareable = 0 < r.n_prefix < len(r.ids)  # a row cut inside its prefix has no tokens of its own
+            by_key.setdefault(tuple(r.ids[: r.n_prefix]) if shareable else (), []).append(i)
         groups, rest = [], []
         for key, members in by_key.items():
             if not key or (len(members) < 2 and key not in self._prefixes):

@@ -95,7 +95,9 @@ def _score_both_ways(model, tok, recs, preset="none", **kw):
     """{prefix_cache: (scorer, rows)} for the cached and the uncached forward."""
     out = {}
     for cached in (True, False):
-        s = Scorer(model, tok, Renderer(tok, preset), ScoreOptions(preset=preset, prefix_cache=cached, **kw), "cpu")
+        opt = ScoreOptions(preset=preset, prefix_cache=cached, **kw)
+        renderer = Renderer(tok, preset, opt.system, opt.prefix, opt.max_length)
+        s = Scorer(model, tok, renderer, opt, "cpu")
         out[cached] = (s, s.score_records(recs))
     return out
 
@@ -131,6 +133,20 @@ def test_prefix_cache_with_gainrl_code_estimator(tiny_tokenizer, tiny_model):
                            code_prefix_tokens=20, code_suffix_tokens=2)
     for a, b in zip(res[True][1], res[False][1]):
         assert a["score"] is not None and a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+@pytest.mark.parametrize("preset,max_length,prefix", [("gainrl", 10, None), ("none", 30, None), ("none", 4096, "Q: ")])
+def test_prefix_cache_edge_rows(preset, max_length, prefix, tiny_tokenizer, tiny_model):
+    """Rows cut inside the shared prefix, empty and one-token questions, plain-text prefixes."""
+    from anglerank.data.reader import Record
+
+    qs = ["apples apples?", "", " ", "x", "what is 2+2 apples", "apples apples?"]
+    recs = [Record(i, None, q, None) for i, q in enumerate(qs)]
+    res = _score_both_ways(tiny_model, tiny_tokenizer, recs, preset=preset, max_length=max_length, prefix=prefix)
+    for a, b in zip(res[True][1], res[False][1]):
+        assert (a["n_tokens"], a["n_prefix"], a["n_question"], a["note"]) == \
+            (b["n_tokens"], b["n_prefix"], b["n_question"], b["note"])
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5) if b["score"] is not None else a["score"] is None
 
 
 def test_prefix_cache_is_dropped_when_weights_change(tiny_tokenizer):
