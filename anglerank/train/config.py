@@ -129,7 +129,7 @@ class TrainConfig:
     site: str = _f("mlp-input", "Hook site for scores and the angle term (as in `score`).", G)
     layer: int = _f(-1, "Decoder layer for scores and the angle term.", G)
     estimator: str = _f("paper", "Score estimator (as in `score`).", G)
-    score_batch_tokens: int = _f(16384, "Token budget per scoring forward batch.", G)
+    score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: 16384 on GPUs, 1024 on CPUs).", G)
 
     # --- run ----------------------------------------------------------------------------
     eval_every: int = _f(1, "Evaluate every N epochs (and before the first and after the last; 0 = never).", O)
