@@ -251,6 +251,19 @@ def test_cli_score_and_info(tmp_path, tiny_model_dir, questions_parquet):
     assert d["num_layers"] == 3 and d["chat_template"] is True and "mlp-input" in d["hook_sites"]
 
 
+def test_cli_no_prefix_cache(tmp_path, tiny_model_dir, questions_parquet):
+    base = ["score", str(questions_parquet), "--model", str(tiny_model_dir), "--dtype", "float32", "-q"]
+    assert _cli(base + ["-o", str(tmp_path / "on")]).exit_code == 0
+    r = _cli(base + ["-o", str(tmp_path / "off"), "--no-prefix-cache"])
+    assert r.exit_code == 0, r.output
+    assert read_manifest(tmp_path / "on")["prefix_cache"] is True
+    assert read_manifest(tmp_path / "off")["prefix_cache"] is False
+    on, off = load_scores(tmp_path / "on").column("score"), load_scores(tmp_path / "off").column("score")
+    assert on.to_pylist() == pytest.approx(off.to_pylist(), abs=1e-5)
+    r = _cli(base + ["-o", str(tmp_path / "off"), "--resume"])  # the setting must match to resume
+    assert r.exit_code == 2 and "prefix_cache" in r.output
+
+
 def _bad_inputs(tmp_path, questions_parquet):
     notpq = tmp_path / "x.parquet"
     notpq.write_text("hello")
