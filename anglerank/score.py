@@ -308,8 +308,8 @@ class Scorer:
             if not r.ids:
                 out.extend(self._row(records[i], r, l, math.nan, math.nan) for l in self.layer_idx)
         for prefix, members in self._prefix_groups(live, rendered):
-            skip = prefix.length if prefix else 0
-            for batch in make_batches([len(rendered[i].ids) - skip for i in members], self.opt.batch_tokens):
+            # the budget counts the prefix too: each row attends to (and holds a copy of) its keys/values
+            for batch in make_batches([len(rendered[i].ids) for i in members], self.opt.batch_tokens):
                 idx = [members[j] for j in batch]
                 items = [rendered[i] for i in idx]
                 hidden = self.forward_hidden([r.ids for r in items], prefix)
