@@ -52,7 +52,7 @@ PrefixCacheOpt = Annotated[bool, typer.Option("--prefix-cache/--no-prefix-cache"
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (quick runs).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="The Parquet input(s) that were scored (files, directories or globs).")]
+DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="The Parquet input(s) that were scored (files, directories or globs), in the same order. rank and sample default to the files recorded in the score directory's manifest.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")]
 

@@ -35,10 +35,19 @@ MemoryOpt = Annotated[float, typer.Option(
     "streaming passes (each re-reads the input).")]
 
 
-def _data_required(data: list[str] | None) -> list[str]:
-    if not data:
-        raise ValueError("--data is required: the Parquet input(s) that were scored, in the same order")
-    return data
+def _scored_data(scores_dir: Path, data: list[str] | None) -> list[str]:
+    """--data, else the input files recorded in the score directory's manifest (if they still exist)."""
+    if data:
+        return data
+    from anglerank.data.writer import read_manifest
+
+    manifest = read_manifest(scores_dir) if Path(scores_dir).is_dir() else None
+    paths = [f["path"] for f in (manifest or {}).get("inputs", [])]
+    gone = [p for p in paths if not Path(p).exists()]
+    if not paths or gone:
+        why = f" ({gone[0]}, recorded in the manifest, no longer exists)" if gone else ""
+        raise ValueError(f"--data is required: the Parquet input(s) that were scored, in the same order{why}")
+    return paths
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -73,7 +82,7 @@ def rank_cmd(
     """
     from anglerank.rank import rank
 
-    s = rank(scores_dir, _data_required(data), output, by=by, ascending=ascending, drop_null=drop_null,
+    s = rank(scores_dir, _scored_data(scores_dir, data), output, by=by, ascending=ascending, drop_null=drop_null,
              force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
     if json_out:
         typer.echo(json.dumps(s, indent=2))
@@ -142,7 +151,7 @@ def sample_cmd(
     """
     from anglerank.rank import sample
 
-    s = sample(scores_dir, _data_required(data), subset, epochs, output, mu0=mu0, sigma=sigma, step=step,
+    s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, mu0=mu0, sigma=sigma, step=step,
                seed=seed, keep_order=keep_order, concat=concat, by=by, ascending=ascending,
                include_null=include_null, force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
     if json_out:

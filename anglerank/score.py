@@ -73,6 +73,9 @@ class ScoreOptions:
             raise ValueError(f"unknown hook site {self.site!r}; choose from {', '.join(hooks.SITES)}")
         if self.w_inter is None:
             self.w_inter = 8.0 if self.estimator == "gainrl-code" else 1.0
+        for name, w in (("--w-intra", self.w_intra), ("--w-inter", self.w_inter)):
+            if not math.isfinite(w):
+                raise ValueError(f"{name} must be a finite number, got {w}")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise ValueError("--batch-tokens must be positive")
         if not self.layers:
@@ -469,6 +472,8 @@ def run_score(
     window_rows = window_rows or auto_window_rows(total)
     if window_rows < 1:
         raise ValueError("window_rows must be positive")
+    if commit_every < 1:
+        raise ValueError("--commit-every must be positive")
     commit_every = max(window_rows, (commit_every // window_rows) * window_rows)
     row_start, row_stop = shard_range(total, num_shards, shard_index, window_rows)
     scorer, loaded, device, dtype = build_scorer(opt, loaded)

@@ -522,7 +522,7 @@ def test_cli_rank_sample_inspect(setup30, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["rank", "{sdir}", "-o", "{tmp}/o.parquet"], "--data is required"),
+    (["rank", "{tmp}/other_scores", "-o", "{tmp}/o.parquet"], "no longer exists"),
     (["rank", "{tmp}/nope", "--data", "{data}", "-o", "{tmp}/o.parquet"], "score directory not found"),
     (["rank", "{sdir}", "--data", "{tmp}/missing.parquet", "-o", "{tmp}/o.parquet"], "input not found"),
     (["rank", "{sdir}", "--data", "{other}", "-o", "{tmp}/o.parquet"], "does not match the scored inputs"),
@@ -533,13 +533,28 @@ def test_cli_rank_sample_inspect(setup30, tmp_path):
     (["inspect", "{sdir}", "--layer", "7"], "scored layers: -1"),
 ])
 def test_cli_errors_are_one_line(setup30, tmp_path, args, message):
-    data, sdir, _ = setup30
+    data, sdir, terms = setup30
     other = make_data(tmp_path / "other.parquet", 30, start=5)
+    gone = make_data(tmp_path / "gone.parquet", 30)
+    make_scores(tmp_path / "other_scores", [gone], {-1: terms})
+    gone.unlink()
     fill = {"sdir": sdir, "data": data, "tmp": tmp_path, "other": other}
     res = _cli([a.format(**fill) for a in args])
     assert res.exit_code == 2, res.output
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], res.stderr
+
+
+def test_cli_data_defaults_to_the_scored_inputs(setup30, tmp_path):
+    data, sdir, _ = setup30
+    explicit, default = tmp_path / "explicit.parquet", tmp_path / "default.parquet"
+    assert _cli(["rank", sdir, "--data", data, "-o", explicit, "-q"]).exit_code == 0
+    res = _cli(["rank", sdir, "-o", default, "-q"])
+    assert res.exit_code == 0, res.output
+    assert same(pq.read_table(default), pq.read_table(explicit))
+    res = _cli(["sample", sdir, "-k", "3", "-e", "2", "-o", tmp_path / "cur", "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cur" / "epoch_0001.parquet").exists()
 
 
 def test_cli_plot_missing_matplotlib(setup30, tmp_path, monkeypatch):

@@ -283,6 +283,8 @@ def _bad_inputs(tmp_path, questions_parquet):
         "bad site": ([str(questions_parquet)], ["--site", "attn"], "unknown hook site"),
         "bad layer": ([str(questions_parquet)], ["--layer", "7"], "out of range"),
         "bad preset": ([str(questions_parquet)], ["--preset", "fancy"], "unknown preset"),
+        "nan weight": ([str(questions_parquet)], ["--w-inter", "nan"], "finite"),
+        "commit every 0": ([str(questions_parquet)], ["--commit-every", "0"], "--commit-every must be positive"),
         "unknown model": ([str(questions_parquet)], ["--model", "/no/such/model"], "neither an existing folder"),
     }
 
