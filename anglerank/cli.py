@@ -7,6 +7,7 @@ mistakes end in one `error:` line and exit code 2, never a traceback.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,7 +18,7 @@ from rich.table import Table
 from anglerank.cli_common import (
     BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
     LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
-    PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, layers_arg, user_errors,
+    PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, layers_arg, user_errors,
 )
 
 app = typer.Typer(
@@ -236,8 +237,29 @@ def _tune_allocator() -> None:
 
 
 def main():
+    """The `anglerank` entry point: command-line mistakes end in one error line too."""
+    try:
+        from typer._click import exceptions as cx  # typer >= 0.24 vendors click
+    except ImportError:
+        from click import exceptions as cx
+
     _tune_allocator()
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except cx.NoArgsIsHelpError as exc:
+        err.print(exc.format_message())
+        sys.exit(2)
+    except cx.UsageError as exc:  # a malformed command line (unknown option, bad value, missing argument)
+        hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx else ""
+        error_line(f"{exc.format_message().rstrip('.')}{hint}")
+        sys.exit(2)
+    except cx.Abort:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    except cx.ClickException as exc:
+        error_line(exc.format_message())
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

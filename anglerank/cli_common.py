@@ -57,10 +57,14 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")]
 
 
-def fail(msg: str, code: int = 2):
+def error_line(msg: str) -> None:
     from rich.markup import escape
 
     err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+def fail(msg: str, code: int = 2):
+    error_line(msg)
     raise typer.Exit(code)
 
 

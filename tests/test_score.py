@@ -334,3 +334,22 @@ def test_reader_dotted_prompt_and_id(questions_parquet):
                         id_column="extra_info.index")
     recs = list(src.iter_records(start_row=5, stop_row=9))
     assert [r.row for r in recs] == [5, 6, 7, 8] and recs[0].question == "13" and recs[0].id == 1005
+
+
+@pytest.mark.parametrize("args, message", [
+    (["score", "x.parquet", "-o", "o", "--layer", "abc"], "Invalid value for '--layer'"),
+    (["score"], "Missing argument"),
+    (["score", "x.parquet", "-o", "o", "--bogus"], "No such option: --bogus"),
+    (["bogus"], "No such command"),
+])
+def test_entry_point_usage_errors_are_one_line(args, message):
+    """The installed `anglerank` entry point (not Typer's test runner): malformed command lines too."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", "from anglerank.cli import main; main()", *args],
+                       capture_output=True, text=True, timeout=120)
+    lines = [x for x in p.stderr.splitlines() if x.strip()]
+    assert p.returncode == 2, p.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], p.stderr
+    assert "--help" in lines[0]
