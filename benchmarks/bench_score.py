@@ -34,7 +34,7 @@ from anglerank import angles, models
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores
 from anglerank.render import Renderer
-from anglerank.score import ScoreOptions, auto_window_rows, resolve_dtype, run_score
+from anglerank.score import ScoreOptions, auto_window_rows, resolve_device, resolve_dtype, run_score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +49,7 @@ def authors_reference(model, tok, records, preset: str) -> tuple[list[float], in
         store = {}
         h = target.register_forward_hook(lambda m, a, o: store.__setitem__("x", a[0].detach()))
         with torch.no_grad():
-            model(input_ids=torch.tensor([r.ids]))
+            model(input_ids=torch.tensor([r.ids], device=model.device))
         h.remove()
         acts.append(store["x"])  # kept in memory until the end, as in the released script
         spans.append((r.n_prefix, r.q_end))
@@ -68,7 +68,8 @@ def authors_reference(model, tok, records, preset: str) -> tuple[list[float], in
 
 def ours(loaded, chunk_file: Path, out: Path, preset: str, dtype: str, window: int,
          prefix_cache: bool = True) -> tuple[list[float], int]:
-    opt = ScoreOptions(model=str(loaded.path), preset=preset, dtype=dtype, device="cpu", prefix_cache=prefix_cache)
+    opt = ScoreOptions(model=str(loaded.path), preset=preset, dtype=dtype, device=str(loaded.model.device),
+                       prefix_cache=prefix_cache)
     m = run_score([str(chunk_file)], out, options=opt, loaded=loaded, window_rows=window)
     return load_scores(out).column("score").to_pylist(), m["tokens"]
 
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="number of prompts")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "gsm8k_test.parquet")
     ap.add_argument("--preset", default="gainrl")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (both sides run there)")
     ap.add_argument("--chunk", type=int, default=None,
                     help="prompts per interleaved chunk (default: the read-ahead window of an N-row run)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_score.json")
@@ -100,8 +102,10 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(path)
     ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    auto_dtype = resolve_dtype("auto", "cpu")
-    loaded = {"auto": models.load(str(path), "cpu", auto_dtype), "float32": models.load(str(path), "cpu", "float32")}
+    device = resolve_device(args.device)
+    ref_model.to(device)
+    auto_dtype = resolve_dtype("auto", device)
+    loaded = {"auto": models.load(str(path), device, auto_dtype), "float32": models.load(str(path), device, "float32")}
     # name -> (label, dtype option, prefix cache)
     variants = {
         "auto": (f"anglerank score, default (dtype auto = {auto_dtype})", "auto", True),
@@ -135,7 +139,7 @@ def main() -> None:
             recs = list(ParquetSource([str(chunk)]).iter_records())
             for name in names if k % 2 == 0 else names[::-1]:
                 t0 = time.perf_counter()
-                sc, nt = run(name, chunk, recs, tmp / f"{name}-{k}")
+                sc, nt = run(name, chunk, recs, tmp / f"{name}-{k}")  # scores come back as Python floats: synchronised
                 times[name] += time.perf_counter() - t0
                 scores[name] += sc
                 tokens[name] += nt
@@ -146,7 +150,10 @@ def main() -> None:
     rows = [("authors' algorithm (bs1, fp32, full model, LxL)", t_ref, ref)]
     rows += [(label, times[n], scores[n]) for n, (label, _, _) in variants.items()]
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": (torch.cuda.get_device_name(device) if device.startswith("cuda") else
+                    f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+                   + f", torch {torch.__version__}",
+        "device": device,
         "n_prompts": args.n, "tokens": tok_ref, "window_rows": window, "preset": args.preset, "data": args.data.name,
         "variants": [],
     }
