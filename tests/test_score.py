@@ -353,3 +353,11 @@ def test_entry_point_usage_errors_are_one_line(args, message):
     assert p.returncode == 2, p.stderr
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], p.stderr
     assert "--help" in lines[0]
+
+
+def test_every_command_option_has_help():
+    from typer.main import get_command
+
+    missing = [f"{name} {p.name}" for name, sub in get_command(app).commands.items()
+               for p in sub.params if not getattr(p, "help", None)]
+    assert not missing, missing
