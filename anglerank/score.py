@@ -268,7 +268,7 @@ class Scorer:
         return _Prefix(len(ids), kv, {l: h[0] for l, h in captured.items()})
 
     def _prefix_groups(self, live: list[int], rendered: list) -> list[tuple[_Prefix | None, list[int]]]:
-        """Split rows into groups sharing a cached prefix (at least two rows each) and the rest."""
+        """Split rows into groups sharing a prefix (at least two rows each) and the rest."""
         if not self.use_prefix_cache:
             return [(None, live)]
         version = _weights_version(self.model)
@@ -281,7 +281,9 @@ class Scorer:
             by_key.setdefault(tuple(r.ids[: r.n_prefix]) if shareable else (), []).append(i)
         groups, rest = [], []
         for key, members in by_key.items():
-            if not key or (len(members) < 2 and key not in self._prefixes):
+            # decided by this call's rows alone (not by what is cached), so resumed and
+            # sharded runs take the same path for every row and stay bit-identical
+            if not key or len(members) < 2:
                 rest.extend(members)
                 continue
             if key not in self._prefixes:

@@ -149,6 +149,18 @@ def test_prefix_cache_edge_rows(preset, max_length, prefix, tiny_tokenizer, tiny
         assert a["score"] == pytest.approx(b["score"], abs=1e-5) if b["score"] is not None else a["score"] is None
 
 
+def test_prefix_cache_path_does_not_depend_on_history(tiny_tokenizer, tiny_model):
+    """A resumed run starts with an empty cache: every row must take the same path as before."""
+    from anglerank.data.reader import Record
+
+    first = [Record(i, None, f"apples {i} and pears?", None) for i in range(3)]
+    alone = [Record(3, None, "how many apples are left over today?", None)]
+    warm = Scorer(tiny_model, tiny_tokenizer, Renderer(tiny_tokenizer), ScoreOptions(), "cpu")
+    warm.score_records(first)
+    fresh = Scorer(tiny_model, tiny_tokenizer, Renderer(tiny_tokenizer), ScoreOptions(), "cpu")
+    assert warm.score_records(alone) == fresh.score_records(alone)  # bit for bit
+
+
 def test_prefix_cache_is_dropped_when_weights_change(tiny_tokenizer):
     from anglerank.data.reader import Record
 
