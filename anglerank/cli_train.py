@@ -214,7 +214,8 @@ class _Display:
             acc = rec["final_eval_accuracy"]
             err.print(f"[bold green]done[/]: {rec['steps']} steps in {rec['elapsed_s']:.0f}s"
                       + (f", final eval accuracy {acc:.3f}" if acc is not None else "")
-                      + f"; model in {rec['checkpoint']}", highlight=False)
+                      + (f"; model in {rec['checkpoint']}" if rec["checkpoint"] else "; no checkpoint (no training steps)"),
+                      highlight=False)
 
     def _print(self, msg: str):
         (self.prog.console if self.prog else err).print(msg, highlight=False)

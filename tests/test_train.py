@@ -56,6 +56,8 @@ def test_config_toml_overrides_and_round_trip(tmp_path):
         TrainConfig(reward=["math"], reward_weight=[1.0, 2.0])
     with pytest.raises(ValueError, match="--sampler"):
         TrainConfig(sampler="random")
+    with pytest.raises(ValueError, match="--num-generations must be at least 2"):
+        TrainConfig(num_generations=1)
 
 
 # ------------------------------------------------------------------ layout and angle

@@ -162,6 +162,8 @@ class TrainConfig:
         for name in ("epochs", "warmup_steps", "rescore_every", "eval_every", "save_every", "top_k"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"--{_flag(name)} must be a non-negative integer, got {getattr(self, name)!r}")
+        need(self.num_generations >= 2, "--num-generations must be at least 2: a group of one completion has no "
+             "relative advantage, so GRPO would learn nothing")
         need(self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
         for name in ("limit", "eval_limit", "eval_max_new_tokens", "threads"):
             v = getattr(self, name)
