@@ -155,9 +155,9 @@ class _Prefix:
     hidden: dict  # layer -> [P, D]
 
 
-def _weights_version(model) -> int:
-    """Changes whenever a parameter is modified in place (optimizer steps, load_state_dict)."""
-    return sum(p._version for p in model.parameters())
+def _weights_version(model) -> tuple:
+    """Changes whenever a parameter is modified in place (optimizer steps, load_state_dict) or replaced."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
 class Scorer:

@@ -177,6 +177,11 @@ def test_prefix_cache_is_dropped_when_weights_change(tiny_tokenizer):
     assert any(abs(a["score"] - b["score"]) > 1e-3 for a, b in zip(before, after))
     for a, b in zip(after, expected):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+    # parameters replaced by new tensors (not modified in place)
+    model.load_state_dict(make_model("llama", vocab_size=len(tiny_tokenizer), seed=5).state_dict(), assign=True)
+    replaced = s.score_records(recs)
+    for a, b in zip(replaced, fresh.score_records(recs)):
+        assert a["score"] == pytest.approx(b["score"], abs=1e-5)
 
 
 def test_make_batches_respects_budget():
