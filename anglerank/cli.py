@@ -18,7 +18,7 @@ from rich.table import Table
 from anglerank.cli_common import (
     BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
     LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
-    PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, layers_arg, user_errors,
+    PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, score_options, user_errors,
 )
 
 app = typer.Typer(
@@ -115,14 +115,9 @@ def score(
     quiet: QuietOpt = False,
 ):
     """Score prompts by angle concentration and write per-row scores (Arrow IPC + manifest.json)."""
-    from anglerank.score import ScoreOptions, run_score
+    from anglerank.score import run_score
 
-    opt = ScoreOptions(
-        model=model, preset=preset, system=system, prefix=prefix, site=site, layers=layers_arg(layer, layers),
-        estimator=estimator, w_intra=w_intra, w_inter=w_inter, code_prefix_tokens=code_prefix_tokens,
-        code_suffix_tokens=code_suffix_tokens, max_length=max_length, dtype=dtype, device=device,
-        batch_tokens=batch_tokens, prefix_cache=prefix_cache,
-    )
+    opt = score_options(locals())
     if (num_shards is None) != (shard_index is None):
         raise ValueError("--num-shards and --shard-index go together")
     from anglerank.score import distributed_env

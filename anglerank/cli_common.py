@@ -110,3 +110,14 @@ def layers_arg(layer: list[int] | None, layers: str | None) -> list:
     return list(layer) if layer else [-1]
 
 
+def score_options(params: dict):
+    """ScoreOptions from a command's parameters (its ``locals()``), so every command that scores
+    (score, validate) maps the shared scoring options in this one place."""
+    from dataclasses import fields
+
+    from anglerank.score import ScoreOptions
+
+    names = [f.name for f in fields(ScoreOptions) if f.name != "layers"]
+    return ScoreOptions(layers=layers_arg(params["layer"], params["layers"]), **{k: params[k] for k in names})
+
+

@@ -18,7 +18,7 @@ from rich.table import Table
 from anglerank.cli_common import (
     BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, LayerOpt,
     LayersOpt, MaxLengthOpt, ModelOpt, PrefixOpt, PresetOpt, PromptColumnOpt, QuietOpt, SeedOpt, SiteOpt,
-    SystemOpt, WInterOpt, WIntraOpt, err, layers_arg, user_errors,
+    SystemOpt, WInterOpt, WIntraOpt, err, score_options, user_errors,
 )
 
 Y_LABELS = {"grad_a": "‖∇W_site‖", "grad_b": "‖∇θ‖", "pass_rate": "pass rate", "nll": "target NLL",
@@ -116,15 +116,9 @@ def validate(
     pass rate of G sampled completions. Reports Spearman correlations, raw and with question length
     (tokens) partialled out.
     """
-    from anglerank.score import ScoreOptions
     from anglerank.validate import ValidateOptions, plot_report, require_matplotlib, run_validate
 
-    sopt = ScoreOptions(
-        model=model, preset=preset, system=system, prefix=prefix, site=site, layers=layers_arg(layer, layers),
-        estimator=estimator, w_intra=w_intra, w_inter=w_inter, code_prefix_tokens=code_prefix_tokens,
-        code_suffix_tokens=code_suffix_tokens, max_length=max_length, dtype=dtype, device=device,
-        batch_tokens=batch_tokens, prefix_cache=prefix_cache,
-    )
+    sopt = score_options(locals())
     vopt = ValidateOptions(samples=samples, seed=seed, target_column=target_column, max_new_tokens=max_new_tokens,
                            rollouts=rollouts, answer_column=answer_column, temperature=temperature, top_p=top_p,
                            gen_batch=gen_batch)
