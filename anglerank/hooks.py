@@ -7,6 +7,8 @@ raises ``_StopForward`` once everything has been captured.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from contextlib import contextmanager
 
 import torch
@@ -141,10 +143,21 @@ def capture(model, layers: list[int], site: str, stop: bool = True, detach: bool
             h.remove()
 
 
-def run_until_captured(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> None:
-    """Run only the base model (no LM head; no KV cache unless one is passed) until the stop hook fires."""
-    kwargs.setdefault("use_cache", False)
+@functools.cache
+def _cache_arg(cls) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.x); use what this class takes."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def run_until_captured(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache=None) -> None:
+    """Run only the base model (no LM head) until the stop hook fires.
+
+    With ``cache`` (a transformers Cache holding earlier tokens' keys/values) the ids
+    continue those tokens, and the cache is filled in place; without it none is kept.
+    """
+    base = base_model(model)
+    kwargs = {_cache_arg(type(base)): cache, "use_cache": True} if cache is not None else {"use_cache": False}
     try:
-        base_model(model)(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     except _StopForward:
         pass

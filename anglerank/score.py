@@ -8,7 +8,6 @@ and progress, and is what the CLI and ``anglerank.score(...)`` call.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import signal
@@ -183,8 +182,6 @@ class Scorer:
         self.use_prefix_cache = options.prefix_cache and model_type in PREFIX_CACHE_TYPES
         self._prefixes: dict[tuple, _Prefix] = {}
         self._prefixes_version = None
-        params = inspect.signature(hooks.base_model(model).forward).parameters
-        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
 
     def _terms(self, hidden_BTD: torch.Tensor, items) -> tuple[list[float], list[float]]:
         if self.opt.estimator == "gainrl-code":
@@ -244,14 +241,13 @@ class Scorer:
             ids[b, : len(x) - P] = torch.tensor(x[P:], dtype=torch.long)
             mask[b, : len(x)] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
-        kwargs = {}
+        cache = None
         if prefix:
             from transformers import DynamicCache
 
             cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix.kv])
-            kwargs = {self._cache_kwarg: cache, "use_cache": True}
         with hooks.capture(self.model, self.layer_idx, self.opt.site) as captured:
-            hooks.run_until_captured(self.model, ids, mask, **kwargs)
+            hooks.run_until_captured(self.model, ids, mask, cache)
         if prefix:
             return {l: torch.cat([prefix.hidden[l].expand(B, -1, -1), h], dim=1) for l, h in captured.items()}
         return dict(captured)
@@ -263,7 +259,7 @@ class Scorer:
         cache = DynamicCache()
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
         with hooks.capture(self.model, self.layer_idx, self.opt.site) as captured:
-            hooks.run_until_captured(self.model, x, torch.ones_like(x), **{self._cache_kwarg: cache, "use_cache": True})
+            hooks.run_until_captured(self.model, x, torch.ones_like(x), cache)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         return _Prefix(len(ids), kv, {l: h[0] for l, h in captured.items()})
 
