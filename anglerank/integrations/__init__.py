@@ -393,14 +393,11 @@ def resolve_angle(data: Any, angle: Any) -> tuple[np.ndarray | None, float]:
     if angle is None:
         return None, 0.0
     if isinstance(angle, str):
-        values = column_values(data, angle)
-        if values is None:
-            raise ValueError(
-                f"the training data has no {angle!r} column for the GAIN-RL angle term; "
-                "pass the ranked Parquet from `anglerank rank`, another column name, or a number (e.g. 0.0)"
-            )
-        if values.dtype.kind != "f":
-            raise ValueError(f"angle column {angle!r} is not numeric (dtype {values.dtype})")
+        values = _float_column(
+            data, angle, "angle",
+            f"the training data has no {angle!r} column for the GAIN-RL angle term; "
+            "pass the ranked Parquet from `anglerank rank`, another column name, or a number (e.g. 0.0)",
+        )
         return values, 0.0
     v = _finite_or_none(angle)
     if v is None:
@@ -408,14 +405,20 @@ def resolve_angle(data: Any, angle: Any) -> tuple[np.ndarray | None, float]:
     return None, v
 
 
+def _float_column(data: Any, column: str, what: str, missing: str) -> np.ndarray:
+    """``column_values`` that must exist (else ``missing``) and be numeric."""
+    values = column_values(data, column)
+    if values is None:
+        raise ValueError(missing)
+    if values.dtype.kind != "f":
+        raise ValueError(f"{what} column {column!r} is not numeric (dtype {values.dtype})")
+    return values
+
+
 def read_ranks(data: Any, column: str = "angle_rank") -> np.ndarray:
     """The rank column of ``data`` as float64 (nulls NaN), with a clear error if absent."""
-    ranks = column_values(data, column)
-    if ranks is None:
-        raise ValueError(
-            f"the training data has no {column!r} column; train on the ranked Parquet "
-            "written by `anglerank rank` (or name the rank column)"
-        )
-    if ranks.dtype.kind != "f":
-        raise ValueError(f"rank column {column!r} is not numeric (dtype {ranks.dtype})")
-    return ranks
+    return _float_column(
+        data, column, "rank",
+        f"the training data has no {column!r} column; train on the ranked Parquet "
+        "written by `anglerank rank` (or name the rank column)",
+    )
