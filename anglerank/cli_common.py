@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from anglerank.errors import Interrupted, UserError
+
 err = Console(stderr=True)
 
 
@@ -69,20 +71,20 @@ def fail(msg: str, code: int = 2):
 
 
 def user_errors(fn):
-    """Map library exceptions to one-line errors with exit code 2."""
+    """Map a command's exceptions to what the user sees.
+
+    A :class:`anglerank.errors.UserError` (bad input, option or environment) is one
+    ``error:`` line and exit 2; an interrupted run prints how to resume and exits
+    130 / 143; an OS error (disk full, permission) is one line and exit 1. Anything
+    else is a bug: one line saying it is an internal error, exit 1, and the full
+    traceback with ``ANGLERANK_DEBUG=1``.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from anglerank.data.reader import InputError
-        from anglerank.data.writer import OutputError
-        from anglerank.hooks import HookError
-        from anglerank.models import ModelError
-        from anglerank.render import RenderError
-        from anglerank.score import Interrupted
-
         try:
             return fn(*args, **kwargs)
-        except (InputError, OutputError, ModelError, RenderError, HookError, ValueError, FileNotFoundError) as exc:
+        except UserError as exc:
             fail(str(exc))
         except Interrupted as exc:
             err.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
@@ -94,17 +96,18 @@ def user_errors(fn):
             fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", 1)
         except typer.Exit:
             raise
-        except Exception as exc:  # a bug: keep the traceback available, not in the user's face
+        except Exception as exc:  # a bug: say so, keep the traceback one variable away
             if os.environ.get("ANGLERANK_DEBUG"):
                 raise
-            fail(f"internal error: {type(exc).__name__}: {exc} (set ANGLERANK_DEBUG=1 for the traceback)", 1)
+            fail(f"internal error (a bug in anglerank): {type(exc).__name__}: {exc} "
+                 "(run again with ANGLERANK_DEBUG=1 for the traceback)", 1)
 
     return wrapper
 
 
 def layers_arg(layer: list[int] | None, layers: str | None) -> list:
     if layer and layers:
-        raise ValueError("use either --layer or --layers, not both")
+        raise UserError("use either --layer or --layers, not both")
     if layers:
         return [layers]
     return list(layer) if layer else [-1]

@@ -19,6 +19,7 @@ import typer
 
 from anglerank import cli_common as cc
 from anglerank.cli_common import err, user_errors
+from anglerank.errors import UserError
 from anglerank.train.config import RANK_FIELDS, TrainConfig, _base_type
 
 # Options shared with `score` (same flag names and help).
@@ -103,7 +104,7 @@ def _train_signature() -> inspect.Signature:
 
 def _given(ctx: typer.Context, values: dict) -> dict:
     """Only the settings typed on the command line (so a TOML file is not overridden by defaults)."""
-    from anglerank.rank import parse_rank_value
+    from anglerank.curriculum import parse_rank_value
 
     names = {f.name for f in fields(TrainConfig)}
     out = {}
@@ -124,101 +125,33 @@ def _given(ctx: typer.Context, values: dict) -> dict:
 
 
 def train_cmd(ctx: typer.Context, **kw):
+    from anglerank.train.checkpoint import resume_config
     from anglerank.train.config import build_config
-    from anglerank.train.loop import resume_config, train
+    from anglerank.train.display import Display
+    from anglerank.train.loop import train
 
     given = _given(ctx, kw)
     if kw.get("train_data"):
         given["train_data"] = list(kw["train_data"])
     if kw["resume"] is not None:
         if kw["config"] is not None:
-            raise ValueError("--resume uses the run's saved config.toml; drop --config")
+            raise UserError("--resume uses the run's saved config.toml; drop --config")
         if "output_dir" in given and Path(given["output_dir"]).resolve() != kw["resume"].resolve():
-            raise ValueError("--resume RUN_DIR continues in RUN_DIR; drop --output")
+            raise UserError("--resume RUN_DIR continues in RUN_DIR; drop --output")
         cfg = resume_config(kw["resume"], given)
     else:
         cfg = build_config(kw["config"], **given)
         if not cfg.train_data:
-            raise ValueError("give the training Parquet file(s) (or train_data in --config)")
+            raise UserError("give the training Parquet file(s) (or train_data in --config)")
         if not cfg.output_dir:
-            raise ValueError("--output RUN_DIR is required")
-    display = _Display(quiet=kw["quiet"])
+            raise UserError("--output RUN_DIR is required")
+    display = Display(quiet=kw["quiet"])
     with display:
         train(cfg, resume=kw["resume"] is not None, overwrite=kw["overwrite"], on_event=display)
 
 
 train_cmd.__signature__ = _train_signature()
 train_cmd.__doc__ = TRAIN_HELP
-
-
-def _fmt(x, spec=".3f"):
-    return "-" if x is None else format(x, spec)
-
-
-class _Display:
-    """Live rich view: a progress bar over steps with the latest step metrics, one line per epoch."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.prog = None
-        self.task = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.prog is not None:
-            self.prog.stop()
-            self.prog = None
-
-    def __call__(self, kind: str, rec: dict):
-        if self.quiet:
-            return
-        if kind == "start":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-                TimeRemainingColumn
-
-            dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rec["dropped"].items() if v)
-            err.print(f"[bold]anglerank train[/] {rec['run_dir']}: {rec['model']} ({rec['dtype']}, {rec['device']}), "
-                      f"{rec['n_prompts']:,} prompts" + (f" ({dropped} left out)" if dropped else "") +
-                      (f", {rec['n_eval']:,} eval" if rec["n_eval"] else "") +
-                      f", {rec['epochs']} epochs x {rec['steps_per_epoch']} steps", highlight=False)
-            self.prog = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"), console=err)
-            self.prog.start()
-            self.task = self.prog.add_task("train", total=rec["total_steps"], completed=rec["global_step"], info="")
-        elif kind == "step" and self.prog:
-            info = (f"ep {rec['epoch']} loss {rec['loss']:+.4f} reward {rec['reward_mean']:.3f} "
-                    f"acc {rec['accuracy']:.2f} kl {rec['kl']:.4f} len {rec['completion_len_mean']:.0f} "
-                    f"{rec['tokens_per_s']:.0f} tok/s")
-            self.prog.update(self.task, completed=rec["step"], info=info)
-        elif kind == "epoch":
-            self._print(f"epoch {rec['epoch']}: acc {rec['accuracy']:.3f}  angle {_fmt(rec['angle'], '.4f')}  "
-                        f"mu {_fmt(rec['mu'], '.1f')} -> {_fmt(rec['mu_next'], '.1f')}  "
-                        f"mean rank {_fmt(rec['subset_mean_rank'], '.1f')}  rollout {rec['rollout_s']:.1f}s  "
-                        f"update {rec['update_s']:.1f}s  rescore {rec['rescore_s']:.1f}s"
-                        + (f"  eval {rec['eval_accuracy']:.3f}" if rec["eval_accuracy"] is not None else ""))
-        elif kind == "eval":
-            self._print(f"eval after epoch {rec['epoch']}: accuracy {rec['eval_accuracy']:.3f} on {rec['eval_n']} "
-                        f"({rec['eval_s']:.1f}s)")
-        elif kind == "score":
-            extra = f", spearman vs previous {rec['spearman_prev']:.3f}" if rec.get("spearman_prev") is not None else ""
-            self._print(f"scored {rec['n']:,} prompts in {rec['seconds']:.1f}s{extra}")
-        elif kind == "log":
-            self._print(f"[yellow]{rec['message']}[/]")
-        elif kind == "end":
-            if self.prog:
-                self.prog.stop()
-                self.prog = None
-            acc = rec["final_eval_accuracy"]
-            err.print(f"[bold green]done[/]: {rec['steps']} steps in {rec['elapsed_s']:.0f}s"
-                      + (f", final eval accuracy {acc:.3f}" if acc is not None else "")
-                      + (f"; model in {rec['checkpoint']}" if rec["checkpoint"] else "; no checkpoint (no training steps)"),
-                      highlight=False)
-
-    def _print(self, msg: str):
-        (self.prog.console if self.prog else err).print(msg, highlight=False)
 
 
 def plot_cmd(

@@ -17,7 +17,11 @@ import torch
 from typer.testing import CliRunner
 
 from anglerank.cli import app
-from anglerank.train import grpo, loop, rollout
+from anglerank import generation
+from anglerank.curriculum.samplers.ordered import OrderedSampler
+from anglerank.curriculum.samplers.uniform import UniformSampler
+from anglerank.train import checkpoint, grpo, rollout, step
+from anglerank.train.metrics import read_metrics
 from anglerank.train.config import TrainConfig, build_config, dump_toml, load_toml
 
 runner = CliRunner()
@@ -86,7 +90,7 @@ def test_sequence_angle_matches_naive_pairwise_mean():
     torch.manual_seed(1)
     h = torch.randn(2, 7, 16)
     mask = torch.tensor([[1] * 7, [0, 0, 1, 1, 1, 1, 0]])
-    got = loop.sequence_angles(h, mask)
+    got = step.sequence_angles(h, mask)
     for b in range(2):
         idx = mask[b].nonzero().flatten()
         u = torch.nn.functional.normalize(h[b, idx].double(), dim=-1)
@@ -111,14 +115,14 @@ def test_micro_batch_weights_reproduce_full_batch_loss(loss_type):
     for idx in ([0, 1, 2, 3], [4, 5]):
         part, _ = grpo.grpo_loss(logp[idx], old[idx], adv[idx], mask[idx], loss_type=loss_type,
                                  max_completion_length=8)
-        total = total + part * loop.micro_batch_weight(loss_type, float(mask[idx].sum()), n_all, len(idx), B)
+        total = total + part * step.micro_batch_weight(loss_type, float(mask[idx].sum()), n_all, len(idx), B)
     torch.testing.assert_close(total, full)
 
 
 # ------------------------------------------------------------------ samplers
 
 def test_uniform_and_ordered_samplers_resume_exactly():
-    for make in (lambda: loop.UniformSampler(10, 4, seed=3), lambda: loop.OrderedSampler(10, 4, seed=3)):
+    for make in (lambda: UniformSampler(10, 4, seed=3), lambda: OrderedSampler(10, 4, seed=3)):
         a = make()
         first = [a.draw() for _ in range(2)]
         for d in first:
@@ -127,7 +131,7 @@ def test_uniform_and_ordered_samplers_resume_exactly():
         b.load_state_dict(json.loads(json.dumps(a.state_dict())))
         for _ in range(5):
             assert a.draw().tolist() == b.draw().tolist()
-    o = loop.OrderedSampler(10, 4, shuffle=False)
+    o = OrderedSampler(10, 4, shuffle=False)
     assert [o.draw().tolist() for _ in range(3)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
 
 
@@ -168,7 +172,7 @@ def test_smoke_two_epochs(tmp_path, tiny_model_dir, questions_parquet, reward_fi
     saved = load_toml(run / "config.toml")
     assert saved["lr"] == 1e-3 and saved["epochs"] == 2 and saved["sigma"] == 0.5  # file + CLI override
 
-    recs = loop.read_metrics(run)
+    recs = read_metrics(run)
     steps = [r for r in recs if r["type"] == "step"]
     epochs = [r for r in recs if r["type"] == "epoch"]
     evals = [r for r in recs if r["type"] == "eval"]
@@ -180,7 +184,7 @@ def test_smoke_two_epochs(tmp_path, tiny_model_dir, questions_parquet, reward_fi
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ck = loop.latest_checkpoint(run)
+    ck = checkpoint.latest_checkpoint(run)
     assert ck.name == "step-0000004"
     for f in ("optimizer.pt", "rng.pt", "trainer_state.json", "model.safetensors"):
         assert (ck / f).exists()
@@ -198,11 +202,11 @@ def test_smoke_two_epochs(tmp_path, tiny_model_dir, questions_parquet, reward_fi
 
 
 def _interrupt_at(monkeypatch, target: str, call: int):
-    """Send ourselves SIGINT during the given call of rollout.generate (before it runs) or
-    of loop._train_step (after it returns, i.e. between two steps)."""
+    """Send ourselves SIGINT during the given call of generation.generate (before it runs) or
+    of step.train_step (after it returns, i.e. between two steps)."""
     count = {"n": 0}
     if target == "generate":
-        orig = rollout.generate
+        orig = generation.generate
 
         def wrapped(*a, **k):
             count["n"] += 1
@@ -210,9 +214,9 @@ def _interrupt_at(monkeypatch, target: str, call: int):
                 os.kill(os.getpid(), signal.SIGINT)
             return orig(*a, **k)
 
-        monkeypatch.setattr(rollout, "generate", wrapped)
+        monkeypatch.setattr(generation, "generate", wrapped)
     else:
-        orig = loop._train_step
+        orig = step.train_step
 
         def wrapped(*a, **k):
             out = orig(*a, **k)
@@ -221,7 +225,7 @@ def _interrupt_at(monkeypatch, target: str, call: int):
                 os.kill(os.getpid(), signal.SIGINT)
             return out
 
-        monkeypatch.setattr(loop, "_train_step", wrapped)
+        monkeypatch.setattr(step, "train_step", wrapped)
 
 
 @pytest.mark.parametrize("where", ["rollout", "between_steps"])
@@ -236,12 +240,12 @@ def test_ctrl_c_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, ques
         if where == "rollout":  # Ctrl-C while step 4 generates: the step is redone on resume
             _interrupt_at(m, "generate", 4)
         else:  # Ctrl-C right after step 3 (mid-epoch 2): the run stops there
-            _interrupt_at(m, "_train_step", 3)
+            _interrupt_at(m, "train_step", 3)
         res = runner.invoke(app, _args(questions_parquet, part, tiny_model_dir, reward_file, *extra))
     assert res.exit_code == 130, res.output
     assert f"anglerank train --resume {part}" in " ".join(res.output.split())
-    state = json.loads((loop.latest_checkpoint(part) / "trainer_state.json").read_text())
-    assert state["global_step"] == 3 and state["step_in_epoch"] == 1 and state["subset"] is not None
+    state = json.loads((checkpoint.latest_checkpoint(part) / "trainer_state.json").read_text())
+    assert state["run"]["global_step"] == 3 and state["run"]["step_in_epoch"] == 1 and state["curriculum"]["open"]
 
     res = runner.invoke(app, ["train", "--resume", str(part), "--quiet"])
     assert res.exit_code == 0, res.output
@@ -250,11 +254,11 @@ def test_ctrl_c_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir, ques
         return (run / name).read_text().splitlines()
 
     assert lines(part, "subsets.jsonl") == lines(full, "subsets.jsonl")  # same prompts, same order
-    a, b = _weights(loop.latest_checkpoint(full)), _weights(loop.latest_checkpoint(part))
+    a, b = _weights(checkpoint.latest_checkpoint(full)), _weights(checkpoint.latest_checkpoint(part))
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=0, atol=1e-6)
-    ma = [r["mu"] for r in loop.read_metrics(full, "epoch")]
-    mb = [r["mu"] for r in loop.read_metrics(part, "epoch")]
+    ma = [r["mu"] for r in read_metrics(full, "epoch")]
+    mb = [r["mu"] for r in read_metrics(part, "epoch")]
     assert ma == pytest.approx(mb) and len(ma) == 3
 
 
@@ -297,7 +301,7 @@ def test_baseline_samplers_and_config_only_invocation(tmp_path, tiny_model_dir, 
     res = runner.invoke(app, _args(questions_parquet, run, tiny_model_dir, reward_file, "--sampler", "uniform",
                                    "--epochs", "2"))
     assert res.exit_code == 0, res.output
-    recs = loop.read_metrics(run)
+    recs = read_metrics(run)
     assert not [r for r in recs if r["type"] == "score"]
     rows = [json.loads(x)["rows"] for x in (run / "subsets.jsonl").read_text().splitlines()]
     assert len(set(rows[0]) | set(rows[1])) == 8  # one shuffled pass: no prompt twice
@@ -311,7 +315,7 @@ def test_kl_reference_and_several_iterations(tmp_path, tiny_model_dir, questions
                                    "--beta", "0.05", "--num-iterations", "2", "--loss-type", "dapo",
                                    "--epsilon-high", "0.28", "--lr-schedule", "cosine", "--warmup-steps", "1"))
     assert res.exit_code == 0, res.output
-    steps = loop.read_metrics(run, "step")
+    steps = read_metrics(run, "step")
     assert len(steps) == 2
     # updates 0..3: lr 0 (warm-up), then cosine from 1e-3 at update 1 down to update 3
     assert steps[0]["lr"] == pytest.approx(1e-3)

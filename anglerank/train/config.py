@@ -8,12 +8,10 @@ defaults, then a TOML file (``--config run.toml``), then command-line flags,
 and the resolved result is written to ``RUN_DIR/config.toml`` so
 ``--config RUN_DIR/config.toml`` reproduces it.
 
-Rank-unit fields (``mu0``, ``sigma``, ``step``, ``adj_min``, ``adj_max``)
-follow :func:`anglerank.train.sampler.resolve_rank_units`: an int is ranks, a
-float with ``0 < |x| <= 1`` is a fraction of the number of training prompts
-N, any other float is ranks. The defaults are the authors' values (n = 500,
-sigma = 1000, clamp [0, 1000] for about 7,500 prompts) expressed as fractions
-so they scale with N.
+The GAIN-RL fields are the curriculum's (:class:`anglerank.curriculum.CurriculumConfig`):
+their defaults and help come from there, the one set of defaults shared with
+``anglerank sample`` and the TRL / verl integrations; :meth:`TrainConfig.curriculum`
+hands them over. Rank-unit fields follow :mod:`anglerank.curriculum.units`.
 """
 
 from __future__ import annotations
@@ -26,10 +24,10 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "field_help", "RANK_FIELDS", "SAMPLERS"]
+from anglerank.curriculum import DEFAULTS, HELP, RANK_FIELDS, CurriculumConfig, sampler_names
+from anglerank.errors import UserError
 
-SAMPLERS = ("gainrl", "uniform", "ordered")
-RANK_FIELDS = ("mu0", "sigma", "step", "adj_min", "adj_max")
+__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "RANK_FIELDS"]
 
 
 def _f(default, help: str, panel: str, *, factory=None, flag: str | None = None, cli: bool = True):
@@ -37,6 +35,11 @@ def _f(default, help: str, panel: str, *, factory=None, flag: str | None = None,
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def _c(name: str, help: str | None = None):
+    """A field owned by the curriculum: its default and help come from CurriculumConfig."""
+    return _f(DEFAULTS[name], help or HELP[name], "GAIN-RL")
 
 
 D, M, R, W, L, G, O = "Data", "Model", "Rollouts", "Rewards", "Loss and optimiser", "GAIN-RL", "Run"
@@ -85,9 +88,9 @@ class TrainConfig:
                       "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several.", W,
                       factory=lambda: ["math"])
     reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W)
-    correct_threshold: float = _f(
-        1.0, "Without an answer column, a completion counts as correct when its total reward >= this. With one, "
-        "correctness is the built-in math checker.", W)
+    correct_threshold: float = _c(
+        "correct_threshold", "A completion counts as correct when its reward >= this (the curriculum's one rule): "
+        "the built-in math checker's reward (1 or 0) when the data has reference answers, else the total reward.")
 
     # --- loss and optimiser ----------------------------------------------------------------
     prompts_per_step: int = _f(8, "Prompts per rollout batch (x G completions); one optimiser update per batch "
@@ -113,16 +116,16 @@ class TrainConfig:
 
     # --- GAIN-RL ------------------------------------------------------------------------
     epochs: int = _f(10, "Epochs; one epoch is one sampled subset of --subset-size prompts.", G)
-    subset_size: int = _f(256, "Prompts per epoch (K).", G)
-    sampler: str = _f("gainrl", "gainrl: Gaussian window over angle ranks with the feedback update; uniform: "
-                      "shuffled passes over the data; ordered: consecutive windows of the angle ranking.", G)
-    mu0: float = _f(0.0, "Initial window centre (rank units or fraction of N).", G)
-    sigma: float = _f(1000 / 7500, "Window width (rank units or fraction of N; authors: 1000 of 7,500).", G)
-    step: float = _f(500 / 7500, "Update step n (rank units or fraction of N; authors: 500 of 7,500).", G)
-    alpha: float = _f(2.0, "Update sharpness alpha.", G)
-    beta_acc: float = _f(0.5, "Target accuracy: the window moves on faster above it.", G)
-    adj_min: float = _f(0.0, "Lower clamp of the per-epoch move (negative lets the window move back).", G)
-    adj_max: float = _f(1000 / 7500, "Upper clamp of the per-epoch move (authors: 1000 of 7,500).", G)
+    subset_size: int = _c("subset_size")
+    sampler: str = _c("sampler")
+    mu0: float = _c("mu0")
+    sigma: float = _c("sigma")
+    step: float = _c("step")
+    alpha: float = _c("alpha")
+    beta_acc: float = _c("beta_acc")
+    adj_min: float = _c("adj_min")
+    adj_max: float = _c("adj_max")
+    wrap: bool = _c("wrap")
     keep_order: bool = _f(False, "Train an epoch's prompts in rank order instead of shuffled.", G)
     rescore_every: int = _f(1, "Re-score and re-rank all training prompts with the current policy every K epochs "
                             "(0 = only the initial scoring).", G)
@@ -142,7 +145,7 @@ class TrainConfig:
     def __post_init__(self):
         def need(cond: bool, msg: str):
             if not cond:
-                raise ValueError(msg)
+                raise UserError(msg)
 
         if isinstance(self.train_data, (str, Path)):
             self.train_data = [str(self.train_data)]
@@ -168,7 +171,6 @@ class TrainConfig:
         for name in ("limit", "eval_limit", "eval_max_new_tokens", "threads"):
             v = getattr(self, name)
             need(v is None or (isinstance(v, int) and v >= 1), f"--{_flag(name)} must be a positive integer")
-        need(self.sampler in SAMPLERS, f"unknown --sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
         from anglerank.train.grpo import LOSS_TYPES
 
         need(self.loss_type in LOSS_TYPES, f"unknown --loss-type {self.loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
@@ -181,7 +183,6 @@ class TrainConfig:
         need(self.lr > 0, "--lr must be > 0")
         need(0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]")
         need(self.max_grad_norm >= 0, "--max-grad-norm must be >= 0")
-        need(0 <= self.beta_acc <= 1, "--beta-acc is a target accuracy in [0, 1]")
         for name in RANK_FIELDS:
             v = getattr(self, name)
             need(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
@@ -194,6 +195,14 @@ class TrainConfig:
                  f"{len(self.reward_weight)} --reward-weight values for {len(self.reward)} --reward functions")
         need(bool(self.reward), "at least one --reward is needed")
         need(self.preset in ("none", "gainrl"), f"unknown --preset {self.preset!r}; choose from none, gainrl")
+        names = sampler_names()
+        need(self.sampler in names, f"unknown --sampler {self.sampler!r}; choose from {', '.join(names)}")
+        self.curriculum()  # the curriculum checks its own fields
+
+    def curriculum(self) -> CurriculumConfig:
+        """The curriculum settings of this run (its seed is the run's seed)."""
+        return CurriculumConfig(**{k: getattr(self, k) for k in DEFAULTS if k not in ("shuffle", "seed")},
+                                shuffle=not self.keep_order, seed=self.seed)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -206,10 +215,6 @@ def _mixed_units(a, b) -> bool:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
-
-
-def field_help(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
 
 
 # --- TOML ------------------------------------------------------------------------------
@@ -226,29 +231,29 @@ def coerce(name: str, value):
     """Check and convert one TOML/CLI value for field ``name``; raise ValueError."""
     f = next((f for f in fields(TrainConfig) if f.name == name), None)
     if f is None:
-        raise ValueError(f"unknown setting {name!r}")
+        raise UserError(f"unknown setting {name!r}")
     if value is None:
         return None
     base = _base_type(f.type)
     if name in RANK_FIELDS:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number (ranks, or a fraction of N), got {value!r}")
+            raise UserError(f"{name} must be a number (ranks, or a fraction of N), got {value!r}")
         return value  # int vs float matters: keep it
     if base is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
+            raise UserError(f"{name} must be true or false, got {value!r}")
         return value
     if base is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise UserError(f"{name} must be an integer, got {value!r}")
         return value
     if base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, got {value!r}")
+            raise UserError(f"{name} must be a number, got {value!r}")
         return float(value)
     if base is str:
         if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string, got {value!r}")
+            raise UserError(f"{name} must be a string, got {value!r}")
         return value
     if base is list:
         return list(value) if isinstance(value, (list, tuple)) else [value]
@@ -263,14 +268,14 @@ def load_toml(path: str | Path) -> dict:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ValueError("reading TOML needs Python 3.11+ or `pip install tomli`") from None
+            raise UserError("reading TOML needs Python 3.11+ or `pip install tomli`") from None
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"config file not found: {p}")
+        raise UserError(f"config file not found: {p}")
     try:
         data = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{p} is not valid TOML: {exc}") from None
+        raise UserError(f"{p} is not valid TOML: {exc}") from None
     if isinstance(data.get("train"), dict):
         data = {**{k: v for k, v in data.items() if k != "train"}, **data["train"]}
     names = [f.name for f in fields(TrainConfig)]
@@ -278,11 +283,11 @@ def load_toml(path: str | Path) -> dict:
     for key, value in data.items():
         name = key.replace("-", "_")
         if name not in names:
-            raise ValueError(f"{p}: unknown setting {key!r} (valid: {', '.join(names)})")
+            raise UserError(f"{p}: unknown setting {key!r} (valid: {', '.join(names)})")
         try:
             out[name] = coerce(name, value)
         except ValueError as exc:
-            raise ValueError(f"{p}: {exc}") from None
+            raise UserError(f"{p}: {exc}") from None
     return out
 
 

@@ -1,0 +1,88 @@
+"""The curriculum's settings and their ONE set of defaults.
+
+Every consumer of the curriculum (``anglerank train``, ``anglerank sample``,
+the TRL trainer and the verl sampler) builds a :class:`CurriculumConfig`; the
+defaults here are the only ones. They are the authors' values (METHOD.md
+section 3: ``sigma = 1000``, ``n = 500``, clamp ``[0, 1000]`` for about 7,500
+prompts) written as fractions of N so they scale with the data set; see
+:mod:`anglerank.curriculum.units` for the rank-unit rule.
+
+One definition of a correct completion, used everywhere: a completion is
+correct when its reward is at least ``correct_threshold`` (default 1.0, the
+full reward of a 0/1 verifier such as ``anglerank.rewards.math_reward`` or
+TRL's accuracy reward). The epoch accuracy fed to the window update is the
+share of correct completions among those with a finite reward (a NaN / None
+reward, "could not be judged", is left out, as TRL does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from anglerank.errors import UserError
+
+__all__ = ["CurriculumConfig", "DEFAULTS", "HELP", "RANK_FIELDS", "correct"]
+
+RANK_FIELDS = ("mu0", "sigma", "step", "adj_min", "adj_max")
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class CurriculumConfig:
+    """How each epoch's prompts are drawn from the ranking and how the window moves."""
+
+    sampler: str = _f("gainrl", "gainrl: Gaussian window over the ranking, moved after each epoch by accuracy and "
+                      "angle; uniform: shuffled passes over the data; ordered: consecutive windows of the ranking; "
+                      "sweep: Gaussian window moved a fixed step per epoch (open loop).")
+    subset_size: int = _f(256, "Prompts per epoch (K).")
+    mu0: float = _f(0.0, "Initial window centre (rank units or fraction of N).")
+    sigma: float = _f(2 / 15, "Window width (rank units or fraction of N; authors: 1000 of 7,500).")
+    step: float = _f(1 / 15, "Update step n (rank units or fraction of N; authors: 500 of 7,500).")
+    alpha: float = _f(2.0, "Update sharpness alpha.")
+    beta_acc: float = _f(0.5, "Target accuracy: the window moves on faster above it.")
+    adj_min: float = _f(0.0, "Lower clamp of the per-epoch move (negative lets the window move back).")
+    adj_max: float = _f(2 / 15, "Upper clamp of the per-epoch move (authors: 1000 of 7,500).")
+    wrap: bool = _f(False, "When the window centre passes the last rank, wrap to rank 0 and start a new pass "
+                    "(default: it stays at the last rank).")
+    shuffle: bool = _f(True, "Train an epoch's prompts in random order (else in rank order).")
+    seed: int = _f(0, "Seed of the sampler's private generator.")
+    correct_threshold: float = _f(1.0, "A completion counts as correct when its reward is >= this (1.0: the full "
+                                  "reward of a 0/1 verifier). The epoch accuracy is the share of correct ones.")
+
+    def __post_init__(self):
+        from anglerank.curriculum.registry import sampler_names
+
+        if self.sampler not in sampler_names():
+            raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(sampler_names())}")
+        if isinstance(self.subset_size, bool) or not isinstance(self.subset_size, numbers.Integral) \
+                or self.subset_size < 1:
+            raise UserError(f"subset_size must be a positive integer, got {self.subset_size!r}")
+        for name in (*RANK_FIELDS, "alpha", "beta_acc", "correct_threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise UserError(f"{name} must be a finite number, got {v!r}")
+        if not 0.0 <= self.beta_acc <= 1.0:
+            raise UserError(f"beta_acc is a target accuracy in [0, 1], got {self.beta_acc}")
+
+    def replace(self, **changes) -> "CurriculumConfig":
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULTS: dict = {f.name: f.default for f in fields(CurriculumConfig)}
+HELP: dict = {f.name: f.metadata["help"] for f in fields(CurriculumConfig)}
+
+
+def correct(rewards, threshold: float) -> np.ndarray:
+    """Per-completion correctness (1.0 / 0.0) of the finite ``rewards``; NaN / None are dropped."""
+    r = np.asarray([np.nan if x is None else x for x in np.asarray(rewards, dtype=object).reshape(-1)],
+                   dtype=np.float64)
+    r = r[~np.isnan(r)]
+    return (r >= float(threshold)).astype(np.float64)

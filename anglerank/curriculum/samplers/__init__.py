@@ -1,0 +1,1 @@
+"""Built-in samplers, one per file; each registers itself by name (see ..registry)."""

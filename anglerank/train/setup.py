@@ -1,0 +1,112 @@
+"""Building a training run from its config: device, models, data, optimiser, curriculum, scorer.
+
+Everything here happens once per run (or resume); the loop never changes what
+it builds except through training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from anglerank.curriculum import Curriculum
+from anglerank.errors import UserError
+from anglerank.train.config import TrainConfig
+from anglerank.train.pool import ANSWER_COLUMNS, Pool, load_pool
+from anglerank.train.step import StepContext
+
+__all__ = ["Parts", "build"]
+
+
+@dataclass
+class Parts:
+    ctx: StepContext
+    curriculum: Curriculum
+    scorer: object
+    eval_pool: Pool | None
+    info: dict
+
+
+def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
+    """The run's parts; the policy comes from ``ckpt`` when resuming."""
+    from anglerank.generation import pad_token_id
+    from anglerank.render import Renderer
+    from anglerank.score import ScoreOptions, Scorer
+
+    device, compute, amp_dtype = _precision(cfg)
+    model, ref_model, tok, name, layer_idx = _models(cfg, ckpt, device)
+    renderer = Renderer(tok, cfg.preset, cfg.system, cfg.prefix, cfg.max_prompt_length)
+    pool, eval_pool, reward_funcs = _data(cfg, renderer)
+    curriculum = Curriculum(np.arange(len(pool.rows)), cfg.curriculum())
+    steps = -(-curriculum.subset_size // cfg.prompts_per_step)
+    ctx = StepContext(cfg, model, ref_model, tok, _optimizer(cfg, model), pool, reward_funcs, layer_idx, device,
+                      amp_dtype, pad_token_id(tok), max(1, cfg.epochs * steps * cfg.num_iterations),
+                      torch.Generator().manual_seed(cfg.seed))
+    score_opt = ScoreOptions(model=cfg.model, preset=cfg.preset, system=cfg.system, prefix=cfg.prefix,
+                             site=cfg.site, layers=[cfg.layer], estimator=cfg.estimator,
+                             max_length=cfg.max_prompt_length, dtype=compute, device=device,
+                             batch_tokens=cfg.score_batch_tokens)
+    scorer = Scorer(model, tok, renderer, score_opt, device)
+    return Parts(ctx, curriculum, scorer, eval_pool, {"model": name, "device": device, "dtype": compute})
+
+
+def _precision(cfg: TrainConfig) -> tuple[str, str, torch.dtype | None]:
+    """(device, compute dtype name, autocast dtype); weights and optimiser stay float32."""
+    from anglerank.score import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    compute = resolve_dtype(cfg.dtype, device)
+    if compute == "float16":
+        if cfg.dtype == "float16":
+            raise UserError("--dtype float16 is not supported for training (no loss scaling); use bfloat16 or "
+                            "float32")
+        compute = "float32"
+    return device, compute, torch.bfloat16 if compute == "bfloat16" else None
+
+
+def _models(cfg: TrainConfig, ckpt: Path | None, device: str):
+    """The policy (float32), the frozen reference for the KL term (only when beta > 0), the tokenizer."""
+    from anglerank import hooks, models
+
+    loaded = models.load(str(ckpt) if ckpt else cfg.model, device=device, dtype="float32")
+    model, tok = loaded.model, loaded.tokenizer
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    layer_idx = hooks.resolve_layer(model, cfg.layer)
+    hooks.site_module(model, layer_idx, cfg.site)  # fails early on a bad site
+    ref_model = None
+    if cfg.beta > 0:
+        ref_model = models.load(cfg.model, device=device, dtype="float32").model
+        ref_model.requires_grad_(False).eval()
+    return model, ref_model, tok, loaded.name, layer_idx
+
+
+def _data(cfg: TrainConfig, renderer) -> tuple[Pool, Pool | None, list]:
+    from anglerank import rewards
+
+    pool = load_pool(cfg.train_data, cfg, renderer, limit=cfg.limit)
+    if not pool.rows:
+        raise UserError("no usable training prompts (all null, unrenderable or longer than --max-prompt-length)")
+    eval_pool = None
+    if cfg.eval_data:
+        eval_pool = load_pool(cfg.eval_data, cfg, renderer, limit=None)
+        if cfg.eval_limit and cfg.eval_limit < len(eval_pool.rows):
+            rng = np.random.default_rng(cfg.seed + 1)
+            eval_pool = eval_pool.subset(np.sort(rng.choice(len(eval_pool.rows), cfg.eval_limit, replace=False))
+                                         .tolist())
+    reward_funcs = [rewards.load_reward(s) for s in cfg.reward]
+    if any(f is rewards.math_reward for f in reward_funcs) and pool.answers is None:
+        raise UserError("the built-in math reward needs reference answers; pass --answer-column "
+                        f"(looked for {', '.join(ANSWER_COLUMNS)})")
+    return pool, eval_pool, reward_funcs
+
+
+def _optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay on matrices only (not on norms and biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)

@@ -1,0 +1,255 @@
+"""One GRPO step: roll out G completions per prompt, reward them, update the policy.
+
+:func:`train_step` changes the model and the optimiser (that is what a step is
+for) and nothing else: the counters, the curriculum and the logs are the
+loop's business, fed from the returned :class:`StepResult`. The GRPO math
+itself is pure and lives in ``grpo.py``; the token layout in ``rollout.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from anglerank import angles, hooks
+from anglerank.curriculum import correct
+from anglerank.train import grpo, rollout
+
+__all__ = ["StepContext", "StepResult", "StepAborted", "train_step", "sequence_angles", "micro_batch_weight",
+           "judge_rewards"]
+
+
+@dataclass
+class StepContext:
+    """What every step needs and no step changes (except the model's and optimiser's state)."""
+
+    cfg: object  # TrainConfig
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None
+    tok: object
+    optimizer: torch.optim.Optimizer
+    pool: object  # train.pool.Pool
+    reward_funcs: list
+    layer_idx: int
+    device: str
+    amp_dtype: torch.dtype | None
+    pad_id: int
+    total_updates: int
+    generator: torch.Generator  # every rollout's randomness; its state is checkpointed
+    stop_requested: Callable[[], bool] = lambda: False
+
+    def amp(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=torch.device(self.device).type, dtype=self.amp_dtype)
+
+
+@dataclass
+class StepResult:
+    record: dict  # the step's metrics line
+    judged: list[float]  # per completion: the reward that decides correctness (see judge_rewards)
+    angles: list[float]  # per completion: whole-sequence angle on the live policy (NaN if not measured)
+    rewards: list[float]  # per completion: total reward
+    updates: int  # optimiser updates made
+    rollout_s: float
+    update_s: float
+
+
+class StepAborted(Exception):
+    """Ctrl-C arrived during the rollouts, before any weight changed: redo this step on resume."""
+
+
+def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float] | None) -> list[float]:
+    """The per-completion reward that decides "correct" (>= correct_threshold, the curriculum's one rule):
+    the built-in math checker when the data has reference answers, else the total reward."""
+    from anglerank import rewards
+
+    if pool.answers is None:
+        return list(total)
+    return rewards.math_reward([pool.prompts[i] for i in seq_idx], texts, answer=[pool.answers[i] for i in seq_idx])
+
+
+def train_step(ctx: StepContext, batch: list[int], updates_done: int) -> StepResult:
+    """Roll out, reward, and run ``num_iterations`` GRPO updates on the prompts ``batch`` (pool indices)."""
+    from anglerank import rewards
+    from anglerank.generation import generate
+
+    cfg, pool, G = ctx.cfg, ctx.pool, ctx.cfg.num_generations
+    t0 = time.perf_counter()
+    seq_idx = [i for i in batch for _ in range(G)]
+    ro = generate(ctx.model, ctx.tok, [pool.prompt_ids[i] for i in seq_idx], max_new_tokens=cfg.max_new_tokens,
+                  temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, batch_size=cfg.generation_batch_size,
+                  device=ctx.device, autocast_dtype=ctx.amp_dtype, stop_flag=ctx.stop_requested,
+                  generator=ctx.generator)
+    if ctx.stop_requested():
+        raise StepAborted
+    cols = {k: [v[i] for i in seq_idx] for k, v in pool.columns.items()}
+    if pool.answers is not None:
+        cols["answer"] = [pool.answers[i] for i in seq_idx]
+    total, per_func = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight, [pool.prompts[i] for i in seq_idx],
+                                              ro.texts, **cols)
+    judged = judge_rewards(pool, seq_idx, ro.texts, total)
+    rewards_N = torch.tensor(total, dtype=torch.float32)
+    adv_N = grpo.group_advantages(rewards_N, G, cfg.scale_rewards)
+    t_roll = time.perf_counter() - t0
+    upd = _policy_update(ctx, ro, adv_N, updates_done)
+    t_total = time.perf_counter() - t0
+    record = _step_record(ctx, ro, rewards_N, judged, upd, t_roll, t_total)
+    if len(per_func) > 1 or list(per_func) != ["math_reward"]:
+        for name, vals in per_func.items():
+            v = [x for x in vals if not math.isnan(x)]
+            record[f"reward/{name}"] = float(np.mean(v)) if v else None
+    return StepResult(record, list(judged), upd["angle_B"].tolist(), list(total), upd["updates"], t_roll,
+                      t_total - t_roll)
+
+
+def _policy_update(ctx: StepContext, ro, adv_N: torch.Tensor, updates_done: int) -> dict:
+    """``num_iterations`` optimiser updates on the rollouts; also measures every sequence's angle.
+
+    Sequences with zero advantage add exactly zero gradient when ``beta == 0``,
+    so only their angle is computed (a forward up to the hook, no grad).
+    """
+    cfg = ctx.cfg
+    packed = rollout.pack(ro.prompt_ids, ro.completion_ids, ctx.pad_id)
+    B = len(ro.completion_ids)
+    n_tok_all = float(packed.completion_mask_BT.sum().clamp(min=1))
+    active = [b for b in range(B) if cfg.beta > 0 or float(adv_N[b]) != 0.0]
+    idle = sorted(set(range(B)) - set(active))
+    angle_B = torch.full((B,), math.nan, dtype=torch.float64)
+    if idle:
+        angle_B[idle] = _angles_only(ctx, [ro.prompt_ids[b] + ro.completion_ids[b] for b in idle])
+    mbs = [active[s: s + cfg.micro_batch_size] for s in range(0, len(active), cfg.micro_batch_size)]
+    subs = [packed.rows(mb).to(ctx.device) for mb in mbs]
+    ctx.model.train()
+    old_logps, ref_logps = _frozen_logps(ctx, subs, mbs, angle_B)
+    stats = {"clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0}
+    loss, tok_w, grad_norm, lr = 0.0, 0.0, 0.0, 0.0
+    for it in range(cfg.num_iterations):
+        last = it == cfg.num_iterations - 1
+        ctx.optimizer.zero_grad(set_to_none=True)
+        loss = 0.0
+        for k, sub in enumerate(subs):
+            capture = it == 0 and old_logps[k] is None
+            logp_BT, ang = _forward_logp(ctx, ctx.model, sub, capture=capture)
+            if capture:
+                angle_B[mbs[k]] = ang.detach().cpu()
+            old = old_logps[k] if old_logps[k] is not None else logp_BT.detach()
+            l_k, m = grpo.grpo_loss(logp_BT, old, adv_N[mbs[k]].to(ctx.device), sub.completion_mask_BT,
+                                    epsilon=cfg.epsilon, epsilon_high=cfg.epsilon_high, beta=cfg.beta,
+                                    ref_logp_BT=ref_logps[k], loss_type=cfg.loss_type,
+                                    max_completion_length=cfg.max_new_tokens)
+            # weight so the accumulated gradient equals the full-batch loss over all B sequences
+            n_tok = float(sub.completion_mask_BT.sum())
+            w = micro_batch_weight(cfg.loss_type, n_tok, n_tok_all, len(mbs[k]), B)
+            (l_k * w).backward()
+            loss += l_k.item() * w
+            if last:
+                for key in stats:
+                    stats[key] += m[key] * n_tok
+                tok_w += n_tok
+        grad_norm, lr = _optimizer_step(ctx, updates_done + it, has_grads=bool(subs))
+    ctx.optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss, "stats": {k: (v / tok_w if tok_w else 0.0) for k, v in stats.items()},
+            "grad_norm": grad_norm, "lr": lr, "updates": cfg.num_iterations, "angle_B": angle_B,
+            "trained_sequences": len(active)}
+
+
+@torch.no_grad()
+def _frozen_logps(ctx: StepContext, subs: list, mbs: list, angle_B: torch.Tensor) -> tuple[list, list]:
+    """Old-policy log-probs (only needed for ``num_iterations > 1``) and reference log-probs (``beta > 0``)."""
+    old, ref = [None] * len(subs), [None] * len(subs)
+    for k, sub in enumerate(subs):
+        if ctx.cfg.num_iterations > 1:
+            old[k], ang = _forward_logp(ctx, ctx.model, sub, capture=True)
+            angle_B[mbs[k]] = ang.cpu()
+        if ctx.ref_model is not None:
+            ref[k], _ = _forward_logp(ctx, ctx.ref_model, sub, capture=False)
+    return old, ref
+
+
+def _optimizer_step(ctx: StepContext, update_index: int, has_grads: bool) -> tuple[float, float]:
+    """Clip, set the scheduled learning rate, step; returns (grad norm before clipping, lr)."""
+    cfg = ctx.cfg
+    params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
+    if not has_grads:  # every advantage is zero: step on zero gradients, as the full batch would
+        for p in params:
+            p.grad = torch.zeros_like(p)
+    limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+    lr = grpo.lr_at(update_index, ctx.total_updates, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr_ratio)
+    for g in ctx.optimizer.param_groups:
+        g["lr"] = lr
+    ctx.optimizer.step()
+    return grad_norm, lr
+
+
+def _step_record(ctx: StepContext, ro, rewards_N: torch.Tensor, judged: list, upd: dict, t_roll: float,
+                 t_total: float) -> dict:
+    B, G = len(ro.completion_ids), ctx.cfg.num_generations
+    r_PG = rewards_N.reshape(B // G, G)
+    ang = upd["angle_B"][~torch.isnan(upd["angle_B"])]
+    comp_len = [len(c) for c in ro.completion_ids]
+    n_tokens = sum(len(p) + len(c) for p, c in zip(ro.prompt_ids, ro.completion_ids))
+    acc = correct(judged, ctx.cfg.correct_threshold)
+    return {"loss": upd["loss"], "reward_mean": float(rewards_N.mean()),
+            "reward_std": float(rewards_N.std()) if B > 1 else 0.0,
+            "accuracy": float(acc.mean()) if acc.size else None, **upd["stats"],
+            "completion_len_mean": float(np.mean(comp_len)), "completion_len_max": int(max(comp_len)),
+            "truncated_fraction": float(np.mean([not f for f in ro.finished])),
+            "zero_std_fraction": float((r_PG.max(dim=1).values == r_PG.min(dim=1).values).float().mean()),
+            "trained_sequences": upd["trained_sequences"],
+            "angle": float(ang.mean()) if ang.numel() else None, "lr": upd["lr"], "grad_norm": upd["grad_norm"],
+            "tokens_per_s": round(n_tokens / t_total, 1), "rollout_s": round(t_roll, 3),
+            "update_s": round(t_total - t_roll, 3)}
+
+
+def sequence_angles(hidden_BLD: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
+    """Whole-sequence mean pairwise cosine per row over real tokens (float64 ``[B]``):
+    ``(||sum u||^2 - n) / (n (n - 1))``, the intra term with every real token in Q."""
+    m = mask_BL.bool()
+    intra_B, _ = angles.segment_concentration(hidden_BLD, m, m)
+    return intra_B
+
+
+def _forward_logp(ctx: StepContext, model, b: rollout.Packed, capture: bool):
+    """Completion log-probs ``[B, T]`` (float32) and, if asked, the angle per row from the same pass."""
+    cm = hooks.capture(model, [ctx.layer_idx], ctx.cfg.site, stop=False, detach=True) if capture else nullcontext({})
+    with cm as cap, ctx.amp():
+        out = model(input_ids=b.input_ids_BL, attention_mask=b.attention_mask_BL, position_ids=b.position_ids_BL,
+                    use_cache=False, logits_to_keep=b.completion_width + 1)
+    logp_BT = grpo.sequence_logprobs(out.logits[:, :-1], b.completion_ids_BT)
+    angle_B = sequence_angles(cap[ctx.layer_idx], b.attention_mask_BL) if capture else None
+    return logp_BT, angle_B
+
+
+@torch.no_grad()
+def _angles_only(ctx: StepContext, seqs: list[list[int]]) -> torch.Tensor:
+    """Angle of sequences that get no gradient (zero advantage): forward up to the hook only."""
+    out = []
+    for s in range(0, len(seqs), ctx.cfg.micro_batch_size):
+        chunk = seqs[s: s + ctx.cfg.micro_batch_size]
+        T = max(len(x) for x in chunk)
+        ids = torch.full((len(chunk), T), ctx.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), T), dtype=torch.long)
+        for i, x in enumerate(chunk):
+            ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+        with hooks.capture(ctx.model, [ctx.layer_idx], ctx.cfg.site, stop=True) as cap, ctx.amp():
+            hooks.run_until_captured(ctx.model, ids.to(ctx.device), mask.to(ctx.device))
+        out.append(sequence_angles(cap[ctx.layer_idx], mask.to(ctx.device)).cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def micro_batch_weight(loss_type: str, n_tok: float, n_tok_all: float, n_seq: int, n_seq_all: int) -> float:
+    """Factor on a micro-batch's ``grpo_loss`` so the accumulated gradient equals the
+    full batch's: per-sequence means (grpo) and dr_grpo's fixed normaliser scale with
+    the share of sequences, per-token means (dapo/bnpo) with the share of tokens."""
+    if loss_type in ("dapo", "bnpo"):
+        return n_tok / n_tok_all
+    return n_seq / n_seq_all
