@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,6 +21,7 @@ from anglerank.cli_common import (
     LayersOpt, MaxLengthOpt, ModelOpt, PrefixOpt, PresetOpt, PromptColumnOpt, QuietOpt, SeedOpt, SiteOpt,
     SystemOpt, WInterOpt, WIntraOpt, err, score_options, user_errors,
 )
+from anglerank.errors import UserError
 
 Y_LABELS = {"grad_a": "‖∇W_site‖", "grad_b": "‖∇θ‖", "pass_rate": "pass rate", "nll": "target NLL",
             "n_question": "question len", "n_tokens": "total tokens"}
@@ -65,28 +67,73 @@ def print_report(report: dict) -> None:
                   "(per-correlation intervals and n in the JSON).[/]")
 
 
+SamplesOpt = Annotated[int, typer.Option("--samples", help="Prompts in the seeded sample (all rows if fewer).")]
+TargetColumnOpt = Annotated[Optional[str], typer.Option(
+    "--target-column", help="Column with a reference completion (dotted paths reach into structs, e.g. "
+    "extra_info.answer). Default: the model's own greedy completion.")]
+MaxNewTokensOpt = Annotated[int, typer.Option(
+    "--max-new-tokens", help="Length of greedy completions and rollouts; reference targets are cut to it.")]
+RolloutsOpt = Annotated[int, typer.Option(
+    "--rollouts", help="G sampled completions per prompt for pass rates (0: skip). Needs --answer-column.")]
+AnswerColumnOpt = Annotated[Optional[str], typer.Option(
+    "--answer-column", help="Column with the reference final answer (e.g. reward_model.ground_truth); "
+    "a \\boxed{} or '#### N' reference is reduced to its final answer.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Rollout sampling temperature.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", help="Rollout nucleus sampling threshold.")]
+GenBatchOpt = Annotated[int, typer.Option("--gen-batch", help="Prompts per greedy-generation batch.")]
+JsonFileOpt = Annotated[Optional[Path], typer.Option(
+    "--json", help="Write the JSON report to FILE instead of stdout.", metavar="FILE")]
+PlotOpt = Annotated[Optional[Path], typer.Option(
+    "--plot", help="Scatter plots (PNG) for the deepest layer; needs matplotlib (pip install matplotlib).",
+    metavar="FILE.png")]
+
+
+@contextmanager
+def _progress(quiet: bool):
+    """A callback for run_validate's ``progress(stage, done, total)``: one bar per stage, or None."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bars = Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int):
+        if stage not in tasks:
+            tasks[stage] = bars.add_task(stage, total=total)
+        bars.update(tasks[stage], completed=done, total=total)
+
+    with bars:
+        yield update
+
+
+def _write_json(report: dict, json_file: Path | None) -> None:
+    """The report to ``json_file`` (atomically: a temporary file renamed into place), or to stdout."""
+    text = json.dumps(report, indent=1, allow_nan=False, default=str)
+    if json_file is None:
+        typer.echo(text)
+        return
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = json_file.with_name(json_file.name + ".tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(json_file)
+
+
 def validate(
     inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
-    samples: Annotated[int, typer.Option("--samples", help="Prompts in the seeded sample (all rows if fewer).")] = 64,
+    samples: SamplesOpt = 64,
     seed: SeedOpt = 0,
-    target_column: Annotated[Optional[str], typer.Option(
-        "--target-column", help="Column with a reference completion (dotted paths reach into structs, e.g. "
-        "extra_info.answer). Default: the model's own greedy completion.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(
-        "--max-new-tokens", help="Length of greedy completions and rollouts; reference targets are cut to it.")] = 256,
-    rollouts: Annotated[int, typer.Option(
-        "--rollouts", help="G sampled completions per prompt for pass rates (0: skip). Needs --answer-column.")] = 0,
-    answer_column: Annotated[Optional[str], typer.Option(
-        "--answer-column", help="Column with the reference final answer (e.g. reward_model.ground_truth); "
-        "a \\boxed{} or '#### N' reference is reduced to its final answer.")] = None,
-    temperature: Annotated[float, typer.Option("--temperature", help="Rollout sampling temperature.")] = 0.9,
-    top_p: Annotated[float, typer.Option("--top-p", help="Rollout nucleus sampling threshold.")] = 1.0,
-    gen_batch: Annotated[int, typer.Option("--gen-batch", help="Prompts per greedy-generation batch.")] = 8,
-    json_file: Annotated[Optional[Path], typer.Option(
-        "--json", help="Write the JSON report to FILE instead of stdout.", metavar="FILE")] = None,
-    plot: Annotated[Optional[Path], typer.Option(
-        "--plot", help="Scatter plots (PNG) for the deepest layer; needs matplotlib (pip install matplotlib).",
-        metavar="FILE.png")] = None,
+    target_column: TargetColumnOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 256,
+    rollouts: RolloutsOpt = 0,
+    answer_column: AnswerColumnOpt = None,
+    temperature: TemperatureOpt = 0.9,
+    top_p: TopPOpt = 1.0,
+    gen_batch: GenBatchOpt = 8,
+    json_file: JsonFileOpt = None,
+    plot: PlotOpt = None,
     model: ModelOpt = None,
     prompt_column: PromptColumnOpt = None,
     id_column: IdColumnOpt = None,
@@ -125,35 +172,11 @@ def validate(
     if plot is not None:
         require_matplotlib()
     if json_file is not None and json_file.is_dir():
-        raise ValueError(f"--json {json_file} is a directory")
-
-    from contextlib import nullcontext
-
-    if quiet:
-        ctx, cb = nullcontext(), None
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        ctx = Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), console=err, transient=False)
-        tasks: dict[str, int] = {}
-
-        def cb(stage: str, done: int, total: int):
-            if stage not in tasks:
-                tasks[stage] = ctx.add_task(stage, total=total)
-            ctx.update(tasks[stage], completed=done, total=total)
-
-    with ctx:
+        raise UserError(f"--json {json_file} is a directory")
+    with _progress(quiet) as progress:
         report = run_validate(inputs, score_options=sopt, options=vopt, prompt_column=prompt_column,
-                              id_column=id_column, progress=cb)
-    text = json.dumps(report, indent=1, allow_nan=False, default=str)
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_file.with_name(json_file.name + ".tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(json_file)
-    else:
-        typer.echo(text)
+                              id_column=id_column, progress=progress)
+    _write_json(report, json_file)
     if plot is not None:
         plot_report(report, plot)
     if not quiet:

@@ -10,9 +10,15 @@ module measures that on a seeded sample of a dataset instead of taking it on fai
    completion (a reference-solution column, else the model's own greedy completion)
    with respect to (a) the weight matrices that read the hooked site at each
    requested layer and (b) all parameters; one prompt per backward pass, float32;
-3. optionally pass rates from G sampled completions judged by the math checker;
+3. optionally pass rates from G sampled completions judged by
+   :func:`anglerank.grading.answers_match` (the checker of the ``math`` reward);
 4. Spearman rank correlations of ``score``/``intra``/``inter`` with all of the
-   above and with question length, raw and with question length partialled out.
+   above and with question length, raw and with question length partialled out
+   (:mod:`anglerank.correlation`).
+
+Completions come from :func:`anglerank.generation.generate`, the trainer's own
+generation path. The caller's model is left as given: gradients are taken on a
+float32 copy unless the model already is float32 (see :func:`_float32_model`).
 
 Which weights "read the site" is found from the model's own dataflow, not from a
 table of module names: one probe forward records the input tensor of every leaf
@@ -24,33 +30,27 @@ normalised), the readers are the 2-D-weight modules fed by a module that does re
 it: for layer k < last, the next layer's input-norm-fed projections (Llama q/k/v,
 GPT-2 ``c_attn``); for the last layer, the final norm-fed LM head (tied to the input
 embeddings in many small models, whose gradient then includes the embedding's).
-
-Partial Spearman: ranks of x, y and the control z (question length in tokens) over the
-complete cases, Pearson correlations of the ranks, then the first-order partial
-correlation ``(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))``. The 95% intervals
-use Fisher's z with the Spearman variance ``1.06 / (n - 3 - k)`` (Fieller, Hartley and
-Pearson 1957; k = number of controls), an approximation good for moderate n.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from anglerank import __version__, hooks
-from anglerank.angles import rankdata, spearman
+from anglerank import __version__, generation, hooks
+from anglerank.correlation import CONTROL, X_VARS, correlations  # noqa: F401 - X_VARS: plot_report
 from anglerank.data.reader import InputError, ParquetSource, Record
+from anglerank.errors import UserError
+from anglerank.grading import answers_match, extract_answer, reference_answer
 from anglerank.score import ScoreOptions, build_scorer
-
-X_VARS = ("score", "intra", "inter")
-Y_VARS = ("grad_a", "grad_b", "pass_rate", "nll", "n_question", "n_tokens")
-CONTROL = "n_question"
 
 Progress = Callable[[str, int, int], None]
 
@@ -73,98 +73,21 @@ class ValidateOptions:
 
     def __post_init__(self):
         if self.samples < 1:
-            raise ValueError("--samples must be at least 1")
+            raise UserError("--samples must be at least 1")
         if self.max_new_tokens < 1:
-            raise ValueError("--max-new-tokens must be at least 1")
+            raise UserError("--max-new-tokens must be at least 1")
         if self.rollouts < 0:
-            raise ValueError("--rollouts must be >= 0")
+            raise UserError("--rollouts must be >= 0")
         if self.rollouts > 0 and not self.answer_column:
-            raise ValueError("--rollouts needs --answer-column (the reference final answer)")
+            raise UserError("--rollouts needs --answer-column (the reference final answer)")
         if self.rollouts == 0 and self.answer_column:
-            raise ValueError("--answer-column is only used with --rollouts G (G >= 1)")
+            raise UserError("--answer-column is only used with --rollouts G (G >= 1)")
         if self.temperature <= 0:
-            raise ValueError("--temperature must be positive")
+            raise UserError("--temperature must be positive")
         if not 0 < self.top_p <= 1:
-            raise ValueError("--top-p must be in (0, 1]")
+            raise UserError("--top-p must be in (0, 1]")
         if self.gen_batch < 1:
-            raise ValueError("--gen-batch must be at least 1")
-
-
-# --- statistics --------------------------------------------------------------------------
-
-def _complete(*cols) -> list[np.ndarray]:
-    arrs = [np.asarray([np.nan if v is None else v for v in c], dtype=np.float64) for c in cols]
-    ok = np.ones(arrs[0].shape, dtype=bool)
-    for a in arrs:
-        ok &= ~np.isnan(a)
-    return [a[ok] for a in arrs]
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / den if den > 0 else math.nan
-
-
-def partial_spearman(x, y, z) -> float:
-    """Spearman correlation of x and y with z partialled out (see the module docstring).
-
-    Triples with any NaN/None are dropped; NaN with fewer than 4 complete triples, a
-    constant variable, or |r_xz| or |r_yz| equal to 1.
-    """
-    xa, ya, za = _complete(x, y, z)
-    if xa.size < 4:
-        return math.nan
-    rx, ry, rz = rankdata(xa), rankdata(ya), rankdata(za)
-    rxy, rxz, ryz = _pearson(rx, ry), _pearson(rx, rz), _pearson(ry, rz)
-    den = (1.0 - rxz * rxz) * (1.0 - ryz * ryz)
-    if any(math.isnan(v) for v in (rxy, rxz, ryz)) or den <= 1e-12:
-        return math.nan
-    return max(-1.0, min(1.0, (rxy - rxz * ryz) / math.sqrt(den)))
-
-
-def fisher_ci(r: float, n: int, controls: int = 0) -> list[float] | None:
-    """Approximate 95% interval for a (partial) Spearman r from n pairs."""
-    dof = n - 3 - controls
-    if r is None or math.isnan(r) or dof <= 0:
-        return None
-    if abs(r) >= 1.0:
-        return [r, r]
-    z, se = math.atanh(r), math.sqrt(1.06 / dof)
-    return [math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)]
-
-
-def _num(v: float | None) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
-def correlations(per_sample: list[dict], layers: list[int], control: str = CONTROL) -> list[dict]:
-    """Spearman (raw and partial on ``control``) of X_VARS (and length) with Y_VARS, per layer.
-
-    Rows of ``per_sample`` are long format (one per sample and layer); y variables that
-    are missing for every sample (e.g. pass_rate without --rollouts) are skipped.
-    """
-    out = []
-    for layer in layers:
-        rows = [r for r in per_sample if r["layer"] == layer]
-        ys = [y for y in Y_VARS if any(r.get(y) is not None for r in rows)]
-        for x in (*X_VARS, control):
-            for y in ys:
-                if y == x or (x == control and y in ("n_tokens",)):
-                    continue
-                xv, yv, zv = [r[x] for r in rows], [r.get(y) for r in rows], [r[control] for r in rows]
-                n = len(_complete(xv, yv)[0])
-                rho = spearman(*_complete(xv, yv)) if n else math.nan
-                entry = {"layer": layer, "x": x, "y": y, "n": n, "spearman": _num(rho),
-                         "ci95": fisher_ci(rho, n)}
-                if x != control and y != control:
-                    n_p = len(_complete(xv, yv, zv)[0])
-                    pr = partial_spearman(xv, yv, zv)
-                    entry.update(partial_spearman=_num(pr), partial_n=n_p, partial_ci95=fisher_ci(pr, n_p, 1))
-                else:
-                    entry.update(partial_spearman=None, partial_n=None, partial_ci95=None)
-                out.append(entry)
-    return out
+            raise UserError("--gen-batch must be at least 1")
 
 
 # --- data ----------------------------------------------------------------------------
@@ -192,37 +115,6 @@ def check_column(source: ParquetSource, column: str, what: str, numeric_ok: bool
         ok = ok or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
     if not ok:
         raise InputError(f"{what} column {column!r} has type {t}; expected a string{' or a number' if numeric_ok else ''}")
-
-
-def column_values(source: ParquetSource, column: str, rows: list[int]) -> dict[int, Any]:
-    """Values of a (dotted) column at the given global row numbers."""
-    import pyarrow.parquet as pq
-
-    parts = column.split(".")
-    out: dict[int, Any] = {}
-    base = 0
-    for path, n in zip(source.files, source.rows_per_file):
-        local = [r - base for r in rows if base <= r < base + n]
-        if local:
-            values = pq.read_table(path, columns=[parts[0]]).column(parts[0]).take(local).to_pylist()
-            for r, v in zip(local, values):
-                for p in parts[1:]:
-                    v = v.get(p) if isinstance(v, dict) else None
-                out[base + r] = v
-        base += n
-    return out
-
-
-def reference_answer(ref: Any) -> str | None:
-    """The final answer in a reference: ``\\boxed{}``/``####`` extracted, else the text itself."""
-    from anglerank.train.rewards import extract_answer
-
-    if ref is None:
-        return None
-    ref = str(ref)
-    if "\\boxed" in ref or "\\fbox" in ref or "####" in ref:
-        return extract_answer(ref)
-    return ref.strip() or None
 
 
 # --- model-side measurements -------------------------------------------------------------------
@@ -275,44 +167,6 @@ def site_readers(model, layers: list[int], site: str, probe_ids: list[int]) -> d
     return out
 
 
-def _eos_ids(model, tok) -> list[int]:
-    ids = set()
-    for src in (tok.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if isinstance(src, int):
-            ids.add(src)
-        elif isinstance(src, (list, tuple)):
-            ids.update(int(i) for i in src)
-    return sorted(ids)
-
-
-def _generate(model, prompts: list[list[int]], pad_id: int, eos: list[int], max_new_tokens: int,
-              do_sample: bool, temperature: float = 1.0, top_p: float = 1.0, num_return: int = 1) -> list[list[int]]:
-    """Completion token ids (cut after the first EOS) for left-padded prompts."""
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for b, p in enumerate(prompts):
-        ids[b, T - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[b, T - len(p):] = 1
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=do_sample, num_return_sequences=num_return,
-                           pad_token_id=pad_id, eos_token_id=eos or None, top_k=0,
-                           **({"temperature": temperature, "top_p": top_p} if do_sample else {}))
-    with torch.no_grad():
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=cfg)
-    out = []
-    for row in gen[:, T:].tolist():
-        comp = []
-        for t in row:
-            comp.append(t)
-            if t in eos:
-                break
-        out.append(comp)
-    return out
-
-
 def _supports_logits_to_keep(model) -> bool:
     try:
         return "logits_to_keep" in inspect.signature(model.forward).parameters
@@ -352,7 +206,238 @@ def target_nll_grads(model, prompt_ids: list[int], target_ids: list[int],
     return float(loss.detach()), grad_a, grad_b
 
 
+@contextmanager
+def _float32_model(model, in_place: bool) -> Iterator[torch.nn.Module]:
+    """The model to take float32 gradients on, every parameter requiring grad.
+
+    A caller's model is left as it was given: it is used directly only when it is
+    already float32 and holds no gradients (its ``requires_grad`` flags and training
+    mode are restored afterwards); otherwise the work happens on a float32 copy,
+    which costs the memory of one more float32 model. A model that run_validate
+    loaded itself (``in_place``) is cast in place instead.
+    """
+    params = list(model.parameters())
+    if not in_place and any(p.dtype != torch.float32 or p.grad is not None for p in params):
+        model = copy.deepcopy(model)
+        model.zero_grad(set_to_none=True)
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    model.float().eval()
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield model
+    finally:
+        model.zero_grad(set_to_none=True)
+        for p, rg in zip(params, requires):
+            p.requires_grad_(rg)
+        model.train(was_training)
+
+
 # --- the run -----------------------------------------------------------------------------
+
+@dataclass
+class _Plan:
+    """The seeded sample a run works on, read and rendered, and the model that scores it."""
+
+    source: ParquetSource
+    scorer: Any  # anglerank.score.Scorer
+    loaded: Any  # anglerank.models.LoadedModel
+    owned: bool  # run_validate loaded the model itself, so it may change it in place
+    device: str
+    dtype: str
+    records: list[Record]
+    rendered: dict[int, Any]  # row -> render.Rendered
+    targets: dict[int, Any]  # row -> reference completion (--target-column)
+    answers: dict[int, Any]  # row -> reference answer (--answer-column)
+    notes: dict[int, list[str]]  # row -> why a measurement is missing; the stages add to it
+
+    @property
+    def layers(self) -> list[int]:
+        return self.scorer.layer_idx
+
+    @property
+    def live(self) -> list[Record]:
+        """Records whose prompt rendered to at least one token."""
+        return [rec for rec in self.records if self.rendered[rec.row].ids]
+
+
+@dataclass
+class _Measured:
+    reader_names: dict[int, list[str]]  # layer -> the weights behind grad_a
+    target_ids: dict[int, list[int]]
+    grads: dict[int, tuple[float, dict[int, float], float]]  # row -> (nll, {layer: grad_a}, grad_b)
+    passes: dict[int, float]  # row -> pass rate
+
+
+def _plan(inputs, sopt: ScoreOptions, vopt: ValidateOptions, prompt_column, id_column, loaded) -> _Plan:
+    """Check the inputs, load the model unless given, draw the sample and render it."""
+    source = ParquetSource(inputs, prompt_column=prompt_column, id_column=id_column)
+    if vopt.target_column:
+        check_column(source, vopt.target_column, "target", numeric_ok=False)
+    if vopt.answer_column:
+        check_column(source, vopt.answer_column, "answer", numeric_ok=True)
+    if source.total_rows == 0:
+        raise InputError("the input has no rows")
+    owned = loaded is None
+    scorer, loaded, device, dtype = build_scorer(sopt, loaded)
+    rows = sample_rows(source.total_rows, vopt.samples, vopt.seed)
+    wanted = set(rows)
+    records = [r for r in source.iter_records() if r.row in wanted]
+
+    def at_rows(column):
+        return dict(zip(rows, source.column(column, rows))) if column else {}
+
+    return _Plan(source, scorer, loaded, owned, device, dtype, records,
+                 rendered={rec.row: scorer.renderer.render(rec.question, rec.history) for rec in records},
+                 targets=at_rows(vopt.target_column), answers=at_rows(vopt.answer_column),
+                 notes={rec.row: [] for rec in records})
+
+
+def _score(plan: _Plan, tick: Progress) -> dict[int, list[dict]]:
+    """Angle scores per row, one entry per layer, as `anglerank score` computes them."""
+    tick("score", 0, len(plan.records))
+    scored = plan.scorer.score_records(plan.records)
+    tick("score", len(plan.records), len(plan.records))
+    by_row: dict[int, list[dict]] = {}
+    for d in scored:
+        by_row.setdefault(d["row"], []).append(d)
+    return by_row
+
+
+def _reference_targets(plan: _Plan, vopt: ValidateOptions) -> dict[int, list[int]]:
+    """Target token ids from the reference column, cut to ``max_new_tokens``."""
+    tok = plan.loaded.tokenizer
+    out = {}
+    for rec in plan.live:
+        text = plan.targets.get(rec.row)
+        if text is None or not str(text).strip():
+            plan.notes[rec.row].append("empty target")
+            continue
+        ids = tok(str(text), add_special_tokens=False)["input_ids"]
+        if len(ids) > vopt.max_new_tokens:
+            plan.notes[rec.row].append(f"target cut to {vopt.max_new_tokens} tokens")
+        out[rec.row] = ids[: vopt.max_new_tokens]
+    return out
+
+
+def _greedy_targets(plan: _Plan, vopt: ValidateOptions, model, tick: Progress) -> dict[int, list[int]]:
+    """The model's own greedy completions, in batches of prompts of similar length."""
+    order = sorted(plan.live, key=lambda r: (len(plan.rendered[r.row].ids), r.row))
+    out = {}
+    tick("greedy", 0, len(order))
+    for i in range(0, len(order), vopt.gen_batch):
+        chunk = order[i: i + vopt.gen_batch]
+        ro = generation.generate(model, plan.loaded.tokenizer, [plan.rendered[r.row].ids for r in chunk],
+                                 max_new_tokens=vopt.max_new_tokens, greedy=True, batch_size=len(chunk),
+                                 device=next(model.parameters()).device)
+        out.update(zip((r.row for r in chunk), ro.completion_ids))
+        tick("greedy", i + len(chunk), len(order))
+    return out
+
+
+def _gradients(plan: _Plan, model, readers, target_ids: dict[int, list[int]], tick: Progress) -> dict:
+    """(nll, {layer: grad_a}, grad_b) per row with a target, one prompt per backward."""
+    grads = {}
+    todo = [rec for rec in plan.live if target_ids.get(rec.row)]
+    tick("gradients", 0, len(todo))
+    for k, rec in enumerate(todo):
+        nll, ga, gb = target_nll_grads(model, plan.rendered[rec.row].ids, target_ids[rec.row], readers)
+        if all(math.isfinite(v) for v in (nll, gb, *ga.values())):
+            grads[rec.row] = (nll, ga, gb)
+        else:
+            plan.notes[rec.row].append("non-finite loss or gradient")
+        tick("gradients", k + 1, len(todo))
+    return grads
+
+
+def _pass_rates(plan: _Plan, vopt: ValidateOptions, model, tick: Progress) -> dict[int, float]:
+    """Share of G sampled completions per prompt whose final answer matches the reference.
+
+    Each row samples from its own generator, seeded from (seed, row), so its pass
+    rate does not depend on which other rows are in the sample.
+    """
+    passes = {}
+    tick("rollouts", 0, len(plan.live))
+    for k, rec in enumerate(plan.live):
+        ref = reference_answer(plan.answers.get(rec.row))
+        if ref is None:
+            plan.notes[rec.row].append("no reference answer")
+        else:
+            gen = torch.Generator().manual_seed(vopt.seed * 1_000_003 + rec.row)
+            ro = generation.generate(model, plan.loaded.tokenizer, [plan.rendered[rec.row].ids] * vopt.rollouts,
+                                     max_new_tokens=vopt.max_new_tokens, temperature=vopt.temperature,
+                                     top_p=vopt.top_p, batch_size=vopt.rollouts,
+                                     device=next(model.parameters()).device, generator=gen)
+            passes[rec.row] = sum(answers_match(extract_answer(t), ref) for t in ro.texts) / len(ro.texts)
+        tick("rollouts", k + 1, len(plan.live))
+    return passes
+
+
+def _measure(plan: _Plan, site: str, vopt: ValidateOptions, tick: Progress) -> _Measured:
+    """Targets, gradient norms and pass rates, on a float32 model (see :func:`_float32_model`)."""
+    with _float32_model(plan.loaded.model, in_place=plan.owned) as model:
+        live = plan.live
+        readers = (site_readers(model, plan.layers, site, plan.rendered[live[0].row].ids) if live
+                   else {layer: {} for layer in plan.layers})
+        target_ids = (_reference_targets(plan, vopt) if vopt.target_column
+                      else _greedy_targets(plan, vopt, model, tick))
+        grads = _gradients(plan, model, readers, target_ids, tick)
+        passes = _pass_rates(plan, vopt, model, tick) if vopt.rollouts else {}
+    return _Measured({layer: list(ps) for layer, ps in readers.items()}, target_ids, grads, passes)
+
+
+def _per_sample(plan: _Plan, by_row: dict[int, list[dict]], m: _Measured, rollouts: bool) -> list[dict]:
+    """One row per sample and layer with every value the correlations use."""
+    out = []
+    for rec in plan.records:
+        g = m.grads.get(rec.row)
+        for d in by_row[rec.row]:
+            note = "; ".join([x for x in [d.get("note"), *plan.notes[rec.row]] if x]) or None
+            out.append({
+                "row": rec.row, "id": rec.id, "layer": d["layer"],
+                "n_tokens": d["n_tokens"], "n_prefix": d["n_prefix"], "n_question": d["n_question"],
+                "n_target": len(m.target_ids[rec.row]) if rec.row in m.target_ids else None,
+                "intra": d["intra"], "inter": d["inter"], "score": d["score"],
+                "nll": g[0] if g else None,
+                "grad_a": g[1][d["layer"]] if g else None,
+                "grad_b": g[2] if g else None,
+                "pass_rate": m.passes.get(rec.row) if rollouts else None,
+                "note": note,
+            })
+    out.sort(key=lambda r: (r["row"], r["layer"]))
+    return out
+
+
+def _report(plan: _Plan, sopt: ScoreOptions, vopt: ValidateOptions, m: _Measured, per_sample: list[dict],
+            elapsed_s: float) -> dict:
+    target = (f"column {vopt.target_column}" if vopt.target_column
+              else f"greedy completion (<= {vopt.max_new_tokens} tokens)")
+    return {
+        "anglerank_version": __version__,
+        "model": plan.loaded.name,
+        "model_path": str(plan.loaded.path),
+        "dtype": plan.dtype,
+        "grad_dtype": "float32",
+        "device": plan.device,
+        **{k: v for k, v in asdict(sopt).items() if k not in ("model", "dtype", "device", "layers", "batch_tokens")},
+        "layers": plan.layers,
+        "inputs": [str(f) for f in plan.source.files],
+        "input_rows": plan.source.total_rows,
+        "prompt_column": plan.source.prompt_column,
+        "id_column": plan.source.id_column,
+        **asdict(vopt),
+        "target": target,
+        "grad_a_params": {str(layer): names for layer, names in m.reader_names.items()},
+        "control": CONTROL,
+        "n_samples": len(plan.records),
+        "n_with_gradients": len(m.grads),
+        "elapsed_s": round(elapsed_s, 2),
+        "correlations": correlations(per_sample, plan.layers),
+        "per_sample": per_sample,
+    }
+
 
 def run_validate(
     inputs,
@@ -369,157 +454,19 @@ def run_validate(
     Returns a JSON-ready report: settings, ``per_sample`` (one row per sample and
     layer, with every value the correlations use) and ``correlations``.
     ``progress(stage, done, total)`` is called as work completes. Pass ``loaded`` (a
-    models.LoadedModel) to reuse a model; it is temporarily cast to float32 for the
-    generation and gradient stages and cast back afterwards.
+    models.LoadedModel) to reuse a model; it is left as given (dtype, weights,
+    ``requires_grad``, training mode): a model that is not float32 is copied to
+    float32 for the generation and gradient stages.
     """
-    from anglerank.train.rewards import answers_match, extract_answer
-
     sopt = score_options or ScoreOptions()
     vopt = options or ValidateOptions()
-    t0 = time.perf_counter()
-    source = ParquetSource(inputs, prompt_column=prompt_column, id_column=id_column)
-    if vopt.target_column:
-        check_column(source, vopt.target_column, "target", numeric_ok=False)
-    if vopt.answer_column:
-        check_column(source, vopt.answer_column, "answer", numeric_ok=True)
-    if source.total_rows == 0:
-        raise InputError("the input has no rows")
-    scorer, loaded, device, dtype = build_scorer(sopt, loaded)
-    model, tok = loaded.model, loaded.tokenizer
-    renderer = scorer.renderer
-    layers = scorer.layer_idx
     tick = progress or (lambda stage, done, total: None)
-
-    # 1. sample, read, render, score
-    rows = sample_rows(source.total_rows, vopt.samples, vopt.seed)
-    wanted = set(rows)
-    records: list[Record] = [r for r in source.iter_records() if r.row in wanted]
-    targets = column_values(source, vopt.target_column, rows) if vopt.target_column else {}
-    answers = column_values(source, vopt.answer_column, rows) if vopt.answer_column else {}
-    tick("score", 0, len(records))
-    scored = scorer.score_records(records)
-    tick("score", len(records), len(records))
-    by_row: dict[int, list[dict]] = {}
-    for d in scored:
-        by_row.setdefault(d["row"], []).append(d)
-    rendered = {rec.row: renderer.render(rec.question, rec.history) for rec in records}
-    live = [rec for rec in records if rendered[rec.row].ids]
-    notes: dict[int, list[str]] = {rec.row: [] for rec in records}
-
-    orig_dtype = next(model.parameters()).dtype
-    req_grad = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    model.float().eval()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    pad_id, eos = scorer.pad_id, _eos_ids(model, tok)
-    try:
-        readers = site_readers(model, layers, sopt.site, rendered[live[0].row].ids) if live else {l: {} for l in layers}
-
-        # 2. targets: the reference column (capped at max_new_tokens) or the greedy completion
-        target_ids: dict[int, list[int]] = {}
-        if vopt.target_column:
-            for rec in live:
-                text = targets.get(rec.row)
-                if text is None or not str(text).strip():
-                    notes[rec.row].append("empty target")
-                    continue
-                ids = tok(str(text), add_special_tokens=False)["input_ids"]
-                if len(ids) > vopt.max_new_tokens:
-                    notes[rec.row].append(f"target cut to {vopt.max_new_tokens} tokens")
-                target_ids[rec.row] = ids[: vopt.max_new_tokens]
-        else:
-            order = sorted(live, key=lambda r: (len(rendered[r.row].ids), r.row))
-            done = 0
-            tick("greedy", 0, len(order))
-            for i in range(0, len(order), vopt.gen_batch):
-                chunk = order[i: i + vopt.gen_batch]
-                comps = _generate(model, [rendered[r.row].ids for r in chunk], pad_id, eos, vopt.max_new_tokens, False)
-                for r, c in zip(chunk, comps):
-                    target_ids[r.row] = c
-                done += len(chunk)
-                tick("greedy", done, len(order))
-
-        # 3. gradient norms, one prompt per backward
-        grads: dict[int, tuple[float, dict[int, float], float]] = {}
-        todo = [rec for rec in live if target_ids.get(rec.row)]
-        tick("gradients", 0, len(todo))
-        for k, rec in enumerate(todo):
-            nll, ga, gb = target_nll_grads(model, rendered[rec.row].ids, target_ids[rec.row], readers)
-            if all(math.isfinite(v) for v in (nll, gb, *ga.values())):
-                grads[rec.row] = (nll, ga, gb)
-            else:
-                notes[rec.row].append("non-finite loss or gradient")
-            tick("gradients", k + 1, len(todo))
-
-        # 4. pass rates from G sampled completions per prompt (seeded per row)
-        passes: dict[int, float] = {}
-        if vopt.rollouts:
-            tick("rollouts", 0, len(live))
-            for k, rec in enumerate(live):
-                ref = reference_answer(answers.get(rec.row))
-                if ref is None:
-                    notes[rec.row].append("no reference answer")
-                    tick("rollouts", k + 1, len(live))
-                    continue
-                with torch.random.fork_rng(devices=[] if device == "cpu" else None):
-                    torch.manual_seed(vopt.seed * 1_000_003 + rec.row)
-                    comps = _generate(model, [rendered[rec.row].ids], pad_id, eos, vopt.max_new_tokens, True,
-                                      vopt.temperature, vopt.top_p, vopt.rollouts)
-                correct = sum(
-                    answers_match(extract_answer(tok.decode(c, skip_special_tokens=True)), ref) for c in comps
-                )
-                passes[rec.row] = correct / len(comps)
-                tick("rollouts", k + 1, len(live))
-    finally:
-        model.zero_grad(set_to_none=True)
-        for p, rg in zip(model.parameters(), req_grad):
-            p.requires_grad_(rg)
-        model.to(orig_dtype)
-        model.train(was_training)
-
-    # 5. per-sample table (long format) and correlations
-    per_sample = []
-    for rec in records:
-        g = grads.get(rec.row)
-        for d in by_row[rec.row]:
-            note = "; ".join([x for x in [d.get("note"), *notes[rec.row]] if x]) or None
-            per_sample.append({
-                "row": rec.row, "id": rec.id, "layer": d["layer"],
-                "n_tokens": d["n_tokens"], "n_prefix": d["n_prefix"], "n_question": d["n_question"],
-                "n_target": len(target_ids.get(rec.row, [])) if rec.row in target_ids else None,
-                "intra": d["intra"], "inter": d["inter"], "score": d["score"],
-                "nll": g[0] if g else None,
-                "grad_a": g[1][d["layer"]] if g else None,
-                "grad_b": g[2] if g else None,
-                "pass_rate": passes.get(rec.row) if vopt.rollouts else None,
-                "note": note,
-            })
-    per_sample.sort(key=lambda r: (r["row"], r["layer"]))
-    report = {
-        "anglerank_version": __version__,
-        "model": loaded.name,
-        "model_path": str(loaded.path),
-        "dtype": dtype,
-        "grad_dtype": "float32",
-        "device": device,
-        **{k: v for k, v in asdict(sopt).items() if k not in ("model", "dtype", "device", "layers", "batch_tokens")},
-        "layers": layers,
-        "inputs": [str(f) for f in source.files],
-        "input_rows": source.total_rows,
-        "prompt_column": source.prompt_column,
-        "id_column": source.id_column,
-        **asdict(vopt),
-        "target": f"column {vopt.target_column}" if vopt.target_column else f"greedy completion (<= {vopt.max_new_tokens} tokens)",
-        "grad_a_params": {str(l): list(ps) for l, ps in readers.items()},
-        "control": CONTROL,
-        "n_samples": len(records),
-        "n_with_gradients": len(grads),
-        "elapsed_s": round(time.perf_counter() - t0, 2),
-        "correlations": correlations(per_sample, layers),
-        "per_sample": per_sample,
-    }
-    return report
+    t0 = time.perf_counter()
+    plan = _plan(inputs, sopt, vopt, prompt_column, id_column, loaded)
+    by_row = _score(plan, tick)
+    measured = _measure(plan, sopt.site, vopt, tick)
+    per_sample = _per_sample(plan, by_row, measured, rollouts=bool(vopt.rollouts))
+    return _report(plan, sopt, vopt, measured, per_sample, time.perf_counter() - t0)
 
 
 # --- plot ----------------------------------------------------------------------------

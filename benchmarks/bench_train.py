@@ -43,7 +43,8 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from anglerank.train.config import TrainConfig  # noqa: E402
-from anglerank.train.loop import read_metrics, train  # noqa: E402
+from anglerank.train.loop import train  # noqa: E402
+from anglerank.train.metrics import read_metrics  # noqa: E402
 
 SUFFIX = " Answer with just the number."
 NAMES = ["Tom", "Anna", "Ben", "Maria", "Sam", "Lily", "Omar", "Priya", "Leo", "Mia"]
@@ -124,7 +125,7 @@ def probe(train_rows, eval_rows, per_kind: int, threads: int, max_new_tokens: in
     from anglerank.data.reader import Record
     from anglerank.render import Renderer
     from anglerank.score import ScoreOptions, Scorer, resolve_dtype
-    from anglerank.train import rewards, rollout
+    from anglerank import generation, rewards
 
     torch.set_num_threads(threads)
     dtype = resolve_dtype("auto", "cpu")
@@ -140,7 +141,7 @@ def probe(train_rows, eval_rows, per_kind: int, threads: int, max_new_tokens: in
             q, a = problem(kind, r)
             qs.append((q, str(a)))
         ids = [renderer.render(q + SUFFIX).ids for q, _ in qs]
-        ro = rollout.generate(lm.model, lm.tokenizer, ids, greedy=True, max_new_tokens=max_new_tokens,
+        ro = generation.generate(lm.model, lm.tokenizer, ids, greedy=True, max_new_tokens=max_new_tokens,
                               batch_size=32, autocast_dtype=amp)
         acc = float(np.mean(rewards.math_reward(None, ro.texts, answer=[a for _, a in qs])))
         out["per_kind"][kind] = {"accuracy": acc, "n": per_kind, "example": ro.texts[0][:160]}

@@ -1,4 +1,5 @@
-"""Tests for anglerank.train.rewards: answer extraction, matching and reward plumbing."""
+"""Tests for anglerank.grading (answer extraction, normalisation, equivalence) and
+anglerank.rewards (the TRL-style math reward, loading and combining reward functions)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,9 @@ from fractions import Fraction
 
 import pytest
 
-from anglerank.train.rewards import (
-    answers_match,
-    combine_rewards,
-    extract_answer,
-    load_reward,
-    math_reward,
-    normalize_answer,
-    to_number,
-)
+from anglerank.errors import UserError
+from anglerank.grading import answers_match, extract_answer, normalize_answer, reference_answer, to_number
+from anglerank.rewards import RewardError, combine_rewards, load_reward, math_reward
 
 # --------------------------------------------------------------------------- #
 # extract_answer
@@ -63,7 +58,7 @@ MATCH_CASES = [
     (r"\boxed{\dfrac12}", r"\frac{1}{2}", True),
     (r"\boxed{\tfrac{1}{2}}", "0.50", True),
     ("0.5", r"\dfrac12", True),
-    (r"\boxed{0.333333}", r"\frac13", True),  # relative tolerance 1e-6
+    (r"\boxed{0.333333}", r"\frac13", True),  # 1/3 has no exact decimal: six digits suffice
     (r"\boxed{0.33}", r"\frac13", False),
     (r"\boxed{-\frac{1}{2}}", r"\frac{-1}{2}", True),
     (r"\boxed{-\frac{1}{2}}", "-0.5", True),
@@ -127,8 +122,8 @@ MATCH_CASES = [
     ("so the total is 42 apples.", "42", True),
     ("so the total is 42 apples.", "43", False),
     ("I am not sure.", "72", False),
-    # tolerance is relative to the reference
-    ("1000000.5", "1000000", True),
+    # an exact reference admits no tolerance (issue 10: this case used to expect a match)
+    ("1000000.5", "1000000", False),
     ("1.001", "1", False),
 ]
 
@@ -137,6 +132,87 @@ MATCH_CASES = [
 def test_answers_match(pred_text, ref, expected):
     pred = extract_answer(pred_text)
     assert answers_match(pred, ref) is expected
+
+
+# Near misses (issue 10, item 8): numbers compare exactly unless the reference is
+# inexact (see anglerank/grading.py). (prediction, reference, expected)
+NUMBER_CASES = [
+    # exact references: integers and terminating decimals admit no tolerance
+    ("1000001", "1000000", False),
+    ("3.0000001", "3", False),
+    ("0.0000001", "0", False),
+    ("2.9999999", "3", False),
+    ("-0.0000001", "0", False),
+    ("999999999999", "1000000000000", False),
+    ("1234.564", "1234.56", False),  # 6 significant digits but only 2 decimals: money, exact
+    ("0.031254", "0.03125", False),  # 1/32, exact
+    ("3.14159", "3.14", False),  # too short to be taken as a rounded value
+    ("3", "3.0000001", False),
+    ("0.5", "0.50000001", False),  # a long reference is rounded only to its own last digit
+    ("1000000", "1,000,000", True),
+    ("1e6", "1000000", True),
+    ("0.0", "0", True),
+    ("-0", "0", True),
+    (r"\frac{3}{4}", "0.75", True),
+    # references without a finite decimal expansion: about six significant digits
+    ("0.333333", r"\frac{1}{3}", True),
+    ("0.3333333333333333", "1/3", True),
+    ("0.166667", r"\frac{1}{6}", True),
+    ("0.666666", r"\frac{2}{3}", True),  # cut, not rounded: one unit in the last digit
+    ("0.6666666666666666", "2/3", True),
+    ("-0.333333", r"-\frac{1}{3}", True),
+    ("33.3333", "100/3", True),
+    ("0.142857", r"\frac{1}{7}", True),
+    ("0.33333", r"\frac{1}{3}", False),  # five digits
+    ("0.166666", r"\frac{1}{6}", True),  # cut
+    ("0.166665", r"\frac{1}{6}", False),  # off by more than a unit in its last digit
+    ("0.1667", r"\frac{1}{6}", False),
+    ("0.3334", r"\frac{1}{3}", False),
+    ("333333", "1000000/3", True),  # 333333.33...: the integer is within one unit of its last digit
+    ("333334", "1000000/3", True),  # rounded up: still the reference at the prediction's last digit
+    ("333335", "1000000/3", False),
+    ("333333000000", "1000000000000/3", False),  # six right digits, but written as an exact integer
+    ("333333/1000000", "1/3", False),  # a fraction claims to be exact
+    # rounded references (>= 6 significant digits, >= 5 decimals): half a unit of the last digit
+    ("3.14159265358979", "3.14159", True),
+    ("3.141592653589793", "3.14159", True),
+    ("3.1416", "3.14159", False),
+    ("3.14158", "3.14159", False),
+    ("3.141585", "3.14159", True),  # exactly half a unit
+    ("3.141584", "3.14159", False),
+    (r"\frac{1}{3}", "0.333333", True),
+    ("0.69314718", "0.693147", True),
+    ("1.4142136", "1.41421", True),
+    ("1.41422", "1.41421", False),
+    # inside tuples the same rules apply element by element
+    ("(1000001, 2)", "(1000000, 2)", False),
+    ("(0.333333, 2)", r"(\frac{1}{3}, 2)", True),
+]
+
+
+@pytest.mark.parametrize("pred,ref,expected", NUMBER_CASES)
+def test_numbers_compare_exactly_unless_the_reference_is_inexact(pred, ref, expected):
+    assert answers_match(pred, ref) is expected
+
+
+def test_near_misses_through_the_math_reward():
+    completions = [r"\boxed{1000001}", r"\boxed{3.0000001}", r"\boxed{0.0000001}", r"\boxed{1000000.5}",
+                   r"\boxed{1000000}", r"\boxed{3}", r"\boxed{0}"]
+    answers = ["1000000", "3", "0", "#### 1000000", "1000000", "3", "0"]
+    assert math_reward(None, completions, answer=answers) == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]
+
+
+def test_huge_exponents_do_not_hang():
+    assert to_number("1e-99999999") is None
+    assert answers_match("1e99999999", "1") is False
+    assert answers_match("1e99999999", "1e99999999") is True  # equal strings still match
+
+
+def test_reference_answer():
+    assert reference_answer("Natalia sold 48/2 = 24 clips.\n#### 72") == "72"
+    assert reference_answer(r"so $\boxed{\dfrac12}$") == r"\dfrac12"
+    assert reference_answer(" 5 ") == "5" and reference_answer(5) == "5" and reference_answer(7.5) == "7.5"
+    assert reference_answer("  ") is None and reference_answer(None) is None
 
 
 def test_answers_match_none():
@@ -240,7 +316,7 @@ def test_load_reward_builtin():
 
 
 def test_load_reward_module_path():
-    assert load_reward("anglerank.train.rewards:math_reward") is math_reward
+    assert load_reward("anglerank.rewards:math_reward") is math_reward
     f = load_reward("os.path:join")
     assert callable(f)
 
@@ -261,18 +337,19 @@ def test_load_reward_file(tmp_path):
 @pytest.mark.parametrize(
     "spec",
     [
-        "anglerank.train.rewards:no_such_function",
+        "anglerank.rewards:no_such_function",
         "no_such_module_xyz:f",
         "/nonexistent/dir/reward.py:f",
-        "anglerank.train.rewards",
+        "anglerank.rewards",
         ":f",
         "",
     ],
 )
 def test_load_reward_errors(spec):
-    with pytest.raises(ValueError) as ei:
+    with pytest.raises(RewardError) as ei:
         load_reward(spec)
     assert "\n" not in str(ei.value)
+    assert isinstance(ei.value, UserError) and isinstance(ei.value, ValueError)  # exit 2; old callers still catch
 
 
 def test_load_reward_file_missing_function(tmp_path):

@@ -1,6 +1,7 @@
 """`anglerank validate` on a tiny in-process model: report structure, correlations that
 recompute from the per-sample values, gradient norm (a) against a direct autograd
-computation, determinism by seed, reader detection per family, CLI errors."""
+computation, determinism by seed, reader detection per family, the caller's model
+left as given, column reads, CLI errors."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from anglerank import models
+from anglerank import generation, models
 from anglerank.angles import rankdata, spearman
+from anglerank.correlation import correlations, partial_spearman
+from anglerank.data.reader import InputError, ParquetSource
+from anglerank.errors import UserError
 from anglerank.render import Renderer
 from anglerank.score import ScoreOptions
-from anglerank.validate import (
-    ValidateOptions, correlations, partial_spearman, run_validate, sample_rows, site_readers,
-)
+from anglerank.validate import ValidateOptions, run_validate, sample_rows, site_readers
 from conftest import make_model, make_tokenizer
 
 N_ROWS = 23
@@ -221,24 +223,70 @@ def test_cli_json_and_errors(data, tiny_model_dir, tmp_path):
 
 
 def test_pass_rates_use_the_math_checker(data, loaded, tiny_model_dir, monkeypatch):
-    import anglerank.validate as v
+    seeds = []
 
-    tok = loaded.tokenizer
-    real = v._generate
+    def fake(model, tokenizer, prompt_ids, **kw):
+        assert not kw.get("greedy") and len(prompt_ids) == 2
+        seeds.append(kw["generator"].initial_seed())  # an explicit generator, one per row
+        texts = ["so the answer is \\boxed{7}", "#### 8.0"]
+        return generation.Rollouts(list(prompt_ids), [[5], [6]], texts, [True, True])
 
-    def fake(model, prompts, pad_id, eos, max_new_tokens, do_sample, *a, **kw):
-        if not do_sample:
-            return real(model, prompts, pad_id, eos, max_new_tokens, do_sample, *a, **kw)
-        return [tok("so the answer is \\boxed{7}", add_special_tokens=False)["input_ids"],
-                tok("#### 8.0", add_special_tokens=False)["input_ids"]]
-
-    monkeypatch.setattr(v, "_generate", fake)
+    monkeypatch.setattr(generation, "generate", fake)
     rep = _run(data, loaded, tiny_model_dir, samples=N_ROWS, max_new_tokens=2, rollouts=2,
                answer_column="reward_model.ground_truth", target_column="extra_info.answer")
     truth = {i: i + i % 5 + 3 for i in range(N_ROWS)}
     rates = {r["row"]: r["pass_rate"] for r in rep["per_sample"]}
     assert rates == {i: (0.5 if truth[i] in (7, 8) else 0.0) for i in range(N_ROWS)}
     assert any(c["y"] == "pass_rate" and c["spearman"] is not None for c in rep["correlations"])
+    assert len(set(seeds)) == N_ROWS
+
+
+def test_callers_model_is_left_as_given(data, tiny_model_dir):
+    lm = models.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    lm.model.train()
+    lm.model.model.embed_tokens.weight.requires_grad_(False)
+    flags = [p.requires_grad for p in lm.model.parameters()]
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    rep = _run(data, lm, tiny_model_dir, samples=3, max_new_tokens=4, rollouts=2,
+               answer_column="reward_model.ground_truth")
+    assert rep["grad_dtype"] == "float32" and rep["n_with_gradients"] == 3
+    assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())
+    assert [p.requires_grad for p in lm.model.parameters()] == flags and lm.model.training
+    assert all(p.grad is None for p in lm.model.parameters())
+    after = lm.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_gradients_of_a_bf16_model_are_taken_in_float32(data, loaded, tiny_model_dir):
+    """The float32 copy of a bf16 model gives the gradients of the bf16 weights read in float32."""
+    lm = models.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    ref = models.LoadedModel(make_model("llama", vocab_size=len(loaded.tokenizer)), lm.tokenizer, lm.path, lm.name)
+    ref.model.load_state_dict({k: v.float() for k, v in lm.model.state_dict().items()})
+    kw = dict(samples=3, target_column="extra_info.answer", max_new_tokens=12)
+    got, want = _run(data, lm, tiny_model_dir, **kw), _run(data, ref, tiny_model_dir, **kw)
+    for g, w in zip(got["per_sample"], want["per_sample"]):
+        assert g["grad_a"] == pytest.approx(w["grad_a"], rel=1e-5) and g["nll"] == pytest.approx(w["nll"], rel=1e-5)
+
+
+def test_parquet_source_column(tmp_path):
+    rows = [{"a": i, "s": {"x": f"v{i}", "y": None}} for i in range(10)]
+    pq.write_table(pa.Table.from_pylist(rows[:4]), tmp_path / "0.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[4:]), tmp_path / "1.parquet", row_group_size=3)
+    src = ParquetSource([str(tmp_path / "0.parquet"), str(tmp_path / "1.parquet")], prompt_column="s.x")
+    assert src.column("a") == list(range(10))
+    assert src.column("s.x", [9, 0, 5, 3]) == ["v9", "v0", "v5", "v3"]
+    assert src.column("s.y", [1]) == [None] and src.column("s", [2]) == [{"x": "v2", "y": None}]
+    with pytest.raises(InputError, match="column 's.z' not found"):
+        src.column("s.z")
+    with pytest.raises(IndexError):
+        src.column("a", [10])
+
+
+def test_options_are_user_errors():
+    for bad in (dict(samples=0), dict(rollouts=2), dict(answer_column="a"), dict(temperature=0.0),
+                dict(top_p=1.5), dict(gen_batch=0), dict(max_new_tokens=0), dict(rollouts=-1)):
+        with pytest.raises(UserError):
+            ValidateOptions(**bad)
 
 
 def test_plot_without_matplotlib_is_one_clear_error(data, tiny_model_dir, tmp_path, monkeypatch):

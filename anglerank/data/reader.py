@@ -7,6 +7,8 @@ instead of after an hour of scoring. Rows are numbered 0.. over the files in ord
 
 from __future__ import annotations
 
+from anglerank.errors import UserError
+
 import glob
 import hashlib
 import os
@@ -23,7 +25,7 @@ AUTO_PROMPT_COLUMNS = ("question", "problem", "text")
 AUTO_ID_COLUMNS = ("extra_info.index", "id", "index")
 
 
-class InputError(Exception):
+class InputError(UserError):
     """A user-facing input problem; the CLI prints it in one line and exits 2."""
 
 
@@ -225,6 +227,29 @@ class ParquetSource:
                         row += 1
                         if row >= stop_row:
                             return
+
+    def column(self, name: str, rows: list[int] | None = None) -> list:
+        """Python values of the (dotted) column ``name`` at the global ``rows`` (in that order), or at every row."""
+        from anglerank.data.values import get_dotted
+
+        if field_type(self.schema, name) is None:
+            raise InputError(f"column {name!r} not found; columns: {', '.join(_all_columns(self.schema))}")
+        top, *inner = name.split(".")
+        if rows is not None and any(not 0 <= r < self.total_rows for r in rows):
+            raise IndexError(f"row out of range [0, {self.total_rows})")
+        values: dict[int, Any] = {}
+        out: list = []
+        base = 0
+        for pf, n in zip(self._pf, self.rows_per_file):
+            local = None if rows is None else sorted({r - base for r in rows if base <= r < base + n})
+            if local is None or local:
+                col = pf.read(columns=[top]).column(top)
+                if local is None:
+                    out.extend(get_dotted(v, inner) for v in col.to_pylist())
+                else:
+                    values.update((base + r, get_dotted(v, inner)) for r, v in zip(local, col.take(local).to_pylist()))
+            base += n
+        return out if rows is None else [values[r] for r in rows]
 
     def _record(self, row: int, item: dict, p_parts: list[str], id_parts: list[str] | None) -> Record:
         rid = _get(item, id_parts) if id_parts else None

@@ -1,38 +1,55 @@
-"""Verifiable rewards for GRPO training on math data.
+"""Final answers of math completions: extraction, normalisation and equivalence.
 
-GAIN-RL's curriculum only helps if the reward it trains against is right, and
-the usual bug in math RL is a reward of 0 for a correct answer written another
-way (``\\dfrac12`` vs ``0.5``, ``$18.00`` vs ``18``, ``10 \\text{ cm}`` vs
-``10``). This module holds the answer extraction, normalisation and comparison
-used by the built-in ``math`` reward, the loader for user reward functions
-(``"module:function"`` or ``"file.py:function"``) and the helper that combines
-several TRL-style reward functions into one weighted reward.
+The usual bug in math RL is a reward of 0 for a correct answer written another
+way (``\\dfrac12`` vs ``0.5``, ``$18.00`` vs ``18``, ``10 \\text{ cm}`` vs ``10``);
+the other one is a reward of 1 for a near miss (``1000001`` for ``1000000``).
+This module is the one place that decides whether two answers are the same, for
+the built-in ``math`` reward (:mod:`anglerank.rewards`) and the pass rates of
+``anglerank validate``. Pure Python (``re``, ``fractions``, ``decimal``): no torch,
+no trainer.
 
-Pure Python on purpose (``re``, ``fractions``, ``importlib``): it is imported by
-the training loop and by tests that must run without torch.
+When two numbers are the same answer
+------------------------------------
+Numbers are compared as exact fractions. A tolerance applies only when the
+*reference* is itself inexact, because only then can a correct prediction
+differ from it:
+
+1. The reference's value has no finite decimal expansion (``1/3``, ``\\frac{2}{7}``).
+   A decimal prediction is then necessarily rounded or cut; it matches when it is
+   the reference rounded at its own last written digit, in either direction (off
+   by less than one unit there), and off by at most ``5e-6`` of the reference
+   (about six significant digits): ``0.333333``, ``0.166667`` and
+   ``0.6666666666666666`` match ``1/3``, ``1/6`` and ``2/3``; ``0.33`` and
+   ``0.166665`` do not, nor does ``333333/1000000`` (a fraction claims to be exact).
+2. The reference is a decimal with at least ``ROUNDED_MIN_SIGNIFICANT`` (6)
+   significant digits, at least ``ROUNDED_MIN_DECIMALS`` (5) of them after the
+   point (``3.14159``, ``0.693147``, ``1.41421``): it is taken to be a rounded
+   value (an irrational, a float printed to a few places). A prediction matches
+   when it lies within half a unit of the reference's last digit: ``3.1415927``
+   and ``\\frac{1}{3}`` match ``3.14159`` and ``0.333333``; ``3.1416`` does not.
+   Shorter decimals such as ``3.14`` or ``1234.56`` cannot be told apart from
+   exact values (money, ``1/32 = 0.03125``) and compare exactly.
+
+Everything else (integers, short decimals, fractions whose decimal expansion
+terminates) compares exactly: ``1000001`` vs ``1000000``, ``3.0000001`` vs ``3``,
+``0.0000001`` vs ``0`` and ``1000000.5`` vs ``1000000`` are wrong answers.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import importlib
-import importlib.util
-import math
-import os
 import re
-import sys
+from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Callable, Sequence
+from typing import Any
 
 __all__ = [
     "extract_answer",
     "normalize_answer",
     "to_number",
     "answers_match",
-    "math_reward",
-    "load_reward",
-    "combine_rewards",
+    "reference_answer",
+    "ROUNDED_MIN_SIGNIFICANT",
+    "ROUNDED_MIN_DECIMALS",
 ]
 
 # --------------------------------------------------------------------------- #
@@ -319,6 +336,8 @@ _DEC = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _DEC_RE = re.compile(_DEC)
 _SLASH_RE = re.compile(r"(?P<sign>[+-]?)(?P<a>" + _DEC + r")/(?P<b>" + _DEC + r")")
 _FRAC_RE = re.compile(r"(?P<sign>[+-]?)\\frac\{(?P<a>" + _DEC + r")\}\{(?P<b>" + _DEC + r")\}")
+# Fraction("1e-99999999") builds a hundred-million-digit integer: a completion must not hang the reward.
+_HUGE_EXPONENT_RE = re.compile(r"[eE][+-]?\d{4,}")
 
 
 def to_number(s: str) -> Fraction | None:
@@ -328,7 +347,7 @@ def to_number(s: str) -> Fraction | None:
     if s is None:
         return None
     t = normalize_answer(s)
-    if not t:
+    if not t or _HUGE_EXPONENT_RE.search(t):
         return None
     try:
         if _DEC_RE.fullmatch(t):
@@ -343,6 +362,48 @@ def to_number(s: str) -> Fraction | None:
     except (ValueError, ZeroDivisionError, OverflowError):
         return None
     return None
+
+
+
+# --------------------------------------------------------------------------- #
+# number equivalence (the rules are in the module docstring)
+# --------------------------------------------------------------------------- #
+
+ROUNDED_MIN_SIGNIFICANT = 6
+ROUNDED_MIN_DECIMALS = 5
+_SIX_DIGITS = Fraction(5, 10**6)
+
+
+def _written_precision(t: str) -> tuple[int, int] | None:
+    """(significant digits, power of ten of the last written digit) of a plain decimal, else None."""
+    if not _DEC_RE.fullmatch(t):
+        return None
+    _, digits, exponent = Decimal(t).as_tuple()
+    leading_zeros = next((i for i, d in enumerate(digits) if d), len(digits))
+    return len(digits) - leading_zeros, int(exponent)
+
+
+def _terminates(x: Fraction) -> bool:
+    """Whether ``x`` has a finite decimal expansion (its denominator divides a power of ten)."""
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def _numbers_match(p: Fraction, p_text: str, r: Fraction, r_text: str) -> bool:
+    """``p`` (written ``p_text``) against the reference ``r`` (written ``r_text``), both normalised."""
+    if p == r:
+        return True
+    err = abs(p - r)
+    if not _terminates(r):  # rule 1: only a rounded decimal can stand for 1/3
+        written = _written_precision(p_text)
+        return written is not None and err <= Fraction(10) ** written[1] and err <= _SIX_DIGITS * abs(r)
+    written = _written_precision(r_text)
+    if written is not None and written[0] >= ROUNDED_MIN_SIGNIFICANT and -written[1] >= ROUNDED_MIN_DECIMALS:
+        return err <= Fraction(1, 2) * Fraction(10) ** written[1]  # rule 2: a rounded reference
+    return False
 
 
 def _split_top_level(s: str) -> list[str]:
@@ -361,10 +422,6 @@ def _split_top_level(s: str) -> list[str]:
     return parts
 
 
-def _numbers_close(p: Fraction, r: Fraction) -> bool:
-    return p == r or abs(p - r) <= Fraction(1, 10**6) * max(1, abs(r))
-
-
 def _match_norm(p: str, r: str, depth: int = 0) -> bool:
     if not p or not r:
         return False
@@ -372,7 +429,7 @@ def _match_norm(p: str, r: str, depth: int = 0) -> bool:
         return True
     pn, rn = to_number(p), to_number(r)
     if pn is not None and rn is not None:
-        return _numbers_close(pn, rn)
+        return _numbers_match(pn, p, rn, r)
     if depth > 3:
         return False
     # tuples / intervals / lists compared element by element
@@ -388,199 +445,20 @@ def _match_norm(p: str, r: str, depth: int = 0) -> bool:
 
 
 def answers_match(pred: str | None, ref: str | None) -> bool:
-    """True when ``pred`` and ``ref`` are the same answer: equal normalised
-    strings, or numbers equal as fractions / within ``1e-6 * max(1, |ref|)``;
-    tuples and intervals are compared element by element."""
+    """True when ``pred`` and ``ref`` are the same answer: equal normalised strings,
+    or equal numbers under the rules of the module docstring (exact unless the
+    reference is inexact); tuples and intervals are compared element by element."""
     if pred is None or ref is None:
         return False
     return _match_norm(normalize_answer(str(pred)), normalize_answer(str(ref)))
 
 
-# --------------------------------------------------------------------------- #
-# TRL reward function
-# --------------------------------------------------------------------------- #
-
-
-def _completion_text(c: Any) -> str:
-    """Text of a TRL completion: a string, or a conversational message list
-    (last message's content; content may be a list of ``{"type": "text"}``)."""
-    if c is None:
-        return ""
-    if isinstance(c, str):
-        return c
-    if isinstance(c, dict):
-        content = c.get("content", "")
-    elif isinstance(c, (list, tuple)):
-        if not c:
-            return ""
-        last = c[-1]
-        content = last.get("content", "") if isinstance(last, dict) else last
-    else:
-        return str(c)
-    if isinstance(content, (list, tuple)):
-        return "".join(
-            p.get("text", "") if isinstance(p, dict) else str(p) for p in content
-        )
-    return "" if content is None else str(content)
-
-
-def _reference_answer(ref: Any) -> str | None:
+def reference_answer(ref: Any) -> str | None:
+    """The final answer in a reference: extracted from a ``\\boxed{}`` / ``####``
+    solution, else the reference itself (numbers as text); None when empty."""
     if ref is None:
         return None
     ref = str(ref)
     if _BOX_RE.search(ref) or "####" in ref:
         return extract_answer(ref)
-    return ref.strip()
-
-
-def math_reward(prompts, completions, answer=None, **kwargs) -> list[float]:
-    """1.0 when the completion's final answer matches the reference, else 0.0.
-
-    TRL reward-function signature. The reference comes from the ``answer``
-    column (falls back to a ``solution`` column); a reference containing
-    ``\\boxed`` or ``####`` is passed through :func:`extract_answer` first.
-    """
-    if answer is None:
-        answer = kwargs.get("solution")
-    if answer is None:
-        raise ValueError("math_reward needs an 'answer' (or 'solution') column aligned with completions")
-    if isinstance(answer, (str, bytes)):
-        raise ValueError("math_reward: 'answer' must be a list aligned with completions, got a string")
-    answer = list(answer)
-    if len(answer) != len(completions):
-        raise ValueError(
-            f"math_reward: got {len(answer)} answers for {len(completions)} completions"
-        )
-    rewards = []
-    for comp, ref in zip(completions, answer):
-        pred = extract_answer(_completion_text(comp))
-        rewards.append(1.0 if answers_match(pred, _reference_answer(ref)) else 0.0)
-    return rewards
-
-
-# --------------------------------------------------------------------------- #
-# Loading and combining reward functions
-# --------------------------------------------------------------------------- #
-
-_BUILTINS: dict[str, Callable] = {"math": math_reward}
-
-
-def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".replace("\n", " ").strip()
-
-
-def _import_file(path: str):
-    if not os.path.isfile(path):
-        raise ValueError(f"reward file not found: {path}")
-    abspath = os.path.abspath(path)
-    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(abspath))[0])
-    digest = hashlib.sha1(abspath.encode()).hexdigest()[:10]
-    modname = f"_anglerank_reward_{stem}_{digest}"
-    if modname in sys.modules:
-        return sys.modules[modname]
-    spec = importlib.util.spec_from_file_location(modname, abspath)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"cannot load reward file: {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - reported as a one-line ValueError
-        sys.modules.pop(modname, None)
-        raise ValueError(f"error importing reward file {path}: {_one_line(e)}") from e
-    return module
-
-
-def load_reward(spec: str) -> Callable:
-    """Resolve ``"module:function"``, ``"path/to/file.py:function"``, or the
-    built-in ``"math"`` / ``"builtin:math"`` to a callable.
-
-    Raises a one-line ValueError when the module, file or function cannot be
-    found or the attribute is not callable.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"invalid reward spec {spec!r}: expected 'module:function' or 'file.py:function'")
-    spec = spec.strip()
-    if spec in _BUILTINS:
-        return _BUILTINS[spec]
-    if spec.startswith("builtin:"):
-        name = spec[len("builtin:") :]
-        if name not in _BUILTINS:
-            raise ValueError(f"unknown built-in reward {name!r} (available: {', '.join(sorted(_BUILTINS))})")
-        return _BUILTINS[name]
-    mod, sep, attr = spec.rpartition(":")
-    if not sep or not mod or not attr:
-        raise ValueError(f"invalid reward spec {spec!r}: expected 'module:function' or 'file.py:function'")
-    if mod.endswith(".py") or "/" in mod or os.sep in mod:
-        module = _import_file(mod)
-    else:
-        try:
-            module = importlib.import_module(mod)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"cannot import reward module {mod!r}: {_one_line(e)}") from e
-    obj: Any = module
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"reward function {attr!r} not found in {mod!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"reward {attr!r} in {mod!r} is not callable (got {type(obj).__name__})")
-    return obj
-
-
-def _func_name(f: Any) -> str:
-    if isinstance(f, functools.partial):
-        return _func_name(f.func)
-    return getattr(f, "__name__", None) or type(f).__name__
-
-
-def combine_rewards(
-    funcs: Sequence[Callable],
-    weights: Sequence[float] | None,
-    prompts,
-    completions,
-    **columns,
-) -> tuple[list[float], dict[str, list[float]]]:
-    """Call every reward function TRL-style and return the weighted sum.
-
-    Each function is called as ``f(prompts=prompts, completions=completions,
-    **columns)`` and must return one value per completion (ValueError naming
-    the function otherwise). ``None`` entries become ``nan`` in the
-    per-function lists and count as 0 in the weighted sum. Returns
-    ``(total, {name: values})``; duplicate names get ``_2``, ``_3`` suffixes.
-    """
-    funcs = list(funcs)
-    if not funcs:
-        raise ValueError("combine_rewards: no reward functions given")
-    if weights is None:
-        weights = [1.0] * len(funcs)
-    weights = [float(w) for w in weights]
-    if len(weights) != len(funcs):
-        raise ValueError(f"combine_rewards: {len(weights)} weights for {len(funcs)} reward functions")
-    n = len(completions)
-    total = [0.0] * n
-    per: dict[str, list[float]] = {}
-    for f, w in zip(funcs, weights):
-        name = _func_name(f)
-        out = f(prompts=prompts, completions=completions, **columns)
-        if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
-            raise ValueError(f"reward function {name!r} must return a list of {n} floats, got {type(out).__name__}")
-        if len(out) != n:
-            raise ValueError(f"reward function {name!r} returned {len(out)} values for {n} completions")
-        vals: list[float] = []
-        for v in out:
-            if v is None:
-                vals.append(math.nan)
-                continue
-            try:
-                vals.append(float(v))
-            except (TypeError, ValueError):
-                raise ValueError(f"reward function {name!r} returned a non-numeric value {v!r}") from None
-        key, k = name, 2
-        while key in per:
-            key, k = f"{name}_{k}", k + 1
-        per[key] = vals
-        for i, v in enumerate(vals):
-            if not math.isnan(v):
-                total[i] += w * v
-    return total, per
+    return ref.strip() or None

@@ -1,0 +1,213 @@
+"""Reward functions with TRL's signature, the public ``anglerank.rewards`` module.
+
+A reward function is called as ``f(prompts, completions, **columns)`` and
+returns one float per completion (TRL's ``reward_funcs`` convention), so the
+same function serves ``anglerank train``, TRL's ``GRPOTrainer`` and verl. This
+module holds the built-in ``math`` reward (answer checking itself lives in
+:mod:`anglerank.grading`), the loader for user reward functions
+(``"module:function"`` or ``"file.py:function"``) and the helper that combines
+several reward functions into one weighted reward. Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import importlib.util
+import math
+import os
+import re
+import sys
+from typing import Any, Callable, Sequence
+
+from anglerank.errors import UserError
+from anglerank.grading import answers_match, extract_answer, reference_answer
+
+__all__ = ["RewardError", "math_reward", "load_reward", "combine_rewards"]
+
+
+class RewardError(UserError):
+    """A reward spec that cannot be loaded, or a reward function or its data that does not fit."""
+
+
+# --------------------------------------------------------------------------- #
+# TRL reward function
+# --------------------------------------------------------------------------- #
+
+
+def _completion_text(c: Any) -> str:
+    """Text of a TRL completion: a string, or a conversational message list
+    (last message's content; content may be a list of ``{"type": "text"}``)."""
+    if c is None:
+        return ""
+    if isinstance(c, str):
+        return c
+    if isinstance(c, dict):
+        content = c.get("content", "")
+    elif isinstance(c, (list, tuple)):
+        if not c:
+            return ""
+        last = c[-1]
+        content = last.get("content", "") if isinstance(last, dict) else last
+    else:
+        return str(c)
+    if isinstance(content, (list, tuple)):
+        return "".join(
+            p.get("text", "") if isinstance(p, dict) else str(p) for p in content
+        )
+    return "" if content is None else str(content)
+
+
+def math_reward(prompts, completions, answer=None, **kwargs) -> list[float]:
+    """1.0 when the completion's final answer matches the reference, else 0.0.
+
+    TRL reward-function signature. The reference comes from the ``answer``
+    column (falls back to a ``solution`` column); a reference containing
+    ``\\boxed`` or ``####`` is reduced to its final answer first
+    (:func:`anglerank.grading.reference_answer`).
+    """
+    if answer is None:
+        answer = kwargs.get("solution")
+    if answer is None:
+        raise RewardError("math_reward needs an 'answer' (or 'solution') column aligned with completions")
+    if isinstance(answer, (str, bytes)):
+        raise RewardError("math_reward: 'answer' must be a list aligned with completions, got a string")
+    answer = list(answer)
+    if len(answer) != len(completions):
+        raise RewardError(
+            f"math_reward: got {len(answer)} answers for {len(completions)} completions"
+        )
+    rewards = []
+    for comp, ref in zip(completions, answer):
+        pred = extract_answer(_completion_text(comp))
+        rewards.append(1.0 if answers_match(pred, reference_answer(ref)) else 0.0)
+    return rewards
+
+
+# --------------------------------------------------------------------------- #
+# Loading and combining reward functions
+# --------------------------------------------------------------------------- #
+
+_BUILTINS: dict[str, Callable] = {"math": math_reward}
+
+
+def _one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}".replace("\n", " ").strip()
+
+
+def _import_file(path: str):
+    if not os.path.isfile(path):
+        raise RewardError(f"reward file not found: {path}")
+    abspath = os.path.abspath(path)
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(abspath))[0])
+    digest = hashlib.sha1(abspath.encode()).hexdigest()[:10]
+    modname = f"_anglerank_reward_{stem}_{digest}"
+    if modname in sys.modules:
+        return sys.modules[modname]
+    spec = importlib.util.spec_from_file_location(modname, abspath)
+    if spec is None or spec.loader is None:
+        raise RewardError(f"cannot load reward file: {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - reported as a one-line RewardError
+        sys.modules.pop(modname, None)
+        raise RewardError(f"error importing reward file {path}: {_one_line(e)}") from e
+    return module
+
+
+def load_reward(spec: str) -> Callable:
+    """Resolve ``"module:function"``, ``"path/to/file.py:function"``, or the
+    built-in ``"math"`` / ``"builtin:math"`` to a callable.
+
+    Raises a one-line RewardError when the module, file or function cannot be
+    found or the attribute is not callable.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise RewardError(f"invalid reward spec {spec!r}: expected 'module:function' or 'file.py:function'")
+    spec = spec.strip()
+    if spec in _BUILTINS:
+        return _BUILTINS[spec]
+    if spec.startswith("builtin:"):
+        name = spec[len("builtin:") :]
+        if name not in _BUILTINS:
+            raise RewardError(f"unknown built-in reward {name!r} (available: {', '.join(sorted(_BUILTINS))})")
+        return _BUILTINS[name]
+    mod, sep, attr = spec.rpartition(":")
+    if not sep or not mod or not attr:
+        raise RewardError(f"invalid reward spec {spec!r}: expected 'module:function' or 'file.py:function'")
+    if mod.endswith(".py") or "/" in mod or os.sep in mod:
+        module = _import_file(mod)
+    else:
+        try:
+            module = importlib.import_module(mod)
+        except Exception as e:  # noqa: BLE001
+            raise RewardError(f"cannot import reward module {mod!r}: {_one_line(e)}") from e
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise RewardError(f"reward function {attr!r} not found in {mod!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise RewardError(f"reward {attr!r} in {mod!r} is not callable (got {type(obj).__name__})")
+    return obj
+
+
+def _func_name(f: Any) -> str:
+    if isinstance(f, functools.partial):
+        return _func_name(f.func)
+    return getattr(f, "__name__", None) or type(f).__name__
+
+
+def combine_rewards(
+    funcs: Sequence[Callable],
+    weights: Sequence[float] | None,
+    prompts,
+    completions,
+    **columns,
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Call every reward function TRL-style and return the weighted sum.
+
+    Each function is called as ``f(prompts=prompts, completions=completions,
+    **columns)`` and must return one value per completion (RewardError naming
+    the function otherwise). ``None`` entries become ``nan`` in the
+    per-function lists and count as 0 in the weighted sum. Returns
+    ``(total, {name: values})``; duplicate names get ``_2``, ``_3`` suffixes.
+    """
+    funcs = list(funcs)
+    if not funcs:
+        raise RewardError("combine_rewards: no reward functions given")
+    if weights is None:
+        weights = [1.0] * len(funcs)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(funcs):
+        raise RewardError(f"combine_rewards: {len(weights)} weights for {len(funcs)} reward functions")
+    n = len(completions)
+    total = [0.0] * n
+    per: dict[str, list[float]] = {}
+    for f, w in zip(funcs, weights):
+        name = _func_name(f)
+        out = f(prompts=prompts, completions=completions, **columns)
+        if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
+            raise RewardError(f"reward function {name!r} must return a list of {n} floats, got {type(out).__name__}")
+        if len(out) != n:
+            raise RewardError(f"reward function {name!r} returned {len(out)} values for {n} completions")
+        vals: list[float] = []
+        for v in out:
+            if v is None:
+                vals.append(math.nan)
+                continue
+            try:
+                vals.append(float(v))
+            except (TypeError, ValueError):
+                raise RewardError(f"reward function {name!r} returned a non-numeric value {v!r}") from None
+        key, k = name, 2
+        while key in per:
+            key, k = f"{name}_{k}", k + 1
+        per[key] = vals
+        for i, v in enumerate(vals):
+            if not math.isnan(v):
+                total[i] += w * v
+    return total, per
