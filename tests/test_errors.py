@@ -1,0 +1,66 @@
+"""The error contract: a user's mistake is one line and exit 2; a bug is visibly internal.
+
+Before, any ValueError became "error: ..." with exit 2, so a bug in anglerank looked
+like the user's fault and lost its traceback.
+"""
+
+from __future__ import annotations
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from anglerank.cli_common import user_errors
+from anglerank.data.reader import InputError
+from anglerank.errors import Interrupted, MissingExtra, UserError
+
+runner = CliRunner()
+
+
+def _app(exc: BaseException) -> typer.Typer:
+    app = typer.Typer()
+
+    @app.command()
+    @user_errors
+    def go():
+        raise exc
+
+    @app.command()
+    def other():  # a second command, so typer keeps `go` as a subcommand
+        pass
+
+    return app
+
+
+@pytest.mark.parametrize("exc", [UserError("bad --x"), InputError("no such file: a.parquet"),
+                                 MissingExtra("--plot needs matplotlib: pip install 'anglerank[plot]'")])
+def test_user_errors_are_one_line_exit_2(exc):
+    res = runner.invoke(_app(exc), ["go"])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(exc) in lines[0]
+    assert "Traceback" not in res.output and "internal" not in res.output
+
+
+@pytest.mark.parametrize("exc", [ValueError("shapes do not match"), KeyError("row"), TypeError("x")])
+def test_unexpected_exceptions_are_internal_errors(exc, monkeypatch):
+    monkeypatch.delenv("ANGLERANK_DEBUG", raising=False)
+    res = runner.invoke(_app(exc), ["go"])
+    assert res.exit_code == 1
+    assert "internal error" in res.output and type(exc).__name__ in res.output
+    assert "ANGLERANK_DEBUG=1" in res.output
+
+
+def test_debug_variable_shows_the_traceback(monkeypatch):
+    monkeypatch.setenv("ANGLERANK_DEBUG", "1")
+    res = runner.invoke(_app(ValueError("shapes do not match")), ["go"])
+    assert res.exit_code != 0 and isinstance(res.exception, ValueError)
+
+
+def test_interrupted_exits_with_its_code():
+    res = runner.invoke(_app(Interrupted(143, "stopped; resume with --resume")), ["go"])
+    assert res.exit_code == 143 and "--resume" in res.output
+
+
+def test_user_error_is_a_value_error_for_api_callers():
+    assert issubclass(UserError, ValueError) and issubclass(InputError, UserError)
