@@ -28,23 +28,26 @@ import os
 
 def correctness_reward(completions, reward_model, **kwargs) -> list[float]:
     """1.0 when the completion's final answer (``\\boxed{}`` or ``####``) matches ground_truth."""
-    from anglerank.train.rewards import math_reward
+    from anglerank.rewards import math_reward
 
     answers = [rm["ground_truth"] if isinstance(rm, dict) else rm for rm in reward_model]
     return math_reward(None, completions, answer=answers)
 
 
 def main(argv: list[str] | None = None) -> None:
+    from anglerank.curriculum import DEFAULTS, HELP, parse_rank_value
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="ranked Parquet written by `anglerank rank`")
     p.add_argument("--model", default=None, help="HF id or folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--output-dir", default="gainrl-grpo")
     p.add_argument("--epochs", type=int, default=200, help="GAIN-RL epochs (one subset each)")
-    p.add_argument("--subset-size", type=int, default=256, help="prompts per epoch (K)")
-    p.add_argument("--sigma", type=float, default=2 / 15, help="Gaussian width: ranks, or fraction of N if <= 1")
-    p.add_argument("--step", type=float, default=1 / 15, help="n of the mu update: ranks or fraction of N")
-    p.add_argument("--adj-min", type=float, default=0.0, help="lower clamp of the mu update (< 0: may move back)")
-    p.add_argument("--adj-max", type=float, default=2 / 15, help="upper clamp of the mu update")
+    p.add_argument("--subset-size", type=int, default=DEFAULTS["subset_size"], help=HELP["subset_size"])
+    for name in ("sigma", "step", "adj_min", "adj_max"):
+        p.add_argument(f"--{name.replace('_', '-')}", type=parse_rank_value, default=DEFAULTS[name],
+                       help=HELP[name] + " An integer is ranks, a float <= 1 a fraction of N.")
+    p.add_argument("--correct-threshold", type=float, default=DEFAULTS["correct_threshold"],
+                   help=HELP["correct_threshold"])
     p.add_argument("--angle", default="angle_score", help="column for the angle term, or a number such as 0")
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=8, help="per-device train batch size (completions)")
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         args=args,
         train_dataset=train,
         gainrl=GainRLConfig(
-            subset_size=a.subset_size, sigma=a.sigma, step=a.step, adj_min=a.adj_min, adj_max=a.adj_max, angle=angle,
+            subset_size=a.subset_size, sigma=a.sigma, step=a.step, adj_min=a.adj_min, adj_max=a.adj_max,
+            correct_threshold=a.correct_threshold, angle=angle,
         ),
     )
     trainer.train(resume_from_checkpoint=True if a.resume else None)

@@ -1,10 +1,10 @@
-"""GAIN-RL for TRL: the shared curriculum core and the real GRPOTrainer on a tiny model.
+"""GAIN-RL for TRL: reading the trainer's data set, the config, and the real GRPOTrainer on a tiny model.
 
 The trainer tests run TRL's GRPOTrainer for two GAIN-RL epochs on CPU (a
 1-layer Llama, 40 ranked prompts, 8-token completions) with a reward that
 depends only on the prompt's rank, so accuracy, angle and the expected ``mu``
 can be recomputed by hand and compared with an independent
-GaussianRankSampler.
+GaussianRankSampler. The curriculum itself is tested in test_curriculum.py.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ import math
 import numpy as np
 import pytest
 
-from anglerank.integrations import (
-    GainRLCurriculum,
-    column_values,
-    completion_scores,
-    rank_order,
-)
-from anglerank.train.sampler import GaussianRankSampler
+from anglerank.curriculum import DEFAULTS, Curriculum, CurriculumConfig
+from anglerank.curriculum.samplers.gainrl import GaussianRankSampler
+from anglerank.errors import UserError
+from anglerank.integrations.columns import column_values, curriculum_for
 
 N_ROWS = 40
 SEED = 3
@@ -45,16 +42,7 @@ def expected_delta(acc: float, ang: float, g: dict = GAIN) -> float:
     return min(max(raw, g["adj_min"]), g["adj_max"])
 
 
-# ------------------------------------------------------------ shared core
-
-
-def test_rank_order_inverts_permutation_and_tolerates_gaps_and_nulls():
-    ranks = np.array([2, 0, 3, 1])
-    order = rank_order(ranks)
-    assert order.tolist() == [1, 3, 0, 2]
-    assert (ranks[order] == np.arange(4)).all()
-    # rows filtered after ranking (gaps), a duplicate and a null: still a total order
-    assert rank_order(np.array([7.0, np.nan, 2.0, 7.0, 5.0])).tolist() == [2, 4, 0, 3, 1]
+# ------------------------------------------------------------ data access and config
 
 
 def test_column_values_reads_common_containers():
@@ -88,62 +76,44 @@ def test_column_values_reads_common_containers():
     np.testing.assert_array_equal(column_values(VerlLike(), "angle_rank"), [0.0, 2.0])
 
 
-def test_completion_scores_modes():
-    r = [0.0, 1.0, 2.0, np.nan, -1.0]
-    assert completion_scores(r).tolist() == [0, 1, 1, 0]
-    assert completion_scores(r, threshold=1.5).tolist() == [0, 0, 1, 0]
-    assert completion_scores(r, mode="mean", reward_range=(0, 2)).tolist() == [0, 0.5, 1, 0]
-    with pytest.raises(ValueError):
-        completion_scores(r, mode="median")
-
-
-def test_curriculum_draws_follow_the_gaussian():
-    """One prompt per epoch, mu held still: frequencies match the truncated Gaussian."""
+def test_curriculum_for_needs_ranks_only_when_the_sampler_uses_them():
     cols = ranked_rows()
-    cur = GainRLCurriculum(cols["angle_rank"], 1, mu0=12, sigma=5, seed=1)
-    counts = np.zeros(N_ROWS)
-    for _ in range(6000):
-        rows = cur.begin_epoch()
-        counts[cols["angle_rank"][rows[0]]] += 1
-        cur.open = False  # skip the update: keep mu fixed
-    p = cur.probabilities()
-    assert 0.5 * np.abs(counts / counts.sum() - p).sum() < 0.04  # total variation
-    assert abs(np.average(np.arange(N_ROWS), weights=counts) - np.dot(np.arange(N_ROWS), p)) < 0.5
+    unranked = {k: v for k, v in cols.items() if not k.startswith("angle_")}
+    cur = curriculum_for(unranked, CurriculumConfig(sampler="uniform", subset_size=8, seed=1), chunk=4)
+    assert cur.order.tolist() == list(range(N_ROWS)) and len(set(cur.begin_epoch().tolist())) == 8
+    with pytest.raises(UserError, match="no 'angle_rank' column"):
+        curriculum_for(unranked, CurriculumConfig())
+    with pytest.raises(UserError, match="no 'angle_score' column"):
+        curriculum_for({**unranked, "angle_rank": cols["angle_rank"]}, CurriculumConfig())
+    cur = curriculum_for({**unranked, "angle_rank": cols["angle_rank"]}, CurriculumConfig(), angle=0.25)
+    assert cur.angles is None and cur.angle_default == 0.25
+    with pytest.raises(UserError, match="not numeric"):
+        curriculum_for({**cols, "angle_rank": ["a"] * N_ROWS}, CurriculumConfig())
 
 
-def test_curriculum_update_rule_and_state_roundtrip():
-    cols = ranked_rows()
-    cur = GainRLCurriculum(cols["angle_rank"], angles=cols["angle_score"], seed=SEED, **GAIN)
-    ref = GaussianRankSampler(N_ROWS, GAIN["subset_size"], seed=SEED,
-                              **{k: v for k, v in GAIN.items() if k != "subset_size"})
-    rows = cur.begin_epoch()
-    assert cols["angle_rank"][rows].tolist() == ref.draw().tolist()
-    cur.observe([1, 0, 1, 1])
-    state = cur.state_dict()
-    rec = cur.end_epoch()
-    ang = float(np.mean(cols["angle_score"][rows]))
-    assert rec["accuracy"] == 0.75 and rec["angle"] == pytest.approx(ang)
-    assert rec["delta"] == pytest.approx(expected_delta(0.75, ang))
-    assert cur.mu == pytest.approx(GAIN["mu0"] + expected_delta(0.75, ang))
-    # restore the pre-update state into a fresh object: same update, same next draw
-    other = GainRLCurriculum(cols["angle_rank"], angles=cols["angle_score"], seed=99, **GAIN)
-    import json
+def test_config_is_the_curriculum_config_with_correct_threshold():
+    from anglerank.integrations.trl import GainRLConfig
 
-    other.load_state_dict(json.loads(json.dumps(state)))
-    other.end_epoch()
-    assert other.mu == cur.mu
-    assert other.begin_epoch().tolist() == cur.begin_epoch().tolist()
-    # a state from another data set is refused
-    shuffled = GainRLCurriculum(np.roll(cols["angle_rank"], 1), seed=SEED, **GAIN)
-    with pytest.raises(ValueError, match="different ranked data set"):
-        shuffled.load_state_dict(state)
-
-
-def test_curriculum_rounds_subset_to_whole_batches():
-    cur = GainRLCurriculum(np.arange(40), 10, chunk=4)
-    assert cur.subset_size == 8
-    with pytest.raises(ValueError, match="at least one batch"):
-        GainRLCurriculum(np.arange(40), 3, chunk=4)
+    cfg = GainRLConfig()
+    assert isinstance(cfg, CurriculumConfig)  # one set of defaults, shared with `anglerank train`
+    assert {k: getattr(cfg, k) for k in DEFAULTS if k not in ("seed", "shuffle")} == \
+        {k: v for k, v in DEFAULTS.items() if k not in ("seed", "shuffle")}
+    assert cfg.seed is None and cfg.shuffle is None  # taken from TRL's args
+    cur_cfg = GainRLConfig(correct_threshold=0.5, shuffle=False).curriculum_config(seed=7, shuffle=True)
+    assert type(cur_cfg) is CurriculumConfig
+    assert (cur_cfg.correct_threshold, cur_cfg.seed, cur_cfg.shuffle) == (0.5, 7, False)
+    cur = Curriculum(np.arange(10), cur_cfg.replace(subset_size=2))
+    cur.begin_epoch()
+    cur.observe([0.0, 0.49, 0.5, 1.0, np.nan])  # reward >= 0.5 is correct; NaN left out
+    assert cur.end_epoch()["accuracy"] == 0.5
+    for removed in ("accuracy", "reward_threshold", "reward_range"):
+        with pytest.raises(UserError, match=f"{removed}.*correct_threshold"):
+            GainRLConfig.from_dict({removed: "mean"})
+    with pytest.raises(UserError, match="unknown GainRLConfig option 'sigmma'"):
+        GainRLConfig.from_dict({"sigmma": 3})
+    with pytest.raises(UserError, match="unknown sampler"):
+        GainRLConfig(sampler="nope")
+    assert GainRLConfig.from_dict({"sigma": 4, "reward_func": "r"}).sigma == 4
 
 
 def test_repeat_sampler_layout_matches_trl():
@@ -151,7 +121,8 @@ def test_repeat_sampler_layout_matches_trl():
 
     cols = ranked_rows()
     make = lambda: GainRLRepeatSampler(  # noqa: E731
-        GainRLCurriculum(cols["angle_rank"], 6, chunk=3, seed=SEED, sigma=4), mini_repeat_count=2,
+        Curriculum.from_ranks(cols["angle_rank"], CurriculumConfig(subset_size=6, seed=SEED, sigma=4), chunk=3),
+        mini_repeat_count=2,
         batch_size=3, repeat_count=2,
     )
     a, b = make(), make()
@@ -249,12 +220,13 @@ def test_grpo_trainer_two_epochs_follow_gaussian_and_update_rule(trl_env, tmp_pa
         assert rec["accuracy"] == pytest.approx(acc) and rec["angle"] == pytest.approx(ang)
         assert rec["completions"] == 2 * k
         assert rec["delta"] == pytest.approx(expected_delta(acc, ang))
-        assert rec["mu_before"] == pytest.approx(mu)
+        assert rec["mu"] == pytest.approx(mu)
         mu += expected_delta(acc, ang)
         ref.update(acc, ang)
     assert trainer.gainrl.mu == pytest.approx(mu) and mu != GAIN["mu0"]
     logged = [h for h in trainer.state.log_history if "gainrl/mu" in h]
-    assert [h["gainrl/mu"] for h in logged] == pytest.approx([e["mu"] for e in trainer.gainrl.epochs])
+    assert [h["gainrl/mu"] for h in logged] == pytest.approx([e["mu_next"] for e in trainer.gainrl.epochs])
+    assert [h["gainrl/accuracy"] for h in logged] == pytest.approx([e["accuracy"] for e in trainer.gainrl.epochs])
 
 
 def test_grpo_trainer_resume_matches_uninterrupted_run(trl_env, tmp_path):
@@ -296,5 +268,26 @@ def test_grpo_trainer_accuracy_from_named_reward_function(trl_env, tmp_path):
 def test_grpo_trainer_needs_ranked_data(trl_env, tmp_path):
     rows = ranked_rows()
     del rows["angle_rank"]
-    with pytest.raises(ValueError, match="no 'angle_rank' column"):
+    with pytest.raises(UserError, match="no 'angle_rank' column"):
         make_trainer(trl_env, tmp_path, RankReward(), rows=rows)
+
+
+def test_grpo_trainer_correctness_from_weighted_sum_and_threshold(trl_env, tmp_path):
+    """TRL's weighted sum goes to the curriculum; correct means >= correct_threshold, all-NaN rows left out."""
+    import torch
+
+    from anglerank.integrations.trl import GainRLConfig
+
+    def format_bonus(prompts, completions, **kwargs):
+        return [0.5] * len(completions)
+
+    cfg = GainRLConfig.from_dict({**GAIN, "correct_threshold": 1.5})
+    trainer = make_trainer(trl_env, tmp_path, [RankReward(), format_bonus], gainrl=cfg,
+                           reward_weights=[1.0, 2.0])
+    trainer.gainrl.begin_epoch()
+    nan = float("nan")
+    # weighted sums: 2.0, 1.0, dropped, 1.0 (NaN terms count as 0, as in TRL), 1.5
+    trainer._gainrl_observe(torch.tensor([[1.0, 0.5], [0.0, 0.5], [nan, nan], [1.0, nan], [0.5, 0.5]]))
+    rec = trainer._gainrl_end_epoch()
+    assert rec["completions"] == 4 and rec["accuracy"] == pytest.approx(0.5)
+

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 import torch
 
+from anglerank.curriculum.samplers.gainrl import GaussianRankSampler
+from anglerank.errors import UserError
 from anglerank.integrations.verl import GainRLSampler, read_options, response_rewards
-from anglerank.train.sampler import GaussianRankSampler
 
 try:
     from verl import DataProto
@@ -175,7 +176,7 @@ def test_epochs_follow_gaussian_and_update_rule_without_lag():
         rec = sampler.curriculum.epochs[t]
         assert rec["completions"] == K_EFF * N_RESP
         assert rec["accuracy"] == pytest.approx(acc) and rec["angle"] == pytest.approx(ang)
-        assert rec["mu_before"] == pytest.approx(mu)  # epoch t was drawn with the updated mu: no lag
+        assert rec["mu"] == pytest.approx(mu)  # epoch t was drawn with the updated mu: no lag
         assert rec["delta"] == pytest.approx(expected_delta(acc, ang))
         mu += expected_delta(acc, ang)
         ref.update(acc, ang)
@@ -229,7 +230,7 @@ def test_checkpoint_on_epoch_last_step_before_update_starts_next_epoch():
     assert len(log) == per_epoch  # a full new epoch, not an empty remainder
     rec = resumed.curriculum.epochs[0]  # epoch 0 closed on resume without its last batch's rewards
     assert rec["completions"] == (per_epoch - 1) * BATCH * N_RESP
-    assert resumed.curriculum.epochs[1]["mu_before"] == pytest.approx(rec["mu"])
+    assert resumed.curriculum.epochs[1]["mu"] == pytest.approx(rec["mu_next"])
 
 
 def _roundtrip(obj):
@@ -245,18 +246,32 @@ def test_options_keys_precedence_and_typos():
     cfg = {"train_batch_size": 8, "sampler": {"class_path": "x", "class_name": "y", "sigma": 7, "alpha": 3.0},
            "gainrl": {"sigma": 0.25}}
     assert read_options(cfg) == {"sigma": 0.25, "alpha": 3.0}
-    with pytest.raises(ValueError, match="data.gainrl.sigmma"):
+    with pytest.raises(UserError, match="data.gainrl.sigmma"):
         read_options({"gainrl": {"sigmma": 1}})
+    for removed in ("accuracy", "reward_range"):  # replaced by correct_threshold, in either section
+        for section in ("gainrl", "sampler"):
+            with pytest.raises(UserError, match=f"data.{section}.{removed} was removed.*correct_threshold"):
+                read_options({section: {removed: "mean"}})
+    # every curriculum setting (one set of names and defaults with `anglerank train`) is an option
+    assert read_options({"gainrl": {"wrap": True, "sampler": "uniform", "correct_threshold": 0.5}}) == \
+        {"wrap": True, "sampler": "uniform", "correct_threshold": 0.5}
     s = GainRLSampler(RowsDataset(), {"train_batch_size": 4, "gainrl": {"sigma": 0.25, "subset_size": 12}})
     assert s.curriculum.sampler.sigma == pytest.approx(0.25 * N_ROWS)  # fraction of N
     assert len(s) == 12
     s = GainRLSampler(RowsDataset(), {"gen_batch_size": 5, "train_batch_size": 4})
     assert len(s) == 30  # default K=256 capped by N=30, whole batches of gen_batch_size 5
-    with pytest.raises(ValueError, match="angle_rank"):
+    with pytest.raises(UserError, match="angle_rank"):
         GainRLSampler([{"q": 1}] * 4, {"train_batch_size": 1})
+    s = GainRLSampler([{"q": 1}] * 4, {"train_batch_size": 2, "gainrl": {"sampler": "uniform"}})
+    assert len(s) == 4 and sorted(iter(s)) == [0, 1, 2, 3]  # the baseline needs no ranking
+    s = GainRLSampler(RowsDataset(), {"train_batch_size": 4, "seed": 9, "gainrl": {"wrap": True}})
+    cfg = s.curriculum.config
+    assert (cfg.seed, cfg.wrap, cfg.correct_threshold, cfg.shuffle) == (9, True, 1.0, True)
+    with pytest.raises(UserError, match="unknown sampler"):
+        GainRLSampler(RowsDataset(), {"gainrl": {"sampler": "nope"}})
 
 
-def test_response_rewards_sources_and_modes():
+def test_response_rewards_sources_and_correct_threshold():
     ranks, _ = ranks_and_scores()
     batch = make_batch([0, 1], ranks)
     np.testing.assert_array_equal(
@@ -266,17 +281,22 @@ def test_response_rewards_sources_and_modes():
                          {"acc": np.array([True, None], dtype=object)})
     np.testing.assert_array_equal(response_rewards(fake), [0.5, 2.0])
     np.testing.assert_array_equal(response_rewards(fake, "acc"), [1.0, np.nan])
-    with pytest.raises(KeyError, match="no reward"):
+    with pytest.raises(UserError, match="no reward"):
         response_rewards(fake, "score")
 
-    # accuracy=mean with reward_range: rewards 0.5 and 2.0 on a 0..2 scale -> 0.625
-    ds = RowsDataset()
-    s = GainRLSampler(ds, {"train_batch_size": 2, "gainrl": {**GAIN, "subset_size": 2, "accuracy": "mean",
-                                                             "reward_range": [0, 2], "reward_key": "token_level_rewards"}})
-    rows = list(iter(s))
-    assert len(rows) == 2
+    # correct_threshold: rewards 0.5 and 2.0, correct when >= the threshold
+    for threshold, acc in ((0.5, 1.0), (1.0, 0.5), (2.5, 0.0)):
+        s = GainRLSampler(RowsDataset(), {"train_batch_size": 2, "gainrl": {
+            **GAIN, "subset_size": 2, "correct_threshold": threshold, "reward_key": "token_level_rewards"}})
+        rows = list(iter(s))
+        assert len(rows) == 2
+        s.update(fake)
+        assert s.curriculum.epochs[0]["accuracy"] == pytest.approx(acc), threshold
+    # a non-tensor reward with an unjudged (None) response: left out of the accuracy
+    s = GainRLSampler(RowsDataset(), {"train_batch_size": 2, "gainrl": {**GAIN, "subset_size": 2, "reward_key": "acc"}})
+    list(iter(s))
     s.update(fake)
-    assert s.curriculum.epochs[0]["accuracy"] == pytest.approx(0.625)
+    assert s.curriculum.epochs[0]["accuracy"] == 1.0 and s.curriculum.epochs[0]["completions"] == 1
 
 
 @pytest.mark.skipif(not HAVE_VERL, reason="verl with verl.experimental.dataset.sampler (0.5-0.7) not installed")

@@ -23,15 +23,19 @@ What changes compared with ``GRPOTrainer``:
   process yields the same sequence, as ``RepeatSampler`` does. An HF "epoch" is
   one pass over this subset, so ``num_train_epochs`` counts GAIN-RL epochs;
 - the gathered rewards TRL computes for each training generation batch
-  (``_calculate_rewards``, identical on all processes) are mapped to
-  per-completion correctness (``accuracy="threshold"``: reward >
-  ``reward_threshold``; ``"mean"``: reward mapped linearly from
-  ``reward_range`` to 0..1) and averaged over the epoch;
+  (``_calculate_rewards``, identical on all processes; the weighted sum, or
+  the function named by ``reward_func``) go to the
+  :class:`anglerank.curriculum.Curriculum`, which counts a completion correct
+  when its reward is ``>= correct_threshold`` (default 1.0, the curriculum's
+  one rule; NaN rewards are left out);
 - at the end of the epoch (``on_epoch_end``), before the next draw, ``mu``
   moves by ``clamp(step tanh(alpha (acc - beta_acc)) + step tanh(alpha ang),
   adj_min, adj_max)`` with ``ang`` the mean of the ``angle`` column
-  (``angle_score`` by default) over the epoch's prompts. ``gainrl/mu``,
-  ``gainrl/accuracy``, ``gainrl/angle`` and ``gainrl/delta`` go to the logs;
+  (``angle_score`` by default) over the epoch's prompts, and stays on the data
+  (clamped to the last rank, or a new pass with ``wrap=True``). ``gainrl/mu``
+  (the centre after the move), ``gainrl/accuracy``, ``gainrl/angle`` and
+  ``gainrl/delta`` go to the logs. ``sampler="uniform"`` (and the other
+  samplers of :mod:`anglerank.curriculum`) work here too;
 - checkpoints carry the curriculum (``gainrl_state.json`` in each
   ``checkpoint-*`` folder) and ``train(resume_from_checkpoint=...)`` restores
   it, so a resumed run draws what an uninterrupted one would. Resuming in the
@@ -44,6 +48,10 @@ it), not re-measured on the policy during training. TRL is imported only when
 your own ``GRPOTrainer`` subclass (``class T(GainRLMixin, MyGRPOTrainer)``).
 Iterable (streaming) data sets are not supported: sampling by rank needs
 random access.
+
+Earlier releases' ``accuracy``, ``reward_threshold`` (reward > 0) and
+``reward_range`` options are gone: correctness is ``reward >=
+correct_threshold`` everywhere.
 """
 
 from __future__ import annotations
@@ -52,18 +60,14 @@ import json
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
-from anglerank.integrations import (
-    DEFAULTS,
-    GainRLCurriculum,
-    completion_scores,
-    read_ranks,
-    resolve_angle,
-)
+from anglerank.curriculum import Curriculum, CurriculumConfig
+from anglerank.errors import MissingExtra, UserError
+from anglerank.integrations.columns import curriculum_for
 
 __all__ = [
     "STATE_FILE",
@@ -78,59 +82,65 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "gainrl_state.json"
 
+# Options of earlier releases, replaced by the curriculum's one correctness rule.
+_REMOVED = {
+    "accuracy": "the epoch accuracy is always the share of completions with reward >= correct_threshold",
+    "reward_threshold": "use correct_threshold (correct means reward >= correct_threshold; default 1.0)",
+    "reward_range": "use correct_threshold (correct means reward >= correct_threshold; default 1.0)",
+}
+
 
 @dataclass
-class GainRLConfig:
-    """GAIN-RL options for :class:`GainRLGRPOTrainer`.
+class GainRLConfig(CurriculumConfig):
+    """Curriculum options for :class:`GainRLGRPOTrainer`.
 
-    Rank-unit fields (``mu0``, ``sigma``, ``step``, ``adj_min``, ``adj_max``)
-    take absolute ranks (an int, or a float > 1) or fractions of the number of
-    rows N (a float in (0, 1]); the defaults are the authors' values expressed
-    as fractions (exactly theirs at N = 7,500).
+    Every field of :class:`anglerank.curriculum.CurriculumConfig` (same
+    defaults and help as ``anglerank train``), plus where the trainer finds
+    the ranking, the angle term and the reward that decides "correct".
+    ``seed`` and ``shuffle`` default to TRL's ``args.seed`` and
+    ``shuffle_dataset``.
     """
 
-    subset_size: int = field(
-        default=DEFAULTS["subset_size"],
-        metadata={"help": "Prompts per epoch (K), rounded down to whole generation batches, capped by N."},
-    )
-    mu0: float = field(default=DEFAULTS["mu0"], metadata={"help": "Initial centre (rank units or fraction of N)."})
-    sigma: float = field(default=DEFAULTS["sigma"], metadata={"help": "Gaussian width (rank units or fraction)."})
-    step: float = field(default=DEFAULTS["step"], metadata={"help": "n in the mu update (rank units or fraction)."})
-    alpha: float = field(default=DEFAULTS["alpha"], metadata={"help": "tanh slope of the mu update."})
-    beta_acc: float = field(default=DEFAULTS["beta_acc"], metadata={"help": "Accuracy at which the accuracy term is 0."})
-    adj_min: float = field(default=DEFAULTS["adj_min"], metadata={"help": "Lower clamp of the update; < 0 lets mu move back."})
-    adj_max: float = field(default=DEFAULTS["adj_max"], metadata={"help": "Upper clamp of the update."})
-    seed: int | None = field(default=None, metadata={"help": "Sampler seed; None uses args.seed."})
-    shuffle: bool | None = field(
-        default=None, metadata={"help": "Shuffle the subset within the epoch; None uses args.shuffle_dataset."}
-    )
-    rank_column: str = field(default="angle_rank", metadata={"help": "Column with the angle rank (0 = highest)."})
+    seed: int | None = field(default=None, metadata={"help": "Seed of the sampler's private generator; None uses "
+                                                             "TRL's args.seed."})
+    shuffle: bool | None = field(default=None, metadata={"help": "Train an epoch's prompts in random order; None "
+                                                                 "uses TRL's args.shuffle_dataset."})
+    rank_column: str = field(default="angle_rank", metadata={"help": "Column with the angle rank (0 = first)."})
     angle: str | float | None = field(
         default="angle_score",
         metadata={"help": "Column whose mean over the epoch's prompts is the angle term, or a constant (None = 0)."},
     )
-    accuracy: str = field(
-        default="threshold",
-        metadata={"help": "'threshold': share of completions with reward > reward_threshold; "
-                          "'mean': mean reward mapped from reward_range to 0..1."},
-    )
-    reward_threshold: float = field(default=0.0, metadata={"help": "A completion is correct if reward > this."})
-    reward_range: tuple[float, float] = field(
-        default=(0.0, 1.0), metadata={"help": "(lo, hi) rewards mapped to accuracy 0 and 1 in 'mean' mode."}
-    )
     reward_func: str | int | None = field(
         default=None,
-        metadata={"help": "Reward function (name or index) that defines correctness; None = TRL's weighted sum."},
+        metadata={"help": "Reward function (name or index) whose reward decides correctness; None = TRL's "
+                          "weighted sum of all reward functions."},
     )
 
     def __post_init__(self) -> None:
-        if self.accuracy not in ("threshold", "mean"):
-            raise ValueError(f"accuracy must be 'threshold' or 'mean', got {self.accuracy!r}")
-        if int(self.subset_size) < 1:
-            raise ValueError(f"subset_size must be >= 1, got {self.subset_size}")
-        lo, hi = self.reward_range
-        if not float(hi) > float(lo):
-            raise ValueError(f"reward_range must be (lo, hi) with hi > lo, got {self.reward_range!r}")
+        super().__post_init__()
+        if not isinstance(self.rank_column, str) or not self.rank_column:
+            raise UserError(f"rank_column must be a column name, got {self.rank_column!r}")
+        if self.reward_func is not None and (isinstance(self.reward_func, bool)
+                                             or not isinstance(self.reward_func, (str, int))):
+            raise UserError(f"reward_func must be a reward function's name or index, got {self.reward_func!r}")
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "GainRLConfig":
+        """Build from a dict of fields; removed or unknown options are a :class:`UserError`."""
+        known = {f.name for f in fields(cls)}
+        for key in options:
+            if key in _REMOVED:
+                raise UserError(f"GainRLConfig option {key!r} was removed: {_REMOVED[key]}")
+            if key not in known:
+                raise UserError(f"unknown GainRLConfig option {key!r}; known: {', '.join(sorted(known))}")
+        return cls(**options)
+
+    def curriculum_config(self, seed: int, shuffle: bool) -> CurriculumConfig:
+        """The shared curriculum settings, with ``seed`` / ``shuffle`` used where this config leaves them None."""
+        values = {f.name: getattr(self, f.name) for f in fields(CurriculumConfig)}
+        values["seed"] = int(seed if self.seed is None else self.seed)
+        values["shuffle"] = bool(shuffle if self.shuffle is None else self.shuffle)
+        return CurriculumConfig(**values)
 
 
 class GainRLRepeatSampler:
@@ -143,7 +153,7 @@ class GainRLRepeatSampler:
     previous epoch's ``mu`` update.
     """
 
-    def __init__(self, curriculum: GainRLCurriculum, mini_repeat_count: int, batch_size: int, repeat_count: int = 1):
+    def __init__(self, curriculum: Curriculum, mini_repeat_count: int, batch_size: int, repeat_count: int = 1):
         if curriculum.subset_size % batch_size:
             raise ValueError(
                 f"subset_size {curriculum.subset_size} is not a multiple of the prompt chunk {batch_size}"
@@ -206,11 +216,11 @@ class GainRLCallback(_transformers_callback_base()):
 
 
 class GainRLMixin:
-    """Adds GAIN-RL sampling to a ``GRPOTrainer`` (subclass); see the module doc.
+    """Adds the curriculum to a ``GRPOTrainer`` (subclass); see the module doc.
 
     Extra constructor argument: ``gainrl`` (a :class:`GainRLConfig` or a dict
-    of its fields). The curriculum is ``trainer.gainrl`` (a
-    :class:`anglerank.integrations.GainRLCurriculum`).
+    of its fields). The curriculum is ``trainer.gainrl`` (an
+    :class:`anglerank.curriculum.Curriculum`).
     """
 
     def __init__(self, *args: Any, gainrl: GainRLConfig | dict | None = None, **kwargs: Any):
@@ -218,7 +228,7 @@ class GainRLMixin:
         if gainrl is None:
             gainrl = GainRLConfig()
         elif isinstance(gainrl, dict):
-            gainrl = GainRLConfig(**gainrl)
+            gainrl = GainRLConfig.from_dict(gainrl)
         self.gainrl_config: GainRLConfig = gainrl
         if not hasattr(self, "_calculate_rewards") or not hasattr(self, "num_generations"):
             raise TypeError("GainRLMixin needs a TRL GRPOTrainer (with _calculate_rewards and num_generations)")
@@ -231,21 +241,15 @@ class GainRLMixin:
     def _gainrl_chunk(self) -> int:
         return self.args.generation_batch_size // self.num_generations
 
-    def _build_gainrl_curriculum(self, dataset: Any) -> GainRLCurriculum:
+    def _build_gainrl_curriculum(self, dataset: Any) -> Curriculum:
         cfg = self.gainrl_config
         if dataset is None:
-            raise ValueError("GAIN-RL needs a train_dataset (the ranked Parquet)")
+            raise UserError("GAIN-RL needs a train_dataset (the ranked Parquet)")
         if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-            raise TypeError("GAIN-RL needs a map-style train_dataset (random access by rank), not a streaming one")
-        ranks = read_ranks(dataset, cfg.rank_column)
-        angles, angle_default = resolve_angle(dataset, cfg.angle)
-        seed = self.args.seed if cfg.seed is None else cfg.seed
-        shuffle = getattr(self, "shuffle_dataset", True) if cfg.shuffle is None else cfg.shuffle
-        return GainRLCurriculum(
-            ranks, cfg.subset_size, angles=angles, angle_default=angle_default, chunk=self._gainrl_chunk(),
-            mu0=cfg.mu0, sigma=cfg.sigma, step=cfg.step, alpha=cfg.alpha, beta_acc=cfg.beta_acc,
-            adj_min=cfg.adj_min, adj_max=cfg.adj_max, seed=int(seed), shuffle=bool(shuffle),
-        )
+            raise UserError("GAIN-RL needs a map-style train_dataset (random access by rank), not a streaming one")
+        config = cfg.curriculum_config(seed=self.args.seed, shuffle=getattr(self, "shuffle_dataset", True))
+        return curriculum_for(dataset, config, rank_column=cfg.rank_column, angle=cfg.angle,
+                              chunk=self._gainrl_chunk())
 
     def _resolve_reward_func(self, which: str | int | None) -> int | None:
         if which is None:
@@ -253,16 +257,16 @@ class GainRLMixin:
         names = list(getattr(self, "reward_func_names", []))
         if isinstance(which, int):
             if not 0 <= which < len(names):
-                raise ValueError(f"reward_func index {which} out of range for {len(names)} reward functions")
+                raise UserError(f"reward_func index {which} out of range for {len(names)} reward functions")
             return which
         if which not in names:
-            raise ValueError(f"reward_func {which!r} is not one of the trainer's reward functions {names}")
+            raise UserError(f"reward_func {which!r} is not one of the trainer's reward functions {names}")
         return names.index(which)
 
     # -- TRL hooks
     def _get_train_sampler(self, dataset: Any = None) -> GainRLRepeatSampler:
         if dataset is not None and len(dataset) != self.gainrl.n_items:
-            raise ValueError(
+            raise UserError(
                 f"the train dataset has {len(dataset)} rows but the GAIN-RL curriculum was built on "
                 f"{self.gainrl.n_items}; build the trainer on the data it trains on"
             )
@@ -282,6 +286,11 @@ class GainRLMixin:
         return rewards_per_func
 
     def _gainrl_observe(self, rewards_per_func: Any) -> None:
+        """Per-completion rewards of the chosen function (or TRL's weighted sum) to the curriculum.
+
+        The curriculum applies the one correctness rule (reward >= correct_threshold);
+        a completion no reward function could score (all NaN) is left out, as TRL does.
+        """
         import torch
 
         r = rewards_per_func.detach().float().cpu()
@@ -290,30 +299,26 @@ class GainRLMixin:
         else:
             weights = self.reward_weights.detach().float().cpu().unsqueeze(0)
             rewards = (r * weights).nansum(dim=1)
-            rewards[torch.isnan(r).all(dim=1)] = torch.nan  # unscorable completions, as TRL does
-        cfg = self.gainrl_config
-        scores = completion_scores(
-            rewards.numpy(), mode=cfg.accuracy, threshold=cfg.reward_threshold, reward_range=cfg.reward_range
-        )
-        self.gainrl.observe(scores)
+            rewards[torch.isnan(r).all(dim=1)] = torch.nan
+        self.gainrl.observe(rewards.numpy())
 
     def _gainrl_end_epoch(self) -> dict | None:
         record = self.gainrl.end_epoch()
-        if record is not None:
-            metrics = getattr(self, "_metrics", None)
-            if isinstance(metrics, dict) and "train" in metrics:
-                metrics["train"]["gainrl/mu"].append(record["mu"])
-                metrics["train"]["gainrl/delta"].append(record["delta"])
-                metrics["train"]["gainrl/angle"].append(record["angle"])
-                if record["accuracy"] is not None:
-                    metrics["train"]["gainrl/accuracy"].append(record["accuracy"])
+        metrics = getattr(self, "_metrics", None)
+        if record is not None and isinstance(metrics, dict) and "train" in metrics:
+            # gainrl/mu is the centre the next epoch draws around (after this epoch's move)
+            logged = {"gainrl/mu": record["mu_next"], "gainrl/delta": record["delta"],
+                      "gainrl/angle": record["angle"], "gainrl/accuracy": record["accuracy"]}
+            for key, value in logged.items():
+                if value is not None:
+                    metrics["train"][key].append(value)
         return record
 
     # -- checkpoints
     def save_gainrl_state(self, folder: str) -> str:
         """Write the curriculum state to ``folder/gainrl_state.json`` (atomic)."""
         path = os.path.join(folder, STATE_FILE)
-        payload = {"config": _jsonable(asdict(self.gainrl_config)), "curriculum": self.gainrl.state_dict()}
+        payload = {"config": asdict(self.gainrl_config), "curriculum": self.gainrl.state_dict()}
         tmp = path + ".tmp"
         with open(tmp, "w") as fh:
             json.dump(payload, fh)
@@ -344,14 +349,6 @@ class GainRLMixin:
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 _LAZY: dict[str, type] = {}
 
 
@@ -359,9 +356,7 @@ def _build_trainer_class() -> type:
     try:
         from trl import GRPOTrainer
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "anglerank.integrations.trl needs the `trl` package: pip install trl"
-        ) from exc
+        raise MissingExtra("anglerank.integrations.trl needs the `trl` package: pip install trl") from exc
 
     cls = type(
         "GainRLGRPOTrainer",

@@ -27,12 +27,14 @@ How GAIN-RL maps onto that:
   down to a multiple of the loader's batch size (``data.gen_batch_size`` or
   else ``data.train_batch_size``) because verl drops the last partial batch;
 - ``update(batch)`` sums each response's ``token_level_scores`` (else
-  ``token_level_rewards``) over tokens, counts it correct if the sum is above
-  ``correct_threshold`` (or maps it from ``reward_range`` to 0..1 with
-  ``accuracy=mean``), and accumulates the epoch's accuracy over all ``n``
-  responses of every prompt. When the update for the epoch's last batch
-  arrives, ``mu`` moves by the rule (no lag) with the angle term the mean
-  ``angle_score`` of the epoch's prompts;
+  ``token_level_rewards``) over tokens and hands these rewards to the
+  :class:`anglerank.curriculum.Curriculum`, which counts a response correct
+  when its reward is ``>= correct_threshold`` (the curriculum's one rule) and
+  accumulates the epoch's accuracy over all ``n`` responses of every prompt.
+  When the update for the epoch's last batch arrives, the window moves by the
+  rule (no lag) with the angle term the mean ``angle_score`` of the epoch's
+  prompts, and stays on the data (clamped to the last rank, or a new pass
+  with ``wrap``);
 - ``state_dict()`` / ``load_state_dict()`` carry ``mu``, the generator, the
   epoch's subset, the position in it and the accuracy so far, so a resumed run
   continues the epoch where the checkpoint left it. verl saves the checkpoint
@@ -40,27 +42,23 @@ How GAIN-RL maps onto that:
   checkpointed step itself are missing from a resumed epoch's accuracy.
 
 Configuration: keys of ``data.gainrl`` (and, with lower precedence, extra keys
-of ``data.sampler``), all optional; rank-unit values are ranks (an int) or
-fractions of the data set size (a float in (0, 1])::
+of ``data.sampler``), all optional: every field of
+:class:`anglerank.curriculum.CurriculumConfig` with its defaults (the same as
+``anglerank train``: ``sampler``, ``subset_size``, ``mu0``, ``sigma``,
+``step``, ``alpha``, ``beta_acc``, ``adj_min``, ``adj_max``, ``wrap``,
+``shuffle``, ``seed``, ``correct_threshold``; rank-unit values are ranks, an
+int, or fractions of the data set size, a float in (0, 1]), plus::
 
-    subset_size        256            prompts per epoch (K)
-    mu0                0.0            initial centre
-    sigma              0.1333 (2/15)  Gaussian width         (1000 ranks at N = 7,500)
-    step               0.0667 (1/15)  n of the update rule   (500 ranks at N = 7,500)
-    alpha              2.0            tanh slope
-    beta_acc           0.5            accuracy where the accuracy term is 0
-    adj_min            0.0            lower clamp of the update (< 0 lets mu move back)
-    adj_max            0.1333 (2/15)  upper clamp            (1000 ranks at N = 7,500)
     seed               data.seed, else 0
-    shuffle            true           shuffle the subset within the epoch
     rank_column        angle_rank
     angle              angle_score    column averaged over the epoch, or a number
     reward_key         token_level_scores   a batch tensor (summed over the last dim) or a
                                       non_tensor_batch key (one value per response, e.g. acc)
-    accuracy           threshold      threshold | mean
-    correct_threshold  0.0            correct iff reward > this (threshold mode)
-    reward_range       [0.0, 1.0]     rewards mapped to 0 and 1 (mean mode)
     batch_size         data.gen_batch_size, else data.train_batch_size
+
+The earlier ``accuracy`` and ``reward_range`` keys are gone, and
+``correct_threshold`` now means ``reward >= correct_threshold`` with default
+1.0 (it was ``reward > 0.0``).
 
 ``GainRLSampler`` inherits verl's ``AbstractCurriculumSampler`` when verl is
 importable (verl checks ``isinstance`` before calling ``update``); otherwise it
@@ -70,28 +68,22 @@ built on first access, so importing this module does not import verl.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
-from anglerank.integrations import (
-    DEFAULTS,
-    GainRLCurriculum,
-    completion_scores,
-    read_ranks,
-    resolve_angle,
-)
+from anglerank.curriculum import CurriculumConfig
+from anglerank.errors import UserError
+from anglerank.integrations.columns import curriculum_for
 
-__all__ = ["CONFIG_KEYS", "GainRLSampler", "response_rewards"]
+__all__ = ["CONFIG_KEYS", "GainRLSampler", "read_options", "response_rewards"]
 
-logger = logging.getLogger(__name__)
-
-CONFIG_KEYS = (
-    "subset_size", "mu0", "sigma", "step", "alpha", "beta_acc", "adj_min", "adj_max", "seed", "shuffle",
-    "rank_column", "angle", "reward_key", "accuracy", "correct_threshold", "reward_range", "batch_size",
-)
+_CURRICULUM_KEYS = tuple(f.name for f in fields(CurriculumConfig))
+CONFIG_KEYS = (*_CURRICULUM_KEYS, "rank_column", "angle", "reward_key", "batch_size")
+# Options of earlier releases, replaced by the curriculum's one correctness rule.
+_REMOVED = ("accuracy", "reward_range")
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -117,24 +109,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _keys(section: Any) -> list:
+    return list(section.keys() if hasattr(section, "keys") else vars(section))
+
+
 def read_options(data_config: Any) -> dict:
     """GAIN-RL options from ``data_config.sampler`` extras then ``data_config.gainrl``."""
     opts: dict[str, Any] = {}
-    sampler = _get(data_config, "sampler")
-    if sampler is not None:  # verl may add keys of its own here: take only ours
-        for key in CONFIG_KEYS:
-            value = _get(sampler, key)
-            if value is not None:
-                opts[key] = _plain(value)
-    gainrl = _get(data_config, "gainrl")
-    if gainrl is not None:  # our own section: a typo is an error
-        for key in (gainrl.keys() if hasattr(gainrl, "keys") else vars(gainrl)):
-            if key not in CONFIG_KEYS:
-                raise ValueError(f"unknown GAIN-RL option data.gainrl.{key}; known: {', '.join(CONFIG_KEYS)}")
-            value = _get(gainrl, key)
+    for name in ("sampler", "gainrl"):
+        section = _get(data_config, name)
+        if section is None:
+            continue
+        for key in _keys(section):
+            if key in _REMOVED:
+                raise UserError(f"data.{name}.{key} was removed: a response is correct when its reward >= "
+                                "correct_threshold (default 1.0)")
+            if key not in CONFIG_KEYS and name == "gainrl":  # our own section: a typo is an error
+                raise UserError(f"unknown GAIN-RL option data.gainrl.{key}; known: {', '.join(CONFIG_KEYS)}")
+        for key in CONFIG_KEYS:  # data.sampler may hold verl's own keys too: take only ours
+            value = _get(section, key)
             if value is not None:
                 opts[key] = _plain(value)
     return opts
+
+
+def curriculum_config(opts: dict, data_config: Any) -> CurriculumConfig:
+    """The curriculum settings of :func:`read_options`' result; the seed defaults to ``data.seed``."""
+    values = {k: v for k, v in opts.items() if k in _CURRICULUM_KEYS}
+    values["seed"] = int(opts.get("seed", _get(data_config, "seed", 0)))
+    if "shuffle" in values:
+        values["shuffle"] = bool(values["shuffle"])
+    return CurriculumConfig(**values)
 
 
 def response_rewards(batch: Any, reward_key: str | None = None) -> np.ndarray:
@@ -159,7 +164,7 @@ def response_rewards(batch: Any, reward_key: str | None = None) -> np.ndarray:
                 [np.nan if v is None else float(v) for v in np.asarray(non_tensors[key]).reshape(-1)],
                 dtype=np.float64,
             )
-    raise KeyError(
+    raise UserError(
         f"the batch has no reward {keys} (tensor keys: {list(tensors.keys()) if tensors is not None else []}, "
         f"non-tensor keys: {list(non_tensors)})"
     )
@@ -174,31 +179,10 @@ class _GainRLSamplerImpl:
         batch_size = opts.get("batch_size") or _get(data_config, "gen_batch_size") or _get(
             data_config, "train_batch_size", 1
         )
-        seed = opts.get("seed", _get(data_config, "seed", 0))
-        ranks = read_ranks(data_source, opts.get("rank_column", "angle_rank"))
-        if len(ranks) != len(data_source):
-            raise ValueError(f"rank column has {len(ranks)} values for {len(data_source)} rows")
-        angles, angle_default = resolve_angle(data_source, opts.get("angle", "angle_score"))
         self.reward_key = opts.get("reward_key")
-        self.accuracy_mode = str(opts.get("accuracy", "threshold"))
-        self.correct_threshold = float(opts.get("correct_threshold", 0.0))
-        self.reward_range = tuple(float(x) for x in opts.get("reward_range", (0.0, 1.0)))
-        completion_scores([], mode=self.accuracy_mode, reward_range=self.reward_range)  # validate early
-        self.curriculum = GainRLCurriculum(
-            ranks,
-            int(opts.get("subset_size", DEFAULTS["subset_size"])),
-            angles=angles,
-            angle_default=angle_default,
-            chunk=int(batch_size),
-            mu0=opts.get("mu0", DEFAULTS["mu0"]),
-            sigma=opts.get("sigma", DEFAULTS["sigma"]),
-            step=opts.get("step", DEFAULTS["step"]),
-            alpha=opts.get("alpha", DEFAULTS["alpha"]),
-            beta_acc=opts.get("beta_acc", DEFAULTS["beta_acc"]),
-            adj_min=opts.get("adj_min", DEFAULTS["adj_min"]),
-            adj_max=opts.get("adj_max", DEFAULTS["adj_max"]),
-            seed=int(seed),
-            shuffle=bool(opts.get("shuffle", True)),
+        self.curriculum = curriculum_for(
+            data_source, curriculum_config(opts, data_config), rank_column=opts.get("rank_column", "angle_rank"),
+            angle=opts.get("angle", "angle_score"), chunk=int(batch_size),
         )
         self.position = 0  # indices of the current epoch already yielded
         self._resume = False  # set by load_state_dict: continue the restored epoch
@@ -229,17 +213,13 @@ class _GainRLSamplerImpl:
     # -- curriculum feedback
     def update(self, batch: Any) -> None:
         """Record the step's response rewards; close the epoch after its last batch."""
-        rewards = response_rewards(batch, self.reward_key)
-        scores = completion_scores(
-            rewards, mode=self.accuracy_mode, threshold=self.correct_threshold, reward_range=self.reward_range
-        )
         cur = self.curriculum
-        cur.observe(scores)
+        cur.observe(response_rewards(batch, self.reward_key))
         if cur.open and cur.rows is not None and self.position >= len(cur.rows):
             cur.end_epoch()
 
     @property
-    def mu(self) -> float:
+    def mu(self) -> float | None:
         return self.curriculum.mu
 
     # -- checkpointing (torchdata's StatefulDataLoader calls these)

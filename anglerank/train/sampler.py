@@ -1,3 +1,5 @@
+# TEMPORARY shim (lead removes): superseded by anglerank.curriculum; kept only because anglerank/rank.py
+# (sample) and tests/test_rank.py still import it. Replace with anglerank.curriculum.open_loop_schedule.
 """Gaussian rank-window sampler for the GAIN-RL curriculum (METHOD.md section 3).
 
 This module exists to draw each epoch's training subset from the angle-ranked

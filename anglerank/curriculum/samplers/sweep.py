@@ -9,11 +9,13 @@ window itself.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from anglerank.curriculum.registry import register
 from anglerank.curriculum.samplers.gainrl import GaussianRankSampler
-from anglerank.curriculum.units import positive_int, resolve_rank_units
+from anglerank.curriculum.units import resolve_rank_units
 from anglerank.errors import UserError
 
 __all__ = ["SweepSampler", "open_loop_schedule"]
@@ -39,7 +41,8 @@ def open_loop_schedule(n_items: int, subset_size, epochs: int, *, mu0=0, sigma=N
     """
     from anglerank.curriculum.config import DEFAULTS
 
-    epochs = positive_int("epochs", epochs)
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
+        raise UserError(f"epochs must be a non-negative integer, got {epochs!r}")
     k = int(round(resolve_rank_units(subset_size, n_items)))
     if k < 1:
         raise UserError(f"the subset must resolve to at least 1 row, got {subset_size!r} of {n_items}")
