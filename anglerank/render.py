@@ -8,6 +8,8 @@ mapping then maps those characters to tokens.
 
 from __future__ import annotations
 
+from anglerank.errors import UserError
+
 from dataclasses import dataclass
 
 PRESETS = ("none", "gainrl")
@@ -29,7 +31,7 @@ GAINRL_SHOT = [
 _SENTINEL = "\u2063QSENTINEL\u2063"
 
 
-class RenderError(Exception):
+class RenderError(UserError):
     """A configuration problem that affects every row (e.g. no chat template)."""
 
 

@@ -7,6 +7,8 @@ sees a half-written part, and an interrupted run knows exactly which rows are do
 
 from __future__ import annotations
 
+from anglerank.errors import UserError
+
 import json
 import os
 import time
@@ -21,7 +23,7 @@ DONE = "DONE"
 PART_GLOB = "scores-*.arrow"
 
 
-class OutputError(Exception):
+class OutputError(UserError):
     """A user-facing output problem (exists, unwritable)."""
 
 
