@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, fail, user_errors
+from anglerank.errors import UserError
 
 # --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
 
@@ -46,7 +47,7 @@ def _scored_data(scores_dir: Path, data: list[str] | None) -> list[str]:
     gone = [p for p in paths if not Path(p).exists()]
     if not paths or gone:
         why = f" ({gone[0]}, recorded in the manifest, no longer exists)" if gone else ""
-        raise ValueError(f"--data is required: the Parquet input(s) that were scored, in the same order{why}")
+        raise UserError(f"--data is required: the Parquet input(s) that were scored, in the same order{why}")
     return paths
 
 
@@ -115,11 +116,16 @@ def sample_cmd(
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Number of epochs (files) to write.", show_default=False)],
     data: DataOpt = None,
     mu0: Annotated[str, typer.Option("--mu0", help="Window centre of epoch 0. " + RANK_UNITS)] = "0",
-    sigma: Annotated[str, typer.Option(
-        "--sigma", help="Window width. Default 0.1333 N, the authors' 1000 ranks for 7,500 prompts. " + RANK_UNITS)] = "0.1333",
+    sigma: Annotated[Optional[str], typer.Option(
+        "--sigma", help="Window width. Default 2/15 N (0.1333 N), the authors' 1000 ranks for 7,500 prompts. "
+        + RANK_UNITS, show_default=False)] = None,
     step: Annotated[Optional[str], typer.Option(
         "--step", help="Centre move per epoch: mu_t = mu0 + t * step. Default: sweep from mu0 to the last rank "
-        "over the epochs. " + RANK_UNITS, show_default=False)] = None,
+        "over the epochs. The centre stays on the data: past the last rank it stays there (or see --wrap). "
+        + RANK_UNITS, show_default=False)] = None,
+    wrap: Annotated[bool, typer.Option(
+        "--wrap", help="When the centre passes the last rank, start a new pass at rank 0 instead of staying at "
+        "the end.")] = False,
     seed: SeedOpt = 0,
     keep_order: Annotated[bool, typer.Option(
         "--keep-order", help="Keep each epoch's rows in rank order (the released code's behaviour) instead of "
@@ -152,7 +158,7 @@ def sample_cmd(
     from anglerank.rank import sample
 
     s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, mu0=mu0, sigma=sigma, step=step,
-               seed=seed, keep_order=keep_order, concat=concat, by=by, ascending=ascending,
+               wrap=wrap, seed=seed, keep_order=keep_order, concat=concat, by=by, ascending=ascending,
                include_null=include_null, force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
     if json_out:
         typer.echo(json.dumps(s, indent=2))

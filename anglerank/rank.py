@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -45,8 +44,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anglerank.curriculum.units import parse_rank_value
 from anglerank.data.reader import InputError, file_fingerprint, resolve_inputs
 from anglerank.data.writer import MANIFEST, OutputError, read_manifest
+from anglerank.errors import MissingExtra, UserError
 
 __all__ = [
     "ANGLE_COLUMNS", "BY_CHOICES", "rank", "sample", "inspect", "rank_table", "load_layer_scores",
@@ -67,10 +68,6 @@ EPOCH_FIELD = pa.field("epoch", pa.int64())
 DEFAULT_MEMORY_MB = 1024
 ROW_GROUP_ROWS = 16384
 _HF_TYPES = {pa.float64(): "float64", pa.int64(): "int64"}
-
-
-class MissingExtra(ValueError):
-    """An optional dependency is missing (the CLI prints it as a one-line error)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -196,12 +193,12 @@ def load_layer_scores(scores_dir, layer: int | None = None, force: bool = False)
     if layer is not None and int(layer) < 0 and manifest.get("num_layers"):
         layer = int(layer) + int(manifest["num_layers"])  # -1 = the model's last layer, as in `score`
     if layer is not None and layers and int(layer) not in layers:
-        raise ValueError(
+        raise UserError(
             f"layer {layer} was not scored in {d}; scored layers: {', '.join(map(str, layers))} "
             "(absolute layer numbers, as in its manifest)"
         )
     if layer is None and len(layers) > 1:
-        raise ValueError(
+        raise UserError(
             f"{d} holds scores for several layers ({', '.join(map(str, layers))}); choose one with --layer"
         )
     chosen = int(layer) if layer is not None else (layers[0] if layers else None)
@@ -240,7 +237,7 @@ def rank_table(scores, n_rows: int, by: str = "score", ascending: bool = False, 
     import polars as pl
 
     if by not in BY_CHOICES:
-        raise ValueError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
+        raise UserError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
     base = pl.DataFrame({ROW: np.arange(n_rows, dtype=np.int64)})
     s = scores.select(ROW, "intra", "inter", "score").filter(pl.col(ROW) < n_rows)
     df = base.join(s, on=ROW, how="left").sort([by, ROW], descending=[not ascending, False], nulls_last=True)
@@ -425,7 +422,7 @@ def rank(
     """
     t0 = time.perf_counter()
     if by not in BY_CHOICES:
-        raise ValueError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
+        raise UserError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
     inputs = Inputs.open(data)
     out = Path(output)
     _check_output_file(out, inputs, overwrite)
@@ -472,27 +469,6 @@ def rank(
 
 # --------------------------------------------------------------------------- sample
 
-_INT_RE = re.compile(r"^[+-]?\d+$")
-
-
-def parse_rank_value(text) -> int | float:
-    """Command-line text -> int (rank units) or float (fraction of N when 0 < |x| <= 1).
-
-    An integer literal (``750``, ``1``) stays an int, so ``1`` means one rank; anything
-    else is parsed as a float (``0.1``, ``1.0``, ``1e3``). See ``resolve_rank_units``.
-    """
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return text
-    s = str(text).strip()
-    if _INT_RE.match(s):
-        return int(s)
-    try:
-        v = float(s)
-    except ValueError:
-        raise ValueError(f"not a number: {text!r} (use ranks like 750 or a fraction of N like 0.1)") from None
-    if not math.isfinite(v):
-        raise ValueError(f"not a finite number: {text!r}")
-    return v
 
 
 def _epoch_groups(sizes: list[int], window: int) -> Iterator[range]:
@@ -530,10 +506,11 @@ def sample(
     output,
     *,
     mu0=0,
-    sigma=0.1333,
+    sigma=None,
     step=None,
     seed: int = 0,
     keep_order: bool = False,
+    wrap: bool = False,
     concat: bool = False,
     by: str = "score",
     ascending: bool = False,
@@ -552,18 +529,21 @@ def sample(
     ``mu0``, ``sigma``, ``step`` and ``subset`` follow ``resolve_rank_units``: an int is
     ranks, a float in (0, 1] a fraction of N (``0.1 -> 0.1 N``), a larger float ranks.
     ``step=None`` sweeps the centre from ``mu0`` to the last rank over the epochs.
-    Default ``sigma`` 0.1333 N is the authors' 1000 ranks scaled from their 7,500 prompts.
+    Default ``sigma`` is the curriculum's (2/15 N, the authors' 1000 ranks scaled from
+    their 7,500 prompts). The centre stays on the data: a step that would carry it past
+    the last rank leaves it there (every later epoch still draws K distinct rows spread
+    over the tail), or with ``wrap`` starts a new pass at rank 0.
 
     Output: ``output/epoch_0000.parquet`` ... plus ``output/sample.json``; with
     ``concat`` the single file ``output`` holding all epochs in order. Every file keeps
     the input columns and adds the ``angle_*`` columns and ``epoch``. Rows are shuffled
     within an epoch (seeded) unless ``keep_order`` (then in rank order).
     """
-    from anglerank.train.sampler import GaussianRankSampler, resolve_rank_units
+    from anglerank.curriculum import draw_schedule, sweep_sampler
 
     t0 = time.perf_counter()
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"--epochs must be a positive integer, got {epochs!r}")
+        raise UserError(f"--epochs must be a positive integer, got {epochs!r}")
     inputs = Inputs.open(data)
     out = Path(output)
     if concat:
@@ -574,28 +554,16 @@ def sample(
     n = table.height
     if n == 0:
         raise InputError("no scored rows to sample from" + ("" if include_null else " (all scores are null)"))
-    k_val = resolve_rank_units(parse_rank_value(subset), n)
-    k = int(round(k_val))
-    if k < 1:
-        raise ValueError(f"--subset must resolve to at least 1 row, got {subset!r} ({k_val:g} of {n})")
-    sampler = GaussianRankSampler(
-        n, min(k, n), mu0=parse_rank_value(mu0), sigma=parse_rank_value(sigma), step=0, seed=seed,
-        shuffle=not keep_order,
-    )
-    if step is None:
-        step_abs = (n - 1 - sampler.mu0) / (epochs - 1) if epochs > 1 else 0.0
-    else:
-        step_abs = resolve_rank_units(parse_rank_value(step), n)
-    draws, mus = [], []
-    for t in range(epochs):
-        sampler.mu = sampler.mu0 + t * step_abs
-        mus.append(float(sampler.mu))
-        draws.append(sampler.draw())
+    parse = lambda v: None if v is None else parse_rank_value(v)  # noqa: E731
+    sampler = sweep_sampler(n, parse(subset), epochs, mu0=parse(mu0), sigma=parse(sigma), step=parse(step),
+                            seed=seed, shuffle=not keep_order, wrap=wrap)
+    step_abs = sampler.step
+    draws, mus = draw_schedule(sampler, epochs)
 
     window = int(window_rows) if window_rows else inputs.window_rows(memory_mb)
     params = {
         "n_items": n, "subset": sampler.subset_size, "epochs": epochs, "mu0": sampler.mu0, "sigma": sampler.sigma,
-        "step": step_abs, "seed": seed, "shuffle": not keep_order, "by": by, "ascending": ascending,
+        "step": step_abs, "wrap": wrap, "seed": seed, "shuffle": not keep_order, "by": by, "ascending": ascending,
         "include_null": include_null, "mu": mus,
     }
     if EPOCH_FIELD.name in inputs.schema.names:
@@ -721,9 +689,9 @@ def inspect(
     from anglerank.angles import spearman
 
     if k < 0:
-        raise ValueError("-k must be >= 0")
+        raise UserError("-k must be >= 0")
     if bins < 1:
-        raise ValueError("--bins must be >= 1")
+        raise UserError("--bins must be >= 1")
     if plot is not None:
         _require_matplotlib()
     manifest = _open_manifest(scores_dir, force)

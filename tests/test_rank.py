@@ -28,7 +28,7 @@ from anglerank.data.writer import OutputError, load_scores, score_schema, write_
 from anglerank.rank import (
     ANGLE_COLUMNS, MissingExtra, inspect, parse_rank_value, rank, sample, text_histogram,
 )
-from anglerank.train.sampler import gaussian_subsets
+from anglerank.curriculum import open_loop_schedule
 
 HF_META = {"info": {"features": {"data_source": {"dtype": "string", "_type": "Value"}}}}
 
@@ -383,8 +383,8 @@ def test_sample_files_determinism_order_and_concat(tmp_path):
     sample(sdir, data, 6, 4, tmp_path / "k", **kw, keep_order=True)
     sample(sdir, data, 6, 4, tmp_path / "all.parquet", **kw, concat=True)
     src = pq.read_table(data)
-    expect = gaussian_subsets(30, 6, 4, mu0=0, sigma=0.2, step=3, seed=11, shuffle=True)
-    expect_kept = gaussian_subsets(30, 6, 4, mu0=0, sigma=0.2, step=3, seed=11, shuffle=False)
+    expect, _ = open_loop_schedule(30, 6, 4, mu0=0, sigma=0.2, step=3, seed=11, shuffle=True)
+    expect_kept, _ = open_loop_schedule(30, 6, 4, mu0=0, sigma=0.2, step=3, seed=11, shuffle=False)
     order = expected_order(terms)  # rank -> input row
     epochs_a, differs, shuffled = [], False, False
     for t in range(4):
@@ -427,6 +427,37 @@ def test_sample_default_sweep_and_nulls(setup30, tmp_path):
     assert pq.read_table(tmp_path / "p" / "epoch_0000.parquet").num_rows == 30
     with pytest.raises(ValueError, match="--epochs"):
         sample(sdir, data, 3, 0, tmp_path / "q")
+
+
+def test_sample_far_past_the_end_keeps_drawing_the_tail(tmp_path):
+    """A step that carries the centre far past N: the window stays at the last rank, and every late
+    epoch is K distinct rows spread over the tail, not the same handful (issue 10)."""
+    # the tail at mu = N-1 holds about 1.25 sigma = 37 ranks of mass: 8 of them overlap ~8*8/37 ~ 2 rows
+    # from one epoch to the next; an unbounded centre (mu = 725 here) would pick nearly the same 8 every time
+    n, k, sigma = 300, 8, 30
+    data, sdir, _ = _ranked_setup(tmp_path, n)
+    res = _cli(["sample", sdir, "--data", data, "-k", k, "-e", 30, "--sigma", sigma, "--step", 25, "--mu0", 0,
+                "-o", tmp_path / "far", "--seed", 3, "--quiet"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / "far" / "sample.json").read_text())
+    assert max(info["mu"]) == n - 1 and info["mu"][-10:] == [n - 1] * 10
+    late = [pq.read_table(tmp_path / "far" / f"epoch_{t:04d}.parquet").column("angle_rank").to_pylist()
+            for t in range(20, 30)]
+    for ranks in late:
+        assert len(ranks) == k and len(set(ranks)) == k
+        assert min(ranks) >= n - 1 - 4 * sigma  # the tail ...
+        assert max(ranks) - min(ranks) > sigma  # ... spread over it
+    overlaps = [len(set(a) & set(b)) for a, b in zip(late, late[1:])]
+    assert sum(overlaps) / len(overlaps) <= k / 2  # not the same handful every epoch
+    assert len(set().union(*map(set, late))) > sigma
+
+
+def test_sample_wrap_starts_a_new_pass(tmp_path):
+    data, sdir, _ = _ranked_setup(tmp_path, 60)
+    s = sample(sdir, data, 5, 8, tmp_path / "w", sigma=3, step=20, wrap=True)
+    assert s["mu"] == pytest.approx([0, 20, 40, 0, 20, 40, 0, 20])  # 60 > 59: wraps to 60 - 60 = 0
+    first = pq.read_table(tmp_path / "w" / "epoch_0003.parquet").column("angle_rank").to_pylist()
+    assert max(first) < 15  # back at the top of the ranking
 
 
 def test_parse_rank_value():

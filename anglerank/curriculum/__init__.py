@@ -14,9 +14,9 @@
 from anglerank.curriculum.config import DEFAULTS, HELP, RANK_FIELDS, CurriculumConfig, correct
 from anglerank.curriculum.epoch import Curriculum, rank_order
 from anglerank.curriculum.registry import make_sampler, register, sampler_class, sampler_names
-from anglerank.curriculum.samplers.sweep import open_loop_schedule
+from anglerank.curriculum.samplers.sweep import draw_schedule, open_loop_schedule, sweep_sampler
 from anglerank.curriculum.units import parse_rank_value, resolve_rank_units
 
 __all__ = ["DEFAULTS", "HELP", "RANK_FIELDS", "CurriculumConfig", "Curriculum", "correct", "make_sampler",
-           "open_loop_schedule", "parse_rank_value", "rank_order", "register", "resolve_rank_units",
-           "sampler_class", "sampler_names"]
+           "draw_schedule", "open_loop_schedule", "parse_rank_value", "rank_order", "register", "resolve_rank_units",
+           "sampler_class", "sampler_names", "sweep_sampler"]

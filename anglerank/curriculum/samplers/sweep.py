@@ -18,7 +18,7 @@ from anglerank.curriculum.samplers.gainrl import GaussianRankSampler
 from anglerank.curriculum.units import resolve_rank_units
 from anglerank.errors import UserError
 
-__all__ = ["SweepSampler", "open_loop_schedule"]
+__all__ = ["SweepSampler", "sweep_sampler", "draw_schedule", "open_loop_schedule"]
 
 
 @register("sweep")
@@ -29,15 +29,14 @@ class SweepSampler(GaussianRankSampler):
         return float(self.step)
 
 
-def open_loop_schedule(n_items: int, subset_size, epochs: int, *, mu0=0, sigma=None, step=None, seed: int = 0,
-                       shuffle: bool = True, wrap: bool = False) -> tuple[list[np.ndarray], list[float]]:
-    """Every epoch's draw (rank positions) and window centre, computed ahead of training.
+def sweep_sampler(n_items: int, subset_size, epochs: int, *, mu0=0, sigma=None, step=None, seed: int = 0,
+                  shuffle: bool = True, wrap: bool = False) -> SweepSampler:
+    """The sweep for an ``epochs``-long schedule, with its rank-unit arguments resolved.
 
     ``subset_size``, ``mu0``, ``sigma`` and ``step`` are rank units or
     fractions of N (anglerank.curriculum.units); ``sigma=None`` is the
     curriculum default; ``step=None`` moves the centre from ``mu0`` to the
-    last rank over the epochs. One seeded generator serves all epochs, so the
-    result is a deterministic function of the arguments.
+    last rank over the epochs.
     """
     from anglerank.curriculum.config import DEFAULTS
 
@@ -52,9 +51,23 @@ def open_loop_schedule(n_items: int, subset_size, epochs: int, *, mu0=0, sigma=N
         sampler.step = (n_items - 1 - sampler.mu) / (epochs - 1) if epochs > 1 else 0.0
     else:
         sampler.step = resolve_rank_units(step, n_items)
+    return sampler
+
+
+def draw_schedule(sampler: SweepSampler, epochs: int) -> tuple[list[np.ndarray], list[float]]:
+    """``epochs`` draws (rank positions) of an open-loop sampler and the window centre of each."""
     draws, mus = [], []
     for _ in range(epochs):
         mus.append(float(sampler.mu))
         draws.append(sampler.draw())
         sampler.update(0.0, 0.0)
     return draws, mus
+
+
+def open_loop_schedule(n_items: int, subset_size, epochs: int, **kwargs) -> tuple[list[np.ndarray], list[float]]:
+    """Every epoch's draw and window centre, computed ahead of training (arguments as :func:`sweep_sampler`).
+
+    One seeded generator serves all epochs, so the result is a deterministic
+    function of the arguments.
+    """
+    return draw_schedule(sweep_sampler(n_items, subset_size, epochs, **kwargs), epochs)
