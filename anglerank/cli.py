@@ -20,6 +20,7 @@ from anglerank.cli_common import (
     LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
     PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, score_options, user_errors,
 )
+from anglerank.errors import UserError
 
 app = typer.Typer(
     help="GAIN-RL angle-concentration scoring and curricula for RL fine-tuning of LLMs.",
@@ -119,7 +120,7 @@ def score(
 
     opt = score_options(locals())
     if (num_shards is None) != (shard_index is None):
-        raise ValueError("--num-shards and --shard-index go together")
+        raise UserError("--num-shards and --shard-index go together")
     from anglerank.score import distributed_env
 
     dist_env = distributed_env() if num_shards is None else None

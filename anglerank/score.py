@@ -31,17 +31,10 @@ from anglerank.data.writer import (
     score_schema,
     write_json_atomic,
 )
+from anglerank.errors import Interrupted, UserError  # noqa: F401  (Interrupted: re-exported for callers)
 from anglerank.render import Renderer
 
 ESTIMATORS = ("paper", "gainrl-code")
-
-
-class Interrupted(Exception):
-    """Raised after a clean stop on Ctrl-C / SIGTERM; carries the exit code."""
-
-    def __init__(self, code: int, message: str):
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
@@ -67,16 +60,16 @@ class ScoreOptions:
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+            raise UserError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.site not in hooks.SITES:
-            raise ValueError(f"unknown hook site {self.site!r}; choose from {', '.join(hooks.SITES)}")
+            raise UserError(f"unknown hook site {self.site!r}; choose from {', '.join(hooks.SITES)}")
         if self.w_inter is None:
             self.w_inter = 8.0 if self.estimator == "gainrl-code" else 1.0
         for name, w in (("--w-intra", self.w_intra), ("--w-inter", self.w_inter)):
             if not math.isfinite(w):
-                raise ValueError(f"{name} must be a finite number, got {w}")
+                raise UserError(f"{name} must be a finite number, got {w}")
         if self.batch_tokens is not None and self.batch_tokens < 1:
-            raise ValueError("--batch-tokens must be positive")
+            raise UserError("--batch-tokens must be positive")
         if not self.layers:
             self.layers = [-1]
 
@@ -96,9 +89,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device} requested but CUDA is not available")
+        raise UserError(f"--device {device} requested but CUDA is not available")
     if device != "cpu" and not device.startswith("cuda") and device != "mps":
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -108,7 +101,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
             return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
         return "bfloat16" if device == "cpu" and cpu_has_bf16() else "float32"
     if dtype not in ("bfloat16", "float16", "float32"):
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
+        raise UserError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
     return dtype
 
 
@@ -378,7 +371,7 @@ def auto_window_rows(total: int) -> int:
 def shard_range(total: int, num_shards: int, shard_index: int, window_rows: int) -> tuple[int, int]:
     """Rows [start, stop) of one shard: contiguous whole windows, deterministic, every row once."""
     if not 0 <= shard_index < num_shards:
-        raise ValueError(f"--shard-index must be in 0..{num_shards - 1}")
+        raise UserError(f"--shard-index must be in 0..{num_shards - 1}")
     units = -(-total // window_rows)
     lo = (units * shard_index) // num_shards
     hi = (units * (shard_index + 1)) // num_shards
@@ -452,7 +445,7 @@ def run_score(
 
     opt = options or ScoreOptions(**option_kwargs)
     if limit is not None and limit < 0:
-        raise ValueError("--limit must be >= 0")
+        raise UserError("--limit must be >= 0")
     dist_env = distributed_env()
     if num_shards is None and dist_env is not None:
         shard_index, num_shards = dist_env[0], dist_env[1]
@@ -461,7 +454,7 @@ def run_score(
     num_shards = num_shards or 1
     shard_index = shard_index or 0
     if num_shards < 1:
-        raise ValueError("--num-shards must be >= 1")
+        raise UserError("--num-shards must be >= 1")
 
     source = ParquetSource(inputs, prompt_column=prompt_column, id_column=id_column)
     total = source.total_rows if limit is None else min(limit, source.total_rows)
@@ -471,7 +464,7 @@ def run_score(
     if window_rows < 1:
         raise ValueError("window_rows must be positive")
     if commit_every < 1:
-        raise ValueError("--commit-every must be positive")
+        raise UserError("--commit-every must be positive")
     commit_every = max(window_rows, (commit_every // window_rows) * window_rows)
     row_start, row_stop = shard_range(total, num_shards, shard_index, window_rows)
     scorer, loaded, device, dtype = build_scorer(opt, loaded)
