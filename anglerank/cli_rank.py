@@ -1,4 +1,4 @@
-"""The `rank`, `sample` and `inspect` commands: thin Typer wrappers over anglerank.rank.
+"""The `rank`, `sample` and `inspect` commands: thin Typer wrappers over anglerank.curation.
 
 Registered on the main app by ``anglerank.cli``. Human output goes to the stderr
 console, ``--json`` output to stdout; user mistakes end in one ``error:`` line, exit 2.
@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, fail, user_errors
+from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, user_errors
 from anglerank.errors import UserError
 
 # --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
@@ -81,7 +81,7 @@ def rank_cmd(
     file) and angle_pct = angle_rank / (scored rows - 1), 0..1, null for null rows.
     Rows with a null ranking value come last (ranks after all scored rows).
     """
-    from anglerank.rank import rank
+    from anglerank.curation.rank import rank
 
     s = rank(scores_dir, _scored_data(scores_dir, data), output, by=by, ascending=ascending, drop_null=drop_null,
              force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
@@ -155,7 +155,7 @@ def sample_cmd(
     rows): an integer (750, 1) is ranks; a decimal in (0, 1] is a fraction of N
     (0.1 = N/10, 1.0 = all of N); a larger decimal (750.0) is ranks.
     """
-    from anglerank.rank import sample
+    from anglerank.curation.sample import sample
 
     s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, mu0=mu0, sigma=sigma, step=step,
                wrap=wrap, seed=seed, keep_order=keep_order, concat=concat, by=by, ascending=ascending,
@@ -190,15 +190,19 @@ def inspect_cmd(
     json_out: JsonOpt = False,
 ):
     """Summarise a score directory: counts, nulls, statistics, length correlation, histogram, extremes."""
-    from anglerank.rank import MissingExtra, inspect, text_histogram
+    from anglerank.curation.inspect import inspect
 
-    try:
-        r = inspect(scores_dir, data, k=k, layer=layer, bins=bins, plot=plot, force=force)
-    except MissingExtra as exc:
-        fail(str(exc))
+    r = inspect(scores_dir, data, k=k, layer=layer, bins=bins, plot=plot, force=force)
     if json_out:
         typer.echo(json.dumps(r, indent=2))
         return
+    _show_inspect(r, scores_dir, with_questions=bool(data))
+
+
+def _show_inspect(r: dict, scores_dir: Path, with_questions: bool) -> None:
+    """``inspect``'s result as tables on the stderr console."""
+    from anglerank.curation.inspect import text_histogram
+
     sp = r["spearman"]
     _table(f"anglerank inspect: {scores_dir}", [
         ("model / estimator", f"{r['model']} / {r['estimator']} (site {r['site']}, layer {r['layer']})"),
@@ -225,12 +229,12 @@ def inspect_cmd(
         if not rows:
             continue
         t = Table(title=f"{label} {len(rows)} by score", title_justify="left")
-        for c in ("row", "id", "score", "n_question", *(["question"] if data else [])):
+        for c in ("row", "id", "score", "n_question", *(["question"] if with_questions else [])):
             t.add_column(c, overflow="fold" if c == "question" else "ellipsis")
         for d in rows:
             q = d.get("question")
             t.add_row(str(d["row"]), str(d.get("id")), _f(d["score"], ".5f"), str(d.get("n_question")),
-                      *([_short(q)] if data else []))
+                      *([_short(q)] if with_questions else []))
         err.print(t)
     if r.get("layers"):
         t = Table(title="per layer (score)", title_justify="left")

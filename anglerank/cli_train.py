@@ -161,7 +161,7 @@ def plot_cmd(
         "--output", "-o", help="PNG file. Default: RUN_DIR/curves.png (first run).")] = None,
 ):
     """Plot a run's curves (reward, accuracy, eval accuracy vs steps and time, window, angle) to a PNG."""
-    from anglerank.train.plot import plot_runs
+    from anglerank.plots import plot_runs
 
     out = plot_runs(run_dirs, output)
     err.print(f"wrote {out}")

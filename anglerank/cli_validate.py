@@ -163,7 +163,8 @@ def validate(
     pass rate of G sampled completions. Reports Spearman correlations, raw and with question length
     (tokens) partialled out.
     """
-    from anglerank.validate import ValidateOptions, plot_report, require_matplotlib, run_validate
+    from anglerank.plots import plot_report, require_matplotlib
+    from anglerank.validate import ValidateOptions, run_validate
 
     sopt = score_options(locals())
     vopt = ValidateOptions(samples=samples, seed=seed, target_column=target_column, max_new_tokens=max_new_tokens,

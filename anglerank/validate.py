@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from anglerank import __version__, generation, hooks
-from anglerank.correlation import CONTROL, X_VARS, correlations  # noqa: F401 - X_VARS: plot_report
+from anglerank.correlation import CONTROL, correlations
 from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.errors import UserError
 from anglerank.grading import answers_match, extract_answer, reference_answer
@@ -467,50 +467,3 @@ def run_validate(
     measured = _measure(plan, sopt.site, vopt, tick)
     per_sample = _per_sample(plan, by_row, measured, rollouts=bool(vopt.rollouts))
     return _report(plan, sopt, vopt, measured, per_sample, time.perf_counter() - t0)
-
-
-# --- plot ----------------------------------------------------------------------------
-
-def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ValueError("--plot needs matplotlib: pip install 'anglerank[plot]' (or pip install matplotlib)") from None
-
-
-def plot_report(report: dict, path, layer: int | None = None) -> None:
-    """Scatter plots of score/intra/inter against each measured quantity for one layer."""
-    require_matplotlib()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    layer = max(report["layers"]) if layer is None else layer
-    rows = [r for r in report["per_sample"] if r["layer"] == layer]
-    ys = [y for y in ("grad_a", "grad_b", "pass_rate", "n_question") if any(r.get(y) is not None for r in rows)]
-    corr = {(c["x"], c["y"]): c for c in report["correlations"] if c["layer"] == layer}
-    fig, axes = plt.subplots(len(X_VARS), len(ys), figsize=(3.3 * len(ys), 2.9 * len(X_VARS)), squeeze=False)
-    for i, x in enumerate(X_VARS):
-        for j, y in enumerate(ys):
-            ax = axes[i][j]
-            pts = [(r[x], r[y]) for r in rows if r.get(x) is not None and r.get(y) is not None]
-            if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=9, alpha=0.6)
-            if y.startswith("grad") and pts and min(p[1] for p in pts) > 0 and \
-                    max(p[1] for p in pts) > 20 * min(p[1] for p in pts):
-                ax.set_yscale("log")
-            c = corr.get((x, y), {})
-            rho, prho = c.get("spearman"), c.get("partial_spearman")
-            title = f"ρ={rho:+.2f}" if rho is not None else "ρ=n/a"
-            if prho is not None:
-                title += f"  partial ρ={prho:+.2f}"
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel(x, fontsize=8)
-            ax.set_ylabel(y, fontsize=8)
-            ax.tick_params(labelsize=7)
-    fig.suptitle(f"anglerank validate: {report['model']}, layer {layer}, {report['site']}, "
-                 f"{report['estimator']}, n={report['n_samples']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -337,7 +337,7 @@ def combine(paths: list[str], out: Path, stem: str, work: Path) -> dict:
     (out / f"{stem}.json").write_text(json.dumps({"inputs": paths, "by_sampler": table}, indent=2))
     keys = [k for k in runs if dirs[k] and Path(dirs[k]).exists()]
     if keys:
-        from anglerank.train.plot import plot_runs
+        from anglerank.plots import plot_runs
 
         plot_runs([dirs[k] for k in keys], out / f"{stem}.png", labels=keys,
                   colors=[SAMPLER_COLORS.get(runs[k]["sampler"], "C3") for k in keys],
@@ -397,7 +397,7 @@ def main():
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
     (out / f"{stem}.md").write_text(markdown(args.config, spec, probe_res, res, machine))
     try:
-        from anglerank.train.plot import plot_runs
+        from anglerank.plots import plot_runs
 
         plot_runs([r["run_dir"] for r in runs], out / f"{stem}.png",
                   labels=[f"{r['sampler']} s{r['seed']}" for r in runs],

@@ -1,4 +1,4 @@
-"""Tests for anglerank.rank and the `rank` / `sample` / `inspect` commands.
+"""Tests for anglerank.curation (rank, sample, inspect) and the `rank` / `sample` / `inspect` commands.
 
 Score directories are mostly written by hand (exact, chosen scores, nulls, ties,
 several layers, incomplete runs); one test goes through the real `run_score` on the
@@ -23,12 +23,15 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from anglerank.data.reader import InputError, file_fingerprint
+from anglerank.data.reader import InputError, ParquetFiles, file_fingerprint
 from anglerank.data.writer import OutputError, load_scores, score_schema, write_json_atomic
-from anglerank.rank import (
-    ANGLE_COLUMNS, MissingExtra, inspect, parse_rank_value, rank, sample, text_histogram,
-)
+from anglerank.curation.inspect import inspect, text_histogram
+from anglerank.curation.rank import rank
+from anglerank.curation.sample import sample
 from anglerank.curriculum import open_loop_schedule
+from anglerank.curriculum.units import parse_rank_value
+from anglerank.data.parquet_out import ANGLE_COLUMNS
+from anglerank.errors import MissingExtra
 
 HF_META = {"info": {"features": {"data_source": {"dtype": "string", "_type": "Value"}}}}
 
@@ -285,6 +288,30 @@ def test_rank_layers(tmp_path):
     assert [d["index"] for d in pq.read_table(tmp_path / "o1.parquet").column("extra_info").to_pylist()] == list(range(11, -1, -1))
 
 
+def test_parquet_files_take_gathers_exact_rows_in_any_order(tmp_path):
+    """The gather behind rank and sample: global rows across files and row groups, repeats, exact types."""
+    a = make_data(tmp_path / "a.parquet", 20, row_group_size=7)
+    b = make_data(tmp_path / "b.parquet", 9, start=20, row_group_size=4)
+    files = ParquetFiles([str(a), str(b)])
+    src = pa.concat_tables([pq.read_table(a), pq.read_table(b)])
+    rows = [28, 0, 13, 13, 21, 6, 7, 20]
+    got = files.take(rows)
+    assert got.schema.equals(files.schema)  # map, dictionary, tz timestamp, non-nullable: unchanged
+    assert got.to_pylist() == src.take(rows).to_pylist()
+    assert files.take(np.arange(29)).to_pylist() == src.to_pylist()
+    assert files.take([]).num_rows == 0
+    with pytest.raises(IndexError):
+        files.take([29])
+    assert files.metadata_schema.metadata[b"huggingface"] == json.dumps(HF_META).encode()
+
+
+def test_rank_refuses_its_own_output_as_data(setup30, tmp_path):
+    data, sdir, _ = setup30
+    rank(sdir, data, tmp_path / "r.parquet")
+    with pytest.raises(InputError, match="already has a column 'angle_intra'.*anglerank output"):
+        rank(sdir, tmp_path / "r.parquet", tmp_path / "again.parquet")
+
+
 def test_rank_incomplete_and_output_checks(setup30, tmp_path):
     data, _, terms = setup30
     sdir = make_scores(tmp_path / "inc", [data], {-1: terms[:20]}, complete=False, rows_expected=30)
@@ -520,6 +547,28 @@ def test_inspect_layers_and_plot(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MissingExtra, match=r"pip install 'anglerank\[plot\]'"):
         inspect(sdir, plot=tmp_path / "q.png")
+
+
+def test_plots_leave_matplotlib_global_state_alone(tmp_path):
+    """No backend switch, no pyplot: drawing a figure from library code changes nothing global (issue 10)."""
+    pytest.importorskip("matplotlib")
+    import subprocess
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"type": "step", "step": 1, "reward_mean": 0.5, "accuracy": 0.5}) + "\n")
+    code = f"""
+import sys, numpy as np, matplotlib
+from anglerank.plots import plot_runs, plot_scores
+before = dict.__getitem__(matplotlib.rcParams, "backend")
+v = np.array([0.1, 0.2, np.nan, 0.4])
+plot_scores({{"intra": v, "inter": v, "score": v, "n_question": np.arange(4.0)}}, {str(tmp_path / "s.png")!r})
+plot_runs([{str(run)!r}])
+print(dict.__getitem__(matplotlib.rcParams, "backend") == before, "matplotlib.pyplot" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG" and (run / "curves.png").exists()
 
 
 # ---------------------------------------------------------------- CLI

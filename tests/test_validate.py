@@ -304,7 +304,7 @@ def test_plot_without_matplotlib_is_one_clear_error(data, tiny_model_dir, tmp_pa
 
 def test_plot_writes_png(report, tmp_path):
     pytest.importorskip("matplotlib")
-    from anglerank.validate import plot_report
+    from anglerank.plots import plot_report
 
     plot_report(report, tmp_path / "v.png")
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,8 +1,10 @@
-"""Parquet inputs -> records, streamed by record batch.
+"""The one Parquet reader: records, one column, or rows by number, over checked inputs.
 
 All inputs are opened and checked before any work starts (missing paths, non-Parquet
 files, schema mismatches, unusable prompt columns), so a bad input fails in one line
 instead of after an hour of scoring. Rows are numbered 0.. over the files in order.
+:class:`ParquetFiles` is the files themselves (``column``, ``take``); :class:`ParquetSource`
+adds the prompt and id columns and streams :class:`Record` s for scoring and training.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anglerank.data.values import get_dotted
 from anglerank.render import question_from_messages
 
 AUTO_PROMPT_COLUMNS = ("question", "problem", "text")
@@ -112,18 +116,16 @@ def _all_columns(schema: pa.Schema) -> list[str]:
     return out
 
 
-def _get(obj: Any, parts: list[str]) -> Any:
-    for p in parts:
-        if obj is None:
-            return None
-        obj = obj.get(p) if isinstance(obj, dict) else None
-    return obj
+class ParquetFiles:
+    """Parquet inputs checked to share one schema; rows numbered 0.. across the files.
 
+    ``schema`` is the shared schema without metadata; ``metadata_schema`` is the first
+    file's, metadata (Hugging Face ``features``) included, for writers that copy it.
+    """
 
-class ParquetSource:
-    """Validated Parquet inputs with a resolved prompt column and id column."""
+    SCHEMA_HINT = "all inputs must share one schema"
 
-    def __init__(self, inputs, prompt_column: str | None = None, id_column: str | None = None):
+    def __init__(self, inputs):
         self.files = resolve_inputs(inputs)
         self._pf: list[pq.ParquetFile] = []
         schema0 = None
@@ -135,15 +137,79 @@ class ParquetSource:
             schema = pf.schema_arrow.remove_metadata()
             if schema0 is None:
                 schema0 = schema
+                self.metadata_schema: pa.Schema = pf.schema_arrow
             elif not schema.equals(schema0):
-                raise InputError(
-                    f"{f} has a different schema from {self.files[0]}; score files with different "
-                    "schemas in separate runs"
-                )
+                raise InputError(f"{f} has a different schema from {self.files[0]}; {self.SCHEMA_HINT}")
             self._pf.append(pf)
         self.schema: pa.Schema = schema0
         self.rows_per_file = [pf.metadata.num_rows for pf in self._pf]
         self.total_rows = sum(self.rows_per_file)
+
+    @property
+    def bytes_per_row(self) -> float:
+        """Mean uncompressed size of a row (from the footers), to size passes over the data."""
+        nbytes = sum(md.row_group(i).total_byte_size for md in (pf.metadata for pf in self._pf)
+                     for i in range(md.num_row_groups))
+        return nbytes / self.total_rows if self.total_rows else 0.0
+
+    def take(self, rows) -> pa.Table:
+        """The global ``rows`` (in that order, repeats allowed), every column in its exact input type.
+
+        Reads only the row groups that hold a wanted row, one at a time, so memory is
+        the result plus one row group.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.total_rows):
+            raise IndexError(f"row out of range [0, {self.total_rows})")
+        wanted = np.unique(rows)
+        pieces, base = [], 0
+        for pf in self._pf:
+            for rg in range(pf.metadata.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                lo, hi = np.searchsorted(wanted, [base, base + n])
+                if hi > lo:
+                    group = pf.read_row_group(rg).replace_schema_metadata(None)
+                    pieces.append(group.take(pa.array(wanted[lo:hi] - base)))
+                base += n
+        table = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
+        pos = np.searchsorted(wanted, rows)
+        return table if np.array_equal(pos, np.arange(len(wanted))) else table.take(pa.array(pos))
+
+    def fingerprints(self) -> list[dict]:
+        return [
+            {"path": str(f.resolve()), "size": f.stat().st_size, "rows": n, "fingerprint": file_fingerprint(f)}
+            for f, n in zip(self.files, self.rows_per_file)
+        ]
+
+    def column(self, name: str, rows: list[int] | None = None) -> list:
+        """Python values of the (dotted) column ``name`` at the global ``rows`` (in that order), or at every row."""
+        if field_type(self.schema, name) is None:
+            raise InputError(f"column {name!r} not found; columns: {', '.join(_all_columns(self.schema))}")
+        top, *inner = name.split(".")
+        if rows is not None and any(not 0 <= r < self.total_rows for r in rows):
+            raise IndexError(f"row out of range [0, {self.total_rows})")
+        values: dict[int, Any] = {}
+        out: list = []
+        base = 0
+        for pf, n in zip(self._pf, self.rows_per_file):
+            local = None if rows is None else sorted({r - base for r in rows if base <= r < base + n})
+            if local is None or local:
+                col = pf.read(columns=[top]).column(top)
+                if local is None:
+                    out.extend(get_dotted(v, inner) for v in col.to_pylist())
+                else:
+                    values.update((base + r, get_dotted(v, inner)) for r, v in zip(local, col.take(local).to_pylist()))
+            base += n
+        return out if rows is None else [values[r] for r in rows]
+
+
+class ParquetSource(ParquetFiles):
+    """Validated Parquet inputs with a resolved prompt column and id column, streamed as records."""
+
+    SCHEMA_HINT = "score files with different schemas in separate runs"
+
+    def __init__(self, inputs, prompt_column: str | None = None, id_column: str | None = None):
+        super().__init__(inputs)
         self.prompt_column, self.prompt_kind = self._resolve_prompt(prompt_column)
         self.id_column, self.id_type = self._resolve_id(id_column)
 
@@ -196,12 +262,6 @@ class ParquetSource:
         return None, pa.int64()
 
     # -- iteration -------------------------------------------------------------------
-    def fingerprints(self) -> list[dict]:
-        return [
-            {"path": str(f.resolve()), "size": f.stat().st_size, "rows": n, "fingerprint": file_fingerprint(f)}
-            for f, n in zip(self.files, self.rows_per_file)
-        ]
-
     def iter_records(self, start_row: int = 0, stop_row: int | None = None, batch_size: int = 512) -> Iterator[Record]:
         """Records for global rows [start_row, stop_row), skipping whole row groups before start."""
         stop_row = self.total_rows if stop_row is None else min(stop_row, self.total_rows)
@@ -228,32 +288,9 @@ class ParquetSource:
                         if row >= stop_row:
                             return
 
-    def column(self, name: str, rows: list[int] | None = None) -> list:
-        """Python values of the (dotted) column ``name`` at the global ``rows`` (in that order), or at every row."""
-        from anglerank.data.values import get_dotted
-
-        if field_type(self.schema, name) is None:
-            raise InputError(f"column {name!r} not found; columns: {', '.join(_all_columns(self.schema))}")
-        top, *inner = name.split(".")
-        if rows is not None and any(not 0 <= r < self.total_rows for r in rows):
-            raise IndexError(f"row out of range [0, {self.total_rows})")
-        values: dict[int, Any] = {}
-        out: list = []
-        base = 0
-        for pf, n in zip(self._pf, self.rows_per_file):
-            local = None if rows is None else sorted({r - base for r in rows if base <= r < base + n})
-            if local is None or local:
-                col = pf.read(columns=[top]).column(top)
-                if local is None:
-                    out.extend(get_dotted(v, inner) for v in col.to_pylist())
-                else:
-                    values.update((base + r, get_dotted(v, inner)) for r, v in zip(local, col.take(local).to_pylist()))
-            base += n
-        return out if rows is None else [values[r] for r in rows]
-
     def _record(self, row: int, item: dict, p_parts: list[str], id_parts: list[str] | None) -> Record:
-        rid = _get(item, id_parts) if id_parts else None
-        value = _get(item, p_parts)
+        rid = get_dotted(item, id_parts) if id_parts else None
+        value = get_dotted(item, p_parts)
         if self.prompt_kind == "string":
             return Record(row, rid, value, None, None if value is not None else "null question")
         if value is None:

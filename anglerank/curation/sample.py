@@ -1,0 +1,185 @@
+"""``anglerank sample``: an open-loop GAIN-RL curriculum written ahead of training.
+
+For trainers that cannot call back into anglerank: the curriculum package's sweep
+(METHOD.md section 3 without the feedback term; the window centre moves a fixed step
+per epoch and stays on the data) draws every epoch's ranks, and this module writes
+them as one Parquet file per epoch (or one file with all epochs in order), each row
+the input row with its ``angle_*`` columns and ``epoch``.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from anglerank.curation.scores import (
+    ROW, load_layer_scores, open_data, provenance, rank_table, verify_inputs, window_rows as _window,
+)
+from anglerank.curriculum.units import parse_rank_value
+from anglerank.data.parquet_out import (
+    ANGLE_FIELDS, EPOCH_FIELD, AtomicParquet, assemble, check_added_columns, check_output_file, output_schema,
+)
+from anglerank.data.reader import InputError, ParquetFiles
+from anglerank.data.writer import OutputError, write_json_atomic
+from anglerank.errors import UserError
+
+__all__ = ["sample"]
+
+
+def sample(
+    scores_dir,
+    data,
+    subset,
+    epochs: int,
+    output,
+    *,
+    mu0=0,
+    sigma=None,
+    step=None,
+    seed: int = 0,
+    keep_order: bool = False,
+    wrap: bool = False,
+    concat: bool = False,
+    by: str = "score",
+    ascending: bool = False,
+    include_null: bool = False,
+    force: bool = False,
+    layer: int | None = None,
+    overwrite: bool = False,
+    memory_mb: float | None = None,
+    window_rows: int | None = None,
+) -> dict:
+    """Write an open-loop Gaussian curriculum: one Parquet file of ``subset`` rows per epoch.
+
+    Epoch ``t`` draws ``subset`` distinct ranks with probability proportional to
+    ``exp(-0.5 ((rank - mu_t) / sigma)^2)``, ``mu_t = mu0 + t * step``, over the ``N``
+    ranked rows (rows with a null score are left out unless ``include_null``).
+    ``mu0``, ``sigma``, ``step`` and ``subset`` follow ``resolve_rank_units``: an int is
+    ranks, a float in (0, 1] a fraction of N (``0.1 -> 0.1 N``), a larger float ranks.
+    ``step=None`` sweeps the centre from ``mu0`` to the last rank over the epochs.
+    Default ``sigma`` is the curriculum's (2/15 N, the authors' 1000 ranks scaled from
+    their 7,500 prompts). The centre stays on the data: a step that would carry it past
+    the last rank leaves it there (every later epoch still draws K distinct rows spread
+    over the tail), or with ``wrap`` starts a new pass at rank 0.
+
+    Output: ``output/epoch_0000.parquet`` ... plus ``output/sample.json``; with
+    ``concat`` the single file ``output`` holding all epochs in order. Every file keeps
+    the input columns and adds the ``angle_*`` columns and ``epoch``. Rows are shuffled
+    within an epoch (seeded) unless ``keep_order`` (then in rank order).
+    """
+    t0 = time.perf_counter()
+    if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
+        raise UserError(f"--epochs must be a positive integer, got {epochs!r}")
+    files = open_data(data)
+    out = Path(output)
+    if concat:
+        check_output_file(out, files.files, overwrite)
+    ls = load_layer_scores(scores_dir, layer, force)
+    problems = verify_inputs(ls.manifest, files, force)
+    table, n_scored = rank_table(ls.frame, files.total_rows, by, ascending, drop_null=not include_null)
+    if table.height == 0:
+        raise InputError("no scored rows to sample from" + ("" if include_null else " (all scores are null)"))
+    draws, params = _schedule(table.height, subset, epochs, mu0=mu0, sigma=sigma, step=step, seed=seed,
+                              shuffle=not keep_order, wrap=wrap)
+    params.update(by=by, ascending=ascending, include_null=include_null, mu=params.pop("mu"))
+    check_added_columns(files.schema, [EPOCH_FIELD.name], "rename it before sampling")
+    prov = provenance("sample", ls, scores_dir, **{k: v for k, v in params.items() if k != "mu"})
+    schema = output_schema(files.metadata_schema, (*ANGLE_FIELDS, EPOCH_FIELD), prov)
+    window = int(window_rows) if window_rows else _window(files, memory_mb)
+    written = _write(files, table, draws, schema, out, concat=concat, overwrite=overwrite, window=window)
+    summary = {
+        "output": str(out),
+        "concat": concat,
+        "files": written,
+        "rows_in": files.total_rows,
+        "ranked": table.height,
+        "null_excluded": 0 if include_null else files.total_rows - n_scored,
+        "rows_written": sum(len(d) for d in draws),
+        **params,
+        "layer": ls.layer,
+        "estimator": ls.manifest.get("estimator"),
+        "forced": bool(force),
+        "input_mismatch": problems,
+        "score_dir_complete": bool(ls.manifest.get("complete")),
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+    if not concat:
+        write_json_atomic(out / "sample.json", {**summary, "provenance": prov})
+    return summary
+
+
+def _schedule(n: int, subset, epochs: int, *, mu0, sigma, step, seed: int, shuffle: bool,
+              wrap: bool) -> tuple[list[np.ndarray], dict]:
+    """Every epoch's draw (rank positions) and the resolved settings, from the curriculum's sweep."""
+    from anglerank.curriculum import draw_schedule, sweep_sampler
+
+    def parse(v):
+        return None if v is None else parse_rank_value(v)
+
+    sampler = sweep_sampler(n, parse(subset), epochs, mu0=parse(mu0), sigma=parse(sigma), step=parse(step),
+                            seed=seed, shuffle=shuffle, wrap=wrap)
+    settings = {"n_items": n, "subset": sampler.subset_size, "epochs": epochs, "mu0": sampler.mu0,
+                "sigma": sampler.sigma, "step": sampler.step, "wrap": wrap, "seed": seed, "shuffle": shuffle}
+    draws, mus = draw_schedule(sampler, epochs)
+    return draws, {**settings, "mu": mus}
+
+
+def _write(files: ParquetFiles, table, draws: list[np.ndarray], schema: pa.Schema, out: Path, *, concat: bool,
+           overwrite: bool, window: int) -> list[str]:
+    """Write the epochs (``window`` rows of data at a time); return the file names written."""
+    ranked = table.to_arrow()  # rank -> row and angle columns
+    row_of_rank = table[ROW].to_numpy()
+    names: list[str] = []
+    with ExitStack() as stack:
+        one_file = stack.enter_context(AtomicParquet(out, schema)) if concat else None
+        if not concat:
+            _prepare_sample_dir(out, overwrite)
+        for group in _epoch_groups([len(d) for d in draws], window):
+            ranks = np.concatenate([draws[t] for t in group])
+            epoch_of = np.concatenate([np.full(len(draws[t]), t, dtype=np.int64) for t in group])
+            added = ranked.take(pa.array(ranks)).append_column(EPOCH_FIELD, pa.array(epoch_of))
+            rows = assemble(files.take(row_of_rank[ranks]), added, schema)
+            if one_file is not None:
+                one_file.write(rows)
+                continue
+            offset = 0
+            for t in group:
+                name = f"epoch_{t:04d}.parquet"
+                with AtomicParquet(out / name, schema) as w:
+                    w.write(rows.slice(offset, len(draws[t])))
+                offset += len(draws[t])
+                names.append(name)
+    return [out.name] if concat else names
+
+
+def _epoch_groups(sizes: list[int], window: int) -> Iterator[range]:
+    """Consecutive epochs whose total rows stay within ``window`` (at least one epoch each)."""
+    start, total = 0, 0
+    for t, k in enumerate(sizes):
+        if t > start and total + k > window:
+            yield range(start, t)
+            start, total = t, 0
+        total += k
+    if start < len(sizes):
+        yield range(start, len(sizes))
+
+
+def _prepare_sample_dir(out: Path, overwrite: bool) -> None:
+    """Create the output directory; an earlier curriculum in it is replaced only with ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output {out} exists and is not a directory (use --concat to write one file)")
+    ours = [*out.glob("epoch_*.parquet"), out / "sample.json"] if out.exists() else []
+    ours = [p for p in ours if p.exists()]
+    if ours and not overwrite:
+        raise OutputError(f"output directory {out} already holds a curriculum; pass --overwrite to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
+    for p in ours:
+        p.unlink()
