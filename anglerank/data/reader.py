@@ -9,8 +9,6 @@ adds the prompt and id columns and streams :class:`Record` s for scoring and tra
 
 from __future__ import annotations
 
-from anglerank.errors import UserError
-
 import glob
 import hashlib
 import os
@@ -23,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from anglerank.data.values import get_dotted
+from anglerank.errors import UserError
 from anglerank.render import question_from_messages
 
 AUTO_PROMPT_COLUMNS = ("question", "problem", "text")
