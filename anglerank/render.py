@@ -8,9 +8,9 @@ mapping then maps those characters to tokens.
 
 from __future__ import annotations
 
-from anglerank.errors import UserError
-
 from dataclasses import dataclass
+
+from anglerank.errors import UserError
 
 PRESETS = ("none", "gainrl")
 
@@ -129,7 +129,7 @@ class Renderer:
             needle = needle.strip()
             start = text.rfind(needle)
         if start < 0:
-            raise ValueError("question not found in the rendered prompt")
+            raise RenderError("question not found in the rendered prompt")
         return text, start, start + len(needle)
 
     # -- tokens ------------------------------------------------------------------

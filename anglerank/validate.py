@@ -5,7 +5,7 @@ more concentrated in angle produce larger gradients, so they are learned first. 
 module measures that on a seeded sample of a dataset instead of taking it on faith:
 
 1. angle scores (``intra``, ``inter``, ``score``) and token counts, computed by the
-   same :class:`anglerank.score.Scorer` as ``anglerank score`` (identical numbers);
+   same :class:`anglerank.scoring.engine.Scorer` as ``anglerank score`` (identical numbers);
 2. per-prompt gradient norms of the mean token negative log-likelihood of a target
    completion (a reference-solution column, else the model's own greedy completion)
    with respect to (a) the weight matrices that read the hooked site at each
@@ -50,7 +50,7 @@ from anglerank.correlation import CONTROL, correlations
 from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.errors import UserError
 from anglerank.grading import answers_match, extract_answer, reference_answer
-from anglerank.score import ScoreOptions, build_scorer
+from anglerank.scoring.engine import ScoreOptions, build_scorer
 
 Progress = Callable[[str, int, int], None]
 
@@ -242,7 +242,7 @@ class _Plan:
     """The seeded sample a run works on, read and rendered, and the model that scores it."""
 
     source: ParquetSource
-    scorer: Any  # anglerank.score.Scorer
+    scorer: Any  # anglerank.scoring.engine.Scorer
     loaded: Any  # anglerank.models.LoadedModel
     owned: bool  # run_validate loaded the model itself, so it may change it in place
     device: str

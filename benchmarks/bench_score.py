@@ -34,7 +34,9 @@ from anglerank import angles, models
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores
 from anglerank.render import Renderer
-from anglerank.score import ScoreOptions, auto_window_rows, resolve_device, resolve_dtype, run_score
+from anglerank.scoring.distributed import auto_window_rows
+from anglerank.scoring.engine import ScoreOptions, resolve_device, resolve_dtype
+from anglerank.scoring.run import run_score
 
 ROOT = Path(__file__).resolve().parents[1]
 

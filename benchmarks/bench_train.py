@@ -124,7 +124,7 @@ def probe(train_rows, eval_rows, per_kind: int, threads: int, max_new_tokens: in
     from anglerank import angles, models
     from anglerank.data.reader import Record
     from anglerank.render import Renderer
-    from anglerank.score import ScoreOptions, Scorer, resolve_dtype
+    from anglerank.scoring.engine import ScoreOptions, Scorer, resolve_dtype
     from anglerank import generation, rewards
 
     torch.set_num_threads(threads)

@@ -233,7 +233,7 @@ def test_rank_real_verl_file_schema(gsm8k_test, tmp_path):
 
 def test_rank_multifile_with_real_scorer(tmp_path, questions_parquet, tiny_model_dir):
     """Two input files scored by run_score: rows are numbered across files and joined back."""
-    from anglerank.score import run_score
+    from anglerank.scoring.run import run_score
 
     full = pq.read_table(questions_parquet)
     f1, f2 = tmp_path / "a.parquet", tmp_path / "b.parquet"

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from anglerank.cli import app
 from anglerank.data.writer import load_scores, read_manifest
-from anglerank.merge import merge
-from anglerank.score import auto_window_rows, run_score, shard_range
+from anglerank.scoring.distributed import auto_window_rows, merge, shard_range
+from anglerank.scoring.run import run_score
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +89,32 @@ def test_shard_settings_mismatch_refused(tmp_path, tiny_model_dir, many_rows):
     out = tmp_path / "s"
     run_score([str(many_rows)], out, num_shards=2, shard_index=0, **_kw(tiny_model_dir))
     run_score([str(many_rows)], out, num_shards=2, shard_index=1, preset="gainrl", **_kw(tiny_model_dir))
-    with pytest.raises(Exception, match="different settings"):
+    with pytest.raises(Exception, match="different settings") as exc:
         merge(out)
+    assert "preset: 'none' -> 'gainrl'" in str(exc.value)
+
+
+def test_manifest_settings_compare_in_one_format():
+    from anglerank.data import manifest
+    from anglerank.data.writer import OutputError
+
+    a = {k: 1 for k in manifest.RESUME_KEYS}
+    manifest.check_resume(a, dict(a), "out")
+    manifest.check_shards([a, {**a, "num_shards": 9, "shard_index": 3}])  # shards differ only in their place
+    with pytest.raises(OutputError) as exc:
+        manifest.check_resume(a, {**a, "preset": "gainrl", "shard_index": 2}, "out")
+    msg = str(exc.value)
+    assert msg.startswith("cannot resume out: settings differ from the interrupted run")
+    assert "preset: 1 -> 'gainrl'" in msg and "shard_index: 1 -> 2" in msg and "new output directory" in msg
+    with pytest.raises(OutputError, match=r"shard 2 was scored with different settings than shard 0 \(site: 1 -> 2\)"):
+        manifest.check_shards([a, a, {**a, "site": 2}])
+
+
+def test_merge_does_not_import_torch():
+    code = ("import anglerank.scoring.distributed, anglerank.data.manifest, sys; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    p = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
 
 
 def _env():
@@ -114,7 +138,12 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_model_dir, many_rows):
     single = tmp_path / "single"
     run_score([str(many_rows)], single, **_kw(tiny_model_dir))
     out = tmp_path / "tr"
-    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", "29517", "-m", "anglerank.cli"] + \
+    import socket
+
+    with socket.socket() as s:  # a free port, so parallel or repeated runs never collide on a fixed one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [torchrun, "--nproc-per-node", "2", "--master-port", str(port), "-m", "anglerank.cli"] + \
         _score_cmd(many_rows, out, tiny_model_dir)[3:]
     p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

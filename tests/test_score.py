@@ -16,7 +16,8 @@ from anglerank.cli import app
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores, read_manifest
 from anglerank.render import Renderer
-from anglerank.score import ScoreOptions, Scorer, make_batches, run_score
+from anglerank.scoring.engine import ScoreOptions, Scorer, build_scorer, make_batches
+from anglerank.scoring.run import run_score
 from conftest import make_model, make_tokenizer
 
 runner = CliRunner()
@@ -115,7 +116,7 @@ def test_prefix_cache_matches_full_forward(kind, site, tiny_tokenizer):
     res = _score_both_ways(model, tiny_tokenizer, recs, site=site, layers=["all"], batch_tokens=64)
     cached, full = res[True][1], res[False][1]
     assert res[True][0].use_prefix_cache and not res[False][0].use_prefix_cache
-    assert len(res[True][0]._prefixes) == 2  # the two shared prefixes (default system, given history)
+    assert len(res[True][0].prefix_cache) == 2  # the two shared prefixes (default system, given history)
     assert [(r["row"], r["layer"]) for r in cached] == [(r["row"], r["layer"]) for r in full]
     for a, b in zip(cached, full):
         assert a["note"] == b["note"] and a["n_prefix"] == b["n_prefix"]
@@ -182,6 +183,71 @@ def test_prefix_cache_is_dropped_when_weights_change(tiny_tokenizer):
     replaced = s.score_records(recs)
     for a, b in zip(replaced, fresh.score_records(recs)):
         assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+def test_scorer_and_run_score_leave_the_callers_options_alone(tmp_path, tiny_tokenizer, tiny_model, tiny_model_dir,
+                                                             questions_parquet):
+    import copy
+
+    opt = ScoreOptions(layers=[-1])
+    before = copy.deepcopy(opt)
+    s = Scorer(tiny_model, tiny_tokenizer, Renderer(tiny_tokenizer), opt, "cpu")
+    assert s.opt.batch_tokens == 1024 and opt == before and opt.batch_tokens is None
+    opt = ScoreOptions(model=str(tiny_model_dir), dtype="float32", device="auto")
+    before = copy.deepcopy(opt)
+    scorer, *_ = build_scorer(opt)
+    assert opt == before and scorer.opt.batch_tokens is not None
+    m = run_score([str(questions_parquet)], tmp_path / "s", options=opt, limit=3)
+    assert opt == before and m["batch_tokens"] == scorer.opt.batch_tokens
+
+
+def test_scorer_uses_angles_combine(tiny_tokenizer, tiny_model, monkeypatch):
+    from anglerank.data.reader import Record
+
+    calls = []
+    real = angles.combine
+    monkeypatch.setattr(angles, "combine", lambda *a: calls.append(a) or real(*a))
+    opt = ScoreOptions(w_intra=2.0, w_inter=0.5)
+    rows = Scorer(tiny_model, tiny_tokenizer, Renderer(tiny_tokenizer), opt, "cpu").score_records(
+        [Record(0, None, "how many apples are there?", None)])
+    assert calls and calls[0][2:] == (2.0, 0.5)
+    assert rows[0]["score"] == 2.0 * rows[0]["intra"] + 0.5 * rows[0]["inter"]
+
+
+def test_model_load_leaves_hf_logging_as_it_was(tiny_model_dir, tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    from anglerank import models
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    try:
+        for level, on in ((hf_logging.INFO, True), (hf_logging.WARNING, False)):
+            hf_logging.set_verbosity(level)
+            (hf_logging.enable_progress_bar if on else hf_logging.disable_progress_bar)()
+            models.load(str(tiny_model_dir))
+            assert hf_logging.get_verbosity() == level and hf_logging.is_progress_bar_enabled() == on
+            broken = tmp_path / f"broken-{level}"
+            broken.mkdir()
+            (broken / "config.json").write_text("{}")
+            with pytest.raises(models.ModelError):  # a failed load restores them too
+                models.load(str(broken))
+            assert hf_logging.get_verbosity() == level and hf_logging.is_progress_bar_enabled() == on
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        (hf_logging.enable_progress_bar if bars else hf_logging.disable_progress_bar)()
+
+
+def test_public_python_api_score(tmp_path, tiny_model_dir, questions_parquet):
+    """``anglerank.score(...)`` works, also after other modules imported the scoring code."""
+    import importlib
+
+    import anglerank
+
+    for name in ("anglerank.cli", "anglerank.validate", "anglerank.train.setup"):
+        importlib.import_module(name)
+    m = anglerank.score([str(questions_parquet)], tmp_path / "s", model=str(tiny_model_dir), dtype="float32",
+                        device="cpu", limit=4)
+    assert m["complete"] and load_scores(tmp_path / "s").num_rows == 4
 
 
 def test_make_batches_respects_budget():

@@ -20,7 +20,7 @@ from anglerank.correlation import correlations, partial_spearman
 from anglerank.data.reader import InputError, ParquetSource
 from anglerank.errors import UserError
 from anglerank.render import Renderer
-from anglerank.score import ScoreOptions
+from anglerank.scoring.engine import ScoreOptions
 from anglerank.validate import ValidateOptions, run_validate, sample_rows, site_readers
 from conftest import make_model, make_tokenizer
 

@@ -7,8 +7,6 @@ sees a half-written part, and an interrupted run knows exactly which rows are do
 
 from __future__ import annotations
 
-from anglerank.errors import UserError
-
 import json
 import os
 import time
@@ -17,6 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
+from anglerank.errors import UserError
 
 MANIFEST = "manifest.json"
 DONE = "DONE"
@@ -121,10 +121,6 @@ class ScoreWriter:
     @property
     def rows_committed(self) -> int:
         return sum(p["rows"] for p in self.manifest["parts"])
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
 
     def add(self, rows: list[dict]) -> None:
         self._buffer.extend(rows)

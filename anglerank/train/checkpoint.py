@@ -117,16 +117,11 @@ def save_checkpoint(run_dir: Path, model, tok, optimizer, generator: torch.Gener
 
 
 def _save_pretrained(model, tok, folder: Path) -> None:
-    from transformers.utils import logging as hf_logging
+    from anglerank.models import quiet_hf_loading
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_hf_loading():  # no progress bars; the caller's logging settings come back
         model.save_pretrained(folder, safe_serialization=True)
         tok.save_pretrained(folder)
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
 
 
 def load_checkpoint(path: Path, optimizer, generator: torch.Generator, curriculum,

@@ -34,7 +34,7 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
     """The run's parts; the policy comes from ``ckpt`` when resuming."""
     from anglerank.generation import pad_token_id
     from anglerank.render import Renderer
-    from anglerank.score import ScoreOptions, Scorer
+    from anglerank.scoring.engine import ScoreOptions, Scorer
 
     device, compute, amp_dtype = _precision(cfg)
     model, ref_model, tok, name, layer_idx = _models(cfg, ckpt, device)
@@ -55,7 +55,7 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
 
 def _precision(cfg: TrainConfig) -> tuple[str, str, torch.dtype | None]:
     """(device, compute dtype name, autocast dtype); weights and optimiser stay float32."""
-    from anglerank.score import resolve_device, resolve_dtype
+    from anglerank.scoring.engine import resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)
     compute = resolve_dtype(cfg.dtype, device)

@@ -1,0 +1,164 @@
+"""Scoring on several processes or machines: the row grid, shards, torchrun, and merge.
+
+Rows are cut into read-ahead windows on one global grid, and shards are whole runs of
+windows, so a sharded, resumed or single run forms exactly the same batches and writes
+bit-identical numbers. Each shard scores into ``OUTPUT/shard-IIIII-of-NNNNN``; :func:`merge`
+checks that all shards finished with the same settings and cover every row exactly once,
+then joins them. Nothing here imports torch: merging needs only pyarrow.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from anglerank.data import manifest
+from anglerank.data.writer import DONE, MANIFEST, OutputError, read_manifest, write_json_atomic
+from anglerank.errors import UserError
+
+_SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})$")
+
+
+def auto_window_rows(total: int) -> int:
+    """Read-ahead window (rows bucketed together): a function of the row count only.
+
+    Windows sit on a global grid of this size and shard boundaries fall on it too, so
+    a sharded or resumed run forms exactly the batches of a single uninterrupted run
+    and its output is bit-identical. It reaches its cap at 1,024 rows, so memory use
+    is the same for any dataset beyond that (inputs under 1,024 rows have at most
+    about four windows, hence at most four non-empty shards).
+    """
+    return min(256, max(8, -(-total // 4)))
+
+
+def shard_range(total: int, num_shards: int, shard_index: int, window_rows: int) -> tuple[int, int]:
+    """Rows [start, stop) of one shard: contiguous whole windows, deterministic, every row once."""
+    if not 0 <= shard_index < num_shards:
+        raise UserError(f"--shard-index must be in 0..{num_shards - 1}")
+    units = -(-total // window_rows)
+    lo = (units * shard_index) // num_shards
+    hi = (units * (shard_index + 1)) // num_shards
+    return min(total, lo * window_rows), min(total, hi * window_rows)
+
+
+def shard_dir(output: Path, shard_index: int, num_shards: int) -> Path:
+    return Path(output) / f"shard-{shard_index:05d}-of-{num_shards:05d}"
+
+
+def distributed_env() -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) under torchrun, else None."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    return None
+
+
+# --- merge ------------------------------------------------------------------------------
+
+def _shard_dirs(out: Path) -> list[Path]:
+    """The shard directories of one run, in shard order; all N of them or an error."""
+    if not out.is_dir():
+        raise OutputError(f"{out} is not a directory")
+    shards = sorted(p for p in out.iterdir() if p.is_dir() and _SHARD_RE.search(p.name))
+    if not shards:
+        raise OutputError(f"{out} contains no shard-IIIII-of-NNNNN directories")
+    counts = {int(_SHARD_RE.search(p.name).group(2)) for p in shards}
+    if len(counts) != 1:
+        raise OutputError(f"{out} mixes shards of different runs (num_shards {sorted(counts)})")
+    n = counts.pop()
+    have = {int(_SHARD_RE.search(p.name).group(1)): p for p in shards}
+    missing = [i for i in range(n) if i not in have]
+    if missing:
+        raise OutputError(f"incomplete: shard(s) {', '.join(map(str, missing))} of {n} missing in {out}")
+    return [have[i] for i in range(n)]
+
+
+def _finished_manifest(i: int, shard: Path) -> dict:
+    m = read_manifest(shard)
+    if m is None:
+        raise OutputError(f"incomplete: shard {i} ({shard.name}) has no manifest")
+    if not m.get("complete") or not (shard / DONE).exists():
+        raise OutputError(
+            f"incomplete: shard {i} stopped at row {m.get('next_row')} of {m.get('row_start')}..{m.get('row_stop')}; "
+            "rerun it with --resume"
+        )
+    return m
+
+
+def _check_shard_rows(i: int, shard: Path, m: dict, nlayers: int) -> None:
+    """The shard holds each row of its range once per layer, in order."""
+    rows = []
+    for part in m["parts"]:
+        with ipc.open_file(shard / part["file"]) as r:
+            rows.append(r.read_all().column("row"))
+    got = sum(len(c) for c in rows)
+    want = (m["row_stop"] - m["row_start"]) * nlayers
+    if got != want:
+        raise OutputError(f"shard {i} holds {got} result rows, expected {want} for rows {m['row_start']}..{m['row_stop'] - 1}")
+    prev = m["row_start"] - 1
+    for col in rows:
+        for chunk in col.chunks:
+            if len(chunk) == 0:
+                continue
+            uniq = pc.unique(chunk)
+            lo, hi = pc.min_max(chunk).values()
+            if lo.as_py() < prev or hi.as_py() >= m["row_stop"] or len(uniq) * nlayers != len(chunk):
+                raise OutputError(f"shard {i} has rows out of order or duplicated near row {lo.as_py()}")
+            prev = hi.as_py()
+
+
+def _check_coverage(shards: list[Path], ms: list[dict]) -> None:
+    """Shard ranges tile [0, rows_expected) and each shard's rows match its range: every row exactly once."""
+    expected, nlayers = 0, len(ms[0]["layers"])
+    for i, (shard, m) in enumerate(zip(shards, ms)):
+        if m["row_start"] != expected:
+            raise OutputError(f"rows {expected}..{m['row_start'] - 1} are not covered by any shard")
+        _check_shard_rows(i, shard, m, nlayers)
+        expected = m["row_stop"]
+    if expected != ms[0]["rows_expected"]:
+        raise OutputError(f"rows {expected}..{ms[0]['rows_expected'] - 1} are not covered by any shard")
+
+
+def _copy_parts(out: Path, shards: list[Path], ms: list[dict]) -> list[dict]:
+    """Copy every shard's parts, in row order, as the top-level parts (each one renamed into place)."""
+    for f in out.glob("scores-*.arrow"):
+        f.unlink()
+    parts = []
+    for shard, m in zip(shards, ms):
+        for part in m["parts"]:
+            name = f"scores-{len(parts):05d}.arrow"
+            tmp = out / f".{name}.tmp"
+            shutil.copyfile(shard / part["file"], tmp)
+            os.replace(tmp, out / name)
+            parts.append({"file": name, "rows": part["rows"]})
+    return parts
+
+
+def merge(output: Path | str, overwrite: bool = False) -> dict:
+    """Join the shards in ``output`` into one score directory; return the merged manifest."""
+    out = Path(output)
+    shards = _shard_dirs(out)
+    ms = [_finished_manifest(i, shard) for i, shard in enumerate(shards)]
+    manifest.check_shards(ms)
+    _check_coverage(shards, ms)
+    if read_manifest(out) is not None and not overwrite:
+        raise OutputError(f"{out} already holds a merged result; pass --overwrite to redo the merge")
+    parts = _copy_parts(out, shards, ms)
+    ref = ms[0]
+    merged = {k: v for k, v in ref.items() if k not in ("shard_index", "row_start", "row_stop", "parts")}
+    merged.update(
+        parts=parts, complete=True, num_shards=len(shards), next_row=ref["rows_expected"],
+        elapsed_s=round(max(m["elapsed_s"] for m in ms), 3),
+        tokens=sum(m["tokens"] for m in ms),
+        shards=[{"dir": shard.name, "rows": m["row_stop"] - m["row_start"], "elapsed_s": m["elapsed_s"]}
+                for shard, m in zip(shards, ms)],
+        merged_at=time.time(),
+    )
+    merged["tokens_per_s"] = round(merged["tokens"] / merged["elapsed_s"], 1) if merged["elapsed_s"] else None
+    write_json_atomic(out / MANIFEST, merged)
+    return merged

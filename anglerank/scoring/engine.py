@@ -1,0 +1,354 @@
+"""The in-process scoring engine: records -> rendered ids -> length-bucketed batches ->
+hooked forward -> angle terms -> one result row per (record, layer).
+
+It knows nothing about files: :mod:`anglerank.scoring.run` wraps it with Parquet input,
+output parts and resume, and the trainer uses it directly to re-score with live weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+
+from anglerank import angles, hooks
+from anglerank.data.reader import Record
+from anglerank.data.values import finite_or_none
+from anglerank.errors import UserError
+from anglerank.render import Renderer
+
+ESTIMATORS = ("paper", "gainrl-code")
+
+
+@dataclass
+class ScoreOptions:
+    """Everything that determines the numbers (and so must match on --resume)."""
+
+    model: str | None = None
+    preset: str = "none"
+    system: str | None = None
+    prefix: str | None = None
+    site: str = "mlp-input"
+    layers: list = field(default_factory=lambda: [-1])  # ints, 'all' or 'A:B'
+    estimator: str = "paper"
+    w_intra: float = 1.0
+    w_inter: float | None = None  # None: 1 for paper, 8 for gainrl-code (the authors' weight)
+    code_prefix_tokens: int = 110
+    code_suffix_tokens: int = 6
+    max_length: int = 4096
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_tokens: int | None = None  # None: 16384 on GPUs, 1024 on CPUs (measured best here)
+    prefix_cache: bool = True  # run a prefix shared by rows once and reuse its key/value cache
+
+    def __post_init__(self):
+        if self.estimator not in ESTIMATORS:
+            raise UserError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        if self.site not in hooks.SITES:
+            raise UserError(f"unknown hook site {self.site!r}; choose from {', '.join(hooks.SITES)}")
+        if self.w_inter is None:
+            self.w_inter = 8.0 if self.estimator == "gainrl-code" else 1.0
+        for name, w in (("--w-intra", self.w_intra), ("--w-inter", self.w_inter)):
+            if not math.isfinite(w):
+                raise UserError(f"{name} must be a finite number, got {w}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise UserError("--batch-tokens must be positive")
+        if not self.layers:
+            self.layers = [-1]
+
+
+# --- device / dtype ----------------------------------------------------------------
+
+def cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} requested but CUDA is not available")
+    if device != "cpu" and not device.startswith("cuda") and device != "mps":
+        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "bfloat16" if device == "cpu" and cpu_has_bf16() else "float32"
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise UserError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
+    return dtype
+
+
+def default_batch_tokens(device: str) -> int:
+    """Small batches stay in cache on CPUs; GPUs want large ones (both measured)."""
+    return 1024 if str(device) == "cpu" else 16384
+
+
+# --- batching ---------------------------------------------------------------------------
+
+def make_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
+    """Group item indices into length-sorted batches whose padded size fits the budget.
+
+    Items are sorted by length so padding is small; a single item longer than the
+    budget still forms its own batch (no row is ever dropped).
+    """
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches, cur, cur_max = [], [], 0
+    for i in order:
+        new_max = max(cur_max, lengths[i])
+        if cur and new_max * (len(cur) + 1) > batch_tokens:
+            batches.append(cur)
+            cur, cur_max = [], 0
+            new_max = lengths[i]
+        cur.append(i)
+        cur_max = new_max
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+# --- the shared-prefix cache ------------------------------------------------------------
+
+# Model families whose cached forward is tested equal to the uncached one (tests/test_score.py);
+# others always run the whole prompt.
+PREFIX_CACHE_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma2", "gpt2", "gpt_neox"})
+
+
+@dataclass
+class Prefix:
+    """A token prefix run once: its per-layer keys/values and its hidden states at the site."""
+
+    length: int
+    kv: list  # [(keys [1, H, P, dh], values), ...] for layers 0..deepest
+    hidden: dict  # layer -> [P, D]
+
+
+def _weights_version(model) -> tuple:
+    """Changes whenever a parameter is modified in place (optimizer steps, load_state_dict) or replaced."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+class PrefixCache:
+    """Prefixes shared by rows (system prompt, few-shot turns, template header), run once.
+
+    At most ``size`` prefixes are kept (oldest dropped first), and all are dropped when
+    the model's weights change, so a trainer re-scoring with live weights never sees
+    stale keys/values.
+    """
+
+    def __init__(self, model, run_prefix: Callable[[tuple], Prefix], size: int = 8):
+        self.model = model
+        self.run_prefix = run_prefix
+        self.size = size
+        self._prefixes: dict[tuple, Prefix] = {}
+        self._version = None
+
+    def __len__(self) -> int:
+        return len(self._prefixes)
+
+    def _get(self, key: tuple) -> Prefix:
+        if key not in self._prefixes:
+            if len(self._prefixes) >= self.size:
+                self._prefixes.pop(next(iter(self._prefixes)))
+            self._prefixes[key] = self.run_prefix(key)
+        return self._prefixes[key]
+
+    def groups(self, live: list[int], rendered: list) -> list[tuple[Prefix | None, list[int]]]:
+        """Split rows into groups sharing a prefix (at least two rows each) and the rest."""
+        version = _weights_version(self.model)
+        if version != self._version:  # new weights: cached keys/values are stale
+            self._prefixes, self._version = {}, version
+        by_key: dict[tuple, list[int]] = {}
+        for i in live:
+            r = rendered[i]
+            shareable = 0 < r.n_prefix < len(r.ids)  # a row cut inside its prefix has no tokens of its own
+            by_key.setdefault(tuple(r.ids[: r.n_prefix]) if shareable else (), []).append(i)
+        groups, rest = [], []
+        for key, members in by_key.items():
+            # decided by this call's rows alone (not by what is cached), so resumed and
+            # sharded runs take the same path for every row and stay bit-identical
+            if not key or len(members) < 2:
+                rest.extend(members)
+                continue
+            groups.append((self._get(key), members))
+        if rest:
+            groups.append((None, sorted(rest)))
+        return groups
+
+
+# --- the engine -------------------------------------------------------------------------
+
+class Scorer:
+    """Scores records with a loaded model; independent of files and CLI.
+
+    ``options`` is copied, never changed: the copy in :attr:`opt` has ``batch_tokens``
+    resolved for ``device``.
+    """
+
+    def __init__(self, model, tokenizer, renderer: Renderer, options: ScoreOptions, device: str):
+        self.model = model
+        self.tok = tokenizer
+        self.renderer = renderer
+        if options.batch_tokens is None:
+            options = replace(options, batch_tokens=default_batch_tokens(device))
+        self.opt = options
+        self.device = device
+        self.layer_idx = hooks.parse_layers(model, options.layers)
+        for idx in self.layer_idx:
+            hooks.site_module(model, idx, options.site)  # fail early on unsupported layouts
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)
+        self.tokens_seen = 0
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        use_cache = options.prefix_cache and model_type in PREFIX_CACHE_TYPES
+        self.prefix_cache = PrefixCache(model, self._run_prefix) if use_cache else None
+
+    @property
+    def use_prefix_cache(self) -> bool:
+        return self.prefix_cache is not None
+
+    def _terms(self, hidden_BTD: torch.Tensor, items) -> tuple[list[float], list[float]]:
+        if self.opt.estimator == "gainrl-code":
+            lengths = [len(r.ids) for r in items]
+            intra, inter = angles.gainrl_code_terms_batch(
+                hidden_BTD, lengths, self.opt.code_prefix_tokens, self.opt.code_suffix_tokens
+            )
+        else:
+            B, T = hidden_BTD.shape[:2]
+            q_mask = torch.zeros(B, T, dtype=torch.bool, device=hidden_BTD.device)
+            p_mask = torch.zeros_like(q_mask)
+            for b, r in enumerate(items):
+                p_mask[b, : r.n_prefix] = True
+                q_mask[b, r.n_prefix: r.q_end] = True
+            intra, inter = angles.segment_concentration(hidden_BTD, q_mask, p_mask)
+        return intra.tolist(), inter.tolist()
+
+    def _note(self, r, intra: float, inter: float) -> str | None:
+        notes = [r.note] if r.note else []
+        if self.opt.estimator == "gainrl-code":
+            if math.isnan(intra) or math.isnan(inter):
+                notes.append(f"gainrl-code slice empty ({len(r.ids)} tokens)")
+        else:
+            if r.n_question < 2:
+                notes.append("question shorter than 2 tokens")
+            if r.n_prefix == 0:
+                notes.append("empty prefix")
+        return "; ".join(notes) or None
+
+    def _row(self, rec: Record, r, layer: int, intra: float, inter: float) -> dict:
+        intra_v, inter_v = finite_or_none(intra), finite_or_none(inter)
+        score = None
+        if intra_v is not None and inter_v is not None:
+            score = angles.combine(intra_v, inter_v, self.opt.w_intra, self.opt.w_inter)
+        return {
+            "row": rec.row, "id": rec.id, "layer": layer,
+            "n_tokens": len(r.ids), "n_prefix": r.n_prefix, "n_question": r.n_question,
+            "intra": intra_v, "inter": inter_v, "score": score,
+            "truncated": r.truncated, "note": self._note(r, intra, inter) if r.ids else r.note,
+        }
+
+    @torch.inference_mode()
+    def forward_hidden(self, id_lists: list[list[int]], prefix: Prefix | None = None) -> dict[int, torch.Tensor]:
+        """Hidden states [B, T, D] at every requested layer for right-padded ids.
+
+        With ``prefix`` (every list starts with its tokens) only the rest of each list
+        runs, on top of the prefix's cached keys/values; the prefix's hidden states are
+        prepended, so the result is the same as without it.
+        """
+        P = prefix.length if prefix else 0
+        T = max(len(x) for x in id_lists) - P
+        B = len(id_lists)
+        ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((B, P + T), dtype=torch.long)
+        mask[:, :P] = 1
+        for b, x in enumerate(id_lists):
+            ids[b, : len(x) - P] = torch.tensor(x[P:], dtype=torch.long)
+            mask[b, : len(x)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = None
+        if prefix:
+            from transformers import DynamicCache
+
+            cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix.kv])
+        with hooks.capture(self.model, self.layer_idx, self.opt.site) as captured:
+            hooks.run_until_captured(self.model, ids, mask, cache)
+        if prefix:
+            return {l: torch.cat([prefix.hidden[l].expand(B, -1, -1), h], dim=1) for l, h in captured.items()}
+        return dict(captured)
+
+    @torch.inference_mode()
+    def _run_prefix(self, ids: tuple) -> Prefix:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        with hooks.capture(self.model, self.layer_idx, self.opt.site) as captured:
+            hooks.run_until_captured(self.model, x, torch.ones_like(x), cache)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        return Prefix(len(ids), kv, {l: h[0] for l, h in captured.items()})
+
+    def _render(self, records: list[Record]) -> list:
+        rendered = []
+        for rec in records:
+            if rec.question is None and rec.note:  # the reader already knows why there is no question
+                rendered.append(self.renderer.render(None))
+                rendered[-1].note = rec.note
+            else:
+                rendered.append(self.renderer.render(rec.question, rec.history))
+        return rendered
+
+    def score_records(self, records: list[Record], on_batch: Callable[[int], None] | None = None) -> list[dict]:
+        """One result row per (record, layer), sorted by (row, layer).
+
+        ``on_batch(n_rows)`` runs after each forward batch (progress, or raising to stop).
+        """
+        rendered = self._render(records)
+        out = []
+        live = [i for i, r in enumerate(rendered) if r.ids]
+        for i, r in enumerate(rendered):
+            if not r.ids:
+                out.extend(self._row(records[i], r, l, math.nan, math.nan) for l in self.layer_idx)
+        groups = [(None, live)] if self.prefix_cache is None else self.prefix_cache.groups(live, rendered)
+        for prefix, members in groups:
+            # the budget counts the prefix too: each row attends to (and holds a copy of) its keys/values
+            for batch in make_batches([len(rendered[i].ids) for i in members], self.opt.batch_tokens):
+                idx = [members[j] for j in batch]
+                items = [rendered[i] for i in idx]
+                hidden = self.forward_hidden([r.ids for r in items], prefix)
+                self.tokens_seen += sum(len(r.ids) for r in items)
+                for layer in self.layer_idx:
+                    intra, inter = self._terms(hidden[layer], items)
+                    for k, i in enumerate(idx):
+                        out.append(self._row(records[i], items[k], layer, intra[k], inter[k]))
+                if on_batch:
+                    on_batch(len(idx))
+        out.sort(key=lambda d: (d["row"], d["layer"]))
+        return out
+
+
+def build_scorer(opt: ScoreOptions, loaded=None):
+    """Resolve device and dtype, load the model unless given, and build its Scorer.
+
+    Returns ``(scorer, loaded, device, dtype)``; ``opt`` is left as it was given.
+    """
+    from anglerank import models
+
+    device = resolve_device(opt.device)
+    dtype = resolve_dtype(opt.dtype, device)
+    if loaded is None:
+        loaded = models.load(opt.model, device=device, dtype=dtype)
+    renderer = Renderer(loaded.tokenizer, opt.preset, opt.system, opt.prefix, opt.max_length)
+    return Scorer(loaded.model, loaded.tokenizer, renderer, opt, device), loaded, device, dtype
