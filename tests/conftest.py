@@ -182,3 +182,15 @@ def gsm8k_test():
 
 def pytest_configure(config):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one torch thread is fastest (OpenMP threads only spin, badly so on a shared,
+    busy CPU). The previous thread count comes back after the module."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -27,13 +27,7 @@ from anglerank.train.config import TrainConfig, build_config, dump_toml, load_to
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The models here are tiny: one thread is fastest, and far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 STEP_KEYS = {"loss", "reward_mean", "reward_std", "accuracy", "kl", "clip_fraction", "completion_len_mean",
              "completion_len_max", "zero_std_fraction", "lr", "grad_norm", "tokens_per_s", "angle", "epoch", "step"}

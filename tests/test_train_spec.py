@@ -29,12 +29,7 @@ from anglerank.train.metrics import read_metrics
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hand_logp(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
