@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from anglerank.angles import rankdata, spearman
+from anglerank.data.values import finite_or_none
 
 __all__ = ["X_VARS", "Y_VARS", "CONTROL", "partial_spearman", "fisher_ci", "correlations"]
 
@@ -67,10 +68,6 @@ def fisher_ci(r: float, n: int, controls: int = 0) -> list[float] | None:
     return [math.tanh(z - 1.96 * se), math.tanh(z + 1.96 * se)]
 
 
-def _num(v: float | None) -> float | None:
-    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
-
-
 def correlations(per_sample: list[dict], layers: list[int], control: str = CONTROL) -> list[dict]:
     """Spearman (raw and partial on ``control``) of X_VARS (and length) with Y_VARS, per layer.
 
@@ -88,12 +85,12 @@ def correlations(per_sample: list[dict], layers: list[int], control: str = CONTR
                 xv, yv, zv = [r[x] for r in rows], [r.get(y) for r in rows], [r[control] for r in rows]
                 n = len(_complete(xv, yv)[0])
                 rho = spearman(*_complete(xv, yv)) if n else math.nan
-                entry = {"layer": layer, "x": x, "y": y, "n": n, "spearman": _num(rho),
+                entry = {"layer": layer, "x": x, "y": y, "n": n, "spearman": finite_or_none(rho),
                          "ci95": fisher_ci(rho, n)}
                 if x != control and y != control:
                     n_p = len(_complete(xv, yv, zv)[0])
                     pr = partial_spearman(xv, yv, zv)
-                    entry.update(partial_spearman=_num(pr), partial_n=n_p, partial_ci95=fisher_ci(pr, n_p, 1))
+                    entry.update(partial_spearman=finite_or_none(pr), partial_n=n_p, partial_ci95=fisher_ci(pr, n_p, 1))
                 else:
                     entry.update(partial_spearman=None, partial_n=None, partial_ci95=None)
                 out.append(entry)
