@@ -31,6 +31,15 @@ class RewardError(UserError):
     """A reward spec that cannot be loaded, or a reward function or its data that does not fit."""
 
 
+class NonFiniteReward(RewardError):
+    """A reward function returned NaN or an infinity; ``index`` is the completion's position."""
+
+    def __init__(self, func: str, index: int, value: float):
+        super().__init__(f"reward function {func!r} returned {value} for completion {index}; rewards must be "
+                         "finite numbers (return None for 'no reward')")
+        self.func, self.index, self.value = func, index, value
+
+
 # --------------------------------------------------------------------------- #
 # TRL reward function
 # --------------------------------------------------------------------------- #
@@ -172,8 +181,11 @@ def combine_rewards(
 
     Each function is called as ``f(prompts=prompts, completions=completions,
     **columns)`` and must return one value per completion (RewardError naming
-    the function otherwise). ``None`` entries become ``nan`` in the
-    per-function lists and count as 0 in the weighted sum. Returns
+    the function otherwise). ``None`` means "no reward" (TRL's convention for a
+    function that does not apply): it becomes ``nan`` in the per-function list
+    and counts as 0 in the weighted sum. A returned NaN or infinity is an error
+    (:class:`NonFiniteReward`): it would turn the advantages, the loss and then
+    the weights into NaN. Returns
     ``(total, {name: values})``; duplicate names get ``_2``, ``_3`` suffixes.
     """
     funcs = list(funcs)
@@ -195,7 +207,7 @@ def combine_rewards(
         if len(out) != n:
             raise RewardError(f"reward function {name!r} returned {len(out)} values for {n} completions")
         vals: list[float] = []
-        for v in out:
+        for i, v in enumerate(out):
             if v is None:
                 vals.append(math.nan)
                 continue
@@ -203,6 +215,8 @@ def combine_rewards(
                 vals.append(float(v))
             except (TypeError, ValueError):
                 raise RewardError(f"reward function {name!r} returned a non-numeric value {v!r}") from None
+            if not math.isfinite(vals[-1]):
+                raise NonFiniteReward(name, i, vals[-1])
         key, k = name, 2
         while key in per:
             key, k = f"{name}_{k}", k + 1

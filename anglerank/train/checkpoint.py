@@ -53,6 +53,7 @@ class RunState:
     scores: list | None = None  # per pool index (None: unscorable); None before the first scoring
     ranked_at: int = 0  # the epoch whose weights produced the ranking
     last_eval: dict | None = None
+    nonfinite_streak: int = 0  # consecutive steps whose updates were skipped (non-finite loss or gradient)
     subset_info: dict = field(default_factory=dict)
     epoch_metrics: EpochMetrics = field(default_factory=EpochMetrics)
     elapsed_base: float = 0.0
@@ -93,6 +94,10 @@ def save_checkpoint(run_dir: Path, model, tok, optimizer, generator: torch.Gener
     final, tmp = root / name, root / f".tmp-{name}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:  # the step guard keeps them finite; this is the last line of defence
+        raise RuntimeError(f"internal error: refusing to checkpoint non-finite weights ({len(bad)} tensors, e.g. "
+                           f"{bad[0]})")
     _save_pretrained(model, tok, tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"rollouts": generator.get_state()}, tmp / "rng.pt")

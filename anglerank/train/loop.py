@@ -55,6 +55,8 @@ from anglerank.train.metrics import Jsonl
 __all__ = ["train"]
 
 Event = Callable[[str, dict], None]
+# Steps in a row whose updates were all skipped for a non-finite loss or gradient before the run stops.
+_MAX_NONFINITE_STEPS = 3
 
 
 @dataclass
@@ -187,6 +189,11 @@ def _step(run: _Run, batch: list[int]) -> None:
     except step.StepAborted:
         run.ctx.generator.set_state(rng_before)  # redo this very step on resume
         raise _Stop from None
+    st.nonfinite_streak = st.nonfinite_streak + 1 if res.record["skipped_updates"] else 0
+    if st.nonfinite_streak >= _MAX_NONFINITE_STEPS:
+        raise UserError(f"training diverged: {st.nonfinite_streak} steps in a row had a non-finite loss or gradient "
+                        f"norm, so their updates were skipped (step {st.global_step + 1}); the checkpoints hold finite "
+                        "weights. Lower --lr or --max-grad-norm, or check the reward functions")
     run.curriculum.observe(res.judged, res.angles)
     st.global_step, st.step_in_epoch, st.updates = st.global_step + 1, st.step_in_epoch + 1, st.updates + res.updates
     m = st.epoch_metrics

@@ -92,8 +92,13 @@ def train_step(ctx: StepContext, batch: list[int], updates_done: int) -> StepRes
     cols = {k: [v[i] for i in seq_idx] for k, v in pool.columns.items()}
     if pool.answers is not None:
         cols["answer"] = [pool.answers[i] for i in seq_idx]
-    total, per_func = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight, [pool.prompts[i] for i in seq_idx],
-                                              ro.texts, **cols)
+    try:
+        total, per_func = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight,
+                                                  [pool.prompts[i] for i in seq_idx], ro.texts, **cols)
+    except rewards.NonFiniteReward as exc:
+        row = pool.rows[seq_idx[exc.index]] if hasattr(pool, "rows") else seq_idx[exc.index]
+        raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
+                                  f"{row}; rewards must be finite numbers (return None for 'no reward')") from None
     judged = judge_rewards(pool, seq_idx, ro.texts, total)
     rewards_N = torch.tensor(total, dtype=torch.float32)
     adv_N = grpo.group_advantages(rewards_N, G, cfg.scale_rewards)
@@ -129,7 +134,7 @@ def _policy_update(ctx: StepContext, ro, adv_N: torch.Tensor, updates_done: int)
     ctx.model.train()
     old_logps, ref_logps = _frozen_logps(ctx, subs, mbs, angle_B)
     stats = {"clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0}
-    loss, tok_w, grad_norm, lr = 0.0, 0.0, 0.0, 0.0
+    loss, tok_w, grad_norm, lr, skipped = 0.0, 0.0, 0.0, 0.0, 0
     for it in range(cfg.num_iterations):
         last = it == cfg.num_iterations - 1
         ctx.optimizer.zero_grad(set_to_none=True)
@@ -153,10 +158,12 @@ def _policy_update(ctx: StepContext, ro, adv_N: torch.Tensor, updates_done: int)
                 for key in stats:
                     stats[key] += m[key] * n_tok
                 tok_w += n_tok
-        grad_norm, lr = _optimizer_step(ctx, updates_done + it, has_grads=bool(subs))
+        grad_norm, lr, stepped = _optimizer_step(ctx, updates_done + it, bool(subs), math.isfinite(loss))
+        skipped += not stepped
     ctx.optimizer.zero_grad(set_to_none=True)
     return {"loss": loss, "stats": {k: (v / tok_w if tok_w else 0.0) for k, v in stats.items()},
-            "grad_norm": grad_norm, "lr": lr, "updates": cfg.num_iterations, "angle_B": angle_B,
+            "grad_norm": grad_norm, "lr": lr, "updates": cfg.num_iterations, "skipped_updates": skipped,
+            "angle_B": angle_B,
             "trained_sequences": len(active)}
 
 
@@ -173,8 +180,14 @@ def _frozen_logps(ctx: StepContext, subs: list, mbs: list, angle_B: torch.Tensor
     return old, ref
 
 
-def _optimizer_step(ctx: StepContext, update_index: int, has_grads: bool) -> tuple[float, float]:
-    """Clip, set the scheduled learning rate, step; returns (grad norm before clipping, lr)."""
+def _optimizer_step(ctx: StepContext, update_index: int, has_grads: bool,
+                    finite_loss: bool) -> tuple[float, float, bool]:
+    """Clip, set the scheduled learning rate, step; returns (grad norm before clipping, lr, stepped).
+
+    A non-finite gradient norm (a NaN or infinite loss, an overflow) never reaches the
+    weights: the update is skipped (the learning-rate clock still advances) and the
+    caller counts it.
+    """
     cfg = ctx.cfg
     params = [p for g in ctx.optimizer.param_groups for p in g["params"]]
     if not has_grads:  # every advantage is zero: step on zero gradients, as the full batch would
@@ -183,10 +196,13 @@ def _optimizer_step(ctx: StepContext, update_index: int, has_grads: bool) -> tup
     limit = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
     lr = grpo.lr_at(update_index, ctx.total_updates, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.min_lr_ratio)
+    if not (finite_loss and math.isfinite(grad_norm)):
+        ctx.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, lr, False
     for g in ctx.optimizer.param_groups:
         g["lr"] = lr
     ctx.optimizer.step()
-    return grad_norm, lr
+    return grad_norm, lr, True
 
 
 def _step_record(ctx: StepContext, ro, rewards_N: torch.Tensor, judged: list, upd: dict, t_roll: float,
@@ -203,7 +219,7 @@ def _step_record(ctx: StepContext, ro, rewards_N: torch.Tensor, judged: list, up
             "completion_len_mean": float(np.mean(comp_len)), "completion_len_max": int(max(comp_len)),
             "truncated_fraction": float(np.mean([not f for f in ro.finished])),
             "zero_std_fraction": float((r_PG.max(dim=1).values == r_PG.min(dim=1).values).float().mean()),
-            "trained_sequences": upd["trained_sequences"],
+            "trained_sequences": upd["trained_sequences"], "skipped_updates": upd["skipped_updates"],
             "angle": float(ang.mean()) if ang.numel() else None, "lr": upd["lr"], "grad_norm": upd["grad_norm"],
             "tokens_per_s": round(n_tokens / t_total, 1), "rollout_s": round(t_roll, 3),
             "update_s": round(t_total - t_roll, 3)}
