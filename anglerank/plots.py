@@ -12,15 +12,15 @@ program that called us. Files are written atomically.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from anglerank.errors import MissingExtra, UserError
+from anglerank.train.metrics import read_metrics
 
-__all__ = ["plot_report", "plot_runs", "plot_scores", "read_metrics", "require_matplotlib", "smooth"]
+__all__ = ["plot_report", "plot_runs", "plot_scores", "require_matplotlib", "smooth"]
 
 
 def require_matplotlib(what: str = "--plot") -> None:
@@ -125,14 +125,6 @@ def plot_report(report: dict, path, layer: int | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------- train
-
-def read_metrics(run_dir) -> list[dict]:
-    """The records of ``RUN_DIR/metrics.jsonl`` (written by ``anglerank train``), read without the trainer."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        raise UserError(f"no metrics.jsonl in {run_dir}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
 
 def smooth(ys: list[float], k: int = 5) -> list[float]:
     """Trailing moving average over up to ``k`` points (None values skipped)."""
