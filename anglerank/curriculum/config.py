@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from anglerank.curriculum.units import positive_int
 from anglerank.errors import UserError
 
 __all__ = ["CurriculumConfig", "DEFAULTS", "HELP", "RANK_FIELDS", "correct"]
@@ -62,9 +63,7 @@ class CurriculumConfig:
 
         if self.sampler not in sampler_names():
             raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(sampler_names())}")
-        if isinstance(self.subset_size, bool) or not isinstance(self.subset_size, numbers.Integral) \
-                or self.subset_size < 1:
-            raise UserError(f"subset_size must be a positive integer, got {self.subset_size!r}")
+        positive_int("subset_size", self.subset_size)
         for name in (*RANK_FIELDS, "alpha", "beta_acc", "correct_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
