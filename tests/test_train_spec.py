@@ -55,7 +55,7 @@ def test_one_step_matches_the_algorithm_by_hand(tiny_model, tiny_tokenizer, monk
 
     model = copy.deepcopy(tiny_model).float()
     ref = copy.deepcopy(model)
-    pool = SimpleNamespace(prompt_ids=prompts, prompts=["p0", "p1"], answers=None, columns={})
+    pool = SimpleNamespace(rows=[0, 1], prompt_ids=prompts, prompts=["p0", "p1"], answers=None, columns={})
     opt = torch.optim.AdamW([{"params": [p for p in model.parameters() if p.dim() >= 2], "weight_decay": wd},
                              {"params": [p for p in model.parameters() if p.dim() < 2], "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.99), eps=eps)

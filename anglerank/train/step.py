@@ -96,9 +96,8 @@ def train_step(ctx: StepContext, batch: list[int], updates_done: int) -> StepRes
         total, per_func = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight,
                                                   [pool.prompts[i] for i in seq_idx], ro.texts, **cols)
     except rewards.NonFiniteReward as exc:
-        row = pool.rows[seq_idx[exc.index]] if hasattr(pool, "rows") else seq_idx[exc.index]
         raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
-                                  f"{row}; rewards must be finite numbers (return None for 'no reward')") from None
+                                  f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers (return None for 'no reward')") from None
     judged = judge_rewards(pool, seq_idx, ro.texts, total)
     rewards_N = torch.tensor(total, dtype=torch.float32)
     adv_N = grpo.group_advantages(rewards_N, G, cfg.scale_rewards)
