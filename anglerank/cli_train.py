@@ -145,7 +145,7 @@ def train_cmd(ctx: typer.Context, **kw):
             raise UserError("give the training Parquet file(s) (or train_data in --config)")
         if not cfg.output_dir:
             raise UserError("--output RUN_DIR is required")
-    display = Display(quiet=kw["quiet"])
+    display = Display(quiet=kw["quiet"], console=err)
     with display:
         train(cfg, resume=kw["resume"] is not None, overwrite=kw["overwrite"], on_event=display)
 

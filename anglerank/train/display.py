@@ -6,7 +6,7 @@ It only listens: :func:`anglerank.train.loop.train` calls it with each event.
 
 from __future__ import annotations
 
-from anglerank.cli_common import err
+from rich.console import Console
 
 __all__ = ["Display"]
 
@@ -18,8 +18,9 @@ def _fmt(x, spec=".3f"):
 class Display:
     """Live rich view: a progress bar over steps with the latest step metrics, one line per epoch."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, console: Console):
         self.quiet = quiet
+        self.console = console  # the command's stderr console
         self.prog = None
         self.task = None
 
@@ -39,13 +40,13 @@ class Display:
                 TimeRemainingColumn
 
             dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rec["dropped"].items() if v)
-            err.print(f"[bold]anglerank train[/] {rec['run_dir']}: {rec['model']} ({rec['dtype']}, {rec['device']}), "
+            self.console.print(f"[bold]anglerank train[/] {rec['run_dir']}: {rec['model']} ({rec['dtype']}, {rec['device']}), "
                       f"{rec['n_prompts']:,} prompts" + (f" ({dropped} left out)" if dropped else "") +
                       (f", {rec['n_eval']:,} eval" if rec["n_eval"] else "") +
                       f", {rec['epochs']} epochs x {rec['steps_per_epoch']} steps", highlight=False)
             self.prog = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"), console=err)
+                                 TextColumn("{task.fields[info]}"), console=self.console)
             self.prog.start()
             self.task = self.prog.add_task("train", total=rec["total_steps"], completed=rec["global_step"], info="")
         elif kind == "step" and self.prog:
@@ -72,10 +73,10 @@ class Display:
                 self.prog.stop()
                 self.prog = None
             acc = rec["final_eval_accuracy"]
-            err.print(f"[bold green]done[/]: {rec['steps']} steps in {rec['elapsed_s']:.0f}s"
+            self.console.print(f"[bold green]done[/]: {rec['steps']} steps in {rec['elapsed_s']:.0f}s"
                       + (f", final eval accuracy {acc:.3f}" if acc is not None else "")
                       + (f"; model in {rec['checkpoint']}" if rec["checkpoint"] else "; no checkpoint (no training steps)"),
                       highlight=False)
 
     def _print(self, msg: str):
-        (self.prog.console if self.prog else err).print(msg, highlight=False)
+        (self.prog.console if self.prog else self.console).print(msg, highlight=False)
