@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, user_errors
+from anglerank.curriculum.rankings import RANKING_HELP
 from anglerank.errors import UserError
 
 # --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
@@ -133,6 +134,9 @@ def sample_cmd(
     concat: Annotated[bool, typer.Option(
         "--concat", help="Write one Parquet file (-o) with all epochs in order, for trainers reading with "
         "shuffle=False.")] = False,
+    ranking: Annotated[str, typer.Option(
+        "--ranking", help=RANKING_HELP + " The angle ranking follows --by / --ascending; length counts prompt "
+        "tokens; random is seeded by --seed.")] = "angle",
     by: ByOpt = "score",
     ascending: AscendingOpt = False,
     include_null: Annotated[bool, typer.Option(
@@ -158,8 +162,8 @@ def sample_cmd(
     from anglerank.curation.sample import sample
 
     s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, mu0=mu0, sigma=sigma, step=step,
-               wrap=wrap, seed=seed, keep_order=keep_order, concat=concat, by=by, ascending=ascending,
-               include_null=include_null, force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
+               wrap=wrap, seed=seed, keep_order=keep_order, concat=concat, ranking=ranking, by=by,
+               ascending=ascending, include_null=include_null, force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
     if json_out:
         typer.echo(json.dumps(s, indent=2))
     if quiet:
@@ -172,6 +176,7 @@ def sample_cmd(
         ("epochs x K", f"{s['epochs']} x {s['subset']:,} = {s['rows_written']:,} rows"),
         ("mu0 / sigma / step", f"{s['mu0']:.1f} / {s['sigma']:.1f} / {s['step']:.2f} ranks"),
         ("centre", f"{mus[0]:.1f} -> {mus[-1]:.1f}"),
+        ("ranking", s["ranking"]),
         ("seed / order", f"{s['seed']} / {'shuffled' if s['shuffle'] else 'rank order'}"),
     ])
 

@@ -20,7 +20,7 @@ import typer
 from anglerank import cli_common as cc
 from anglerank.cli_common import err, user_errors
 from anglerank.errors import UserError
-from anglerank.train.config import RANK_FIELDS, TrainConfig, _base_type
+from anglerank.train.config import RANK_FIELDS, UNIT_FIELDS, TrainConfig, _base_type
 
 # Options shared with `score` (same flag names and help).
 _SHARED = {"model": cc.ModelOpt, "prompt_column": cc.PromptColumnOpt, "id_column": cc.IdColumnOpt,
@@ -53,9 +53,9 @@ def _option_annotation(f):
         return Annotated[tp, info]
     flags = _SHORT.get(f.name, ["--" + f.name.replace("_", "-")])
     help_text = f.metadata["help"]
-    if f.name in RANK_FIELDS:
+    if f.name in UNIT_FIELDS:
         tp = str
-        help_text += " Ranks (an integer) or a fraction of N (0 < x <= 1)."
+        help_text += "" if f.name not in RANK_FIELDS else " Ranks (an integer) or a fraction of N (0 < x <= 1)."
     elif base is list:
         tp = Optional[list[float]] if f.name == "reward_weight" else Optional[list[str]]
         if f.name == "reward":
@@ -69,7 +69,7 @@ def _option_annotation(f):
 
 
 def _default(f):
-    if f.name in RANK_FIELDS:
+    if f.name in UNIT_FIELDS:
         return str(round(f.default, 4)) if isinstance(f.default, float) else str(f.default)
     if f.default is MISSING:  # list fields with factories
         return None
@@ -114,7 +114,7 @@ def _given(ctx: typer.Context, values: dict) -> dict:
         source = ctx.get_parameter_source(name)  # typer vendors click: compare by name
         if getattr(source, "name", None) not in ("COMMANDLINE", "ENVIRONMENT"):
             continue
-        if name in RANK_FIELDS:
+        if name in UNIT_FIELDS:
             value = parse_rank_value(value)
         if isinstance(value, tuple):
             value = list(value)

@@ -161,7 +161,8 @@ def test_smoke_two_epochs(tmp_path, tiny_model_dir, questions_parquet, reward_fi
     cfg.write_text("epochs = 2\nsigma = 0.5\nlr = 1e-9\n")
     run = tmp_path / "run"
     res = runner.invoke(app, _args(questions_parquet, run, tiny_model_dir, reward_file, "--config", str(cfg),
-                                   "--eval-data", str(questions_parquet), "--eval-limit", "3"))
+                                   "--eval-data", str(questions_parquet), "--eval-limit", "3",
+                                   "--rescore-every", "4"))
     assert res.exit_code == 0, res.output
     saved = load_toml(run / "config.toml")
     assert saved["lr"] == 1e-3 and saved["epochs"] == 2 and saved["sigma"] == 0.5  # file + CLI override
@@ -174,7 +175,8 @@ def test_smoke_two_epochs(tmp_path, tiny_model_dir, questions_parquet, reward_fi
     assert all(STEP_KEYS <= set(r) for r in steps), set(STEP_KEYS) - set(steps[0])
     assert all(EPOCH_KEYS <= set(r) for r in epochs)
     assert all(np.isfinite(r["loss"]) for r in steps) and any(r["grad_norm"] > 0 for r in steps)
-    assert [r["type"] for r in recs].count("score") == 2  # initial + one re-score (none after the last epoch)
+    # initial + one re-score after 4 prompts trained (none after the last epoch)
+    assert [r["type"] for r in recs].count("score") == 2
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -317,3 +319,48 @@ def test_kl_reference_and_several_iterations(tmp_path, tiny_model_dir, questions
     # step 1's second pass follows an lr-0 update: nothing moved yet; step 2's follows a real one
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-7) and steps[0]["ratio_mean"] == pytest.approx(1.0)
     assert steps[1]["kl"] > 0 and steps[1]["ratio_mean"] != 1.0
+
+
+def test_rescoring_counts_prompts_and_covers_the_reachable_ranks(tmp_path, tiny_model_dir, questions_parquet,
+                                                                 reward_file):
+    run = tmp_path / "r"
+    res = runner.invoke(app, _args(questions_parquet, run, tiny_model_dir, reward_file, "--epochs", "4",
+                                   "--sigma", "1", "--step", "1", "--adj-max", "1", "--rescore-every", "8",
+                                   "--staleness-every", "2"))
+    assert res.exit_code == 0, res.output
+    scores = read_metrics(run, "score")
+    # 4 prompts per epoch, one re-scoring per 8 prompts: after epoch 2 (not after the last, epoch 4)
+    assert [r["epoch"] for r in scores] == [0, 2]
+    # the window (3 sigma either side, at most 1 rank of move before the next re-scoring) holds < 23 ranks
+    assert scores[0]["n"] == 23 and 0 < scores[1]["n"] <= 8
+    stale = read_metrics(run, "staleness")
+    assert [r["epoch"] for r in stale] == [2, 4] and [r["ranked_at"] for r in stale] == [0, 2]
+    assert all(-1 <= r["spearman"] <= 1 and r["window_n"] <= 8 for r in stale)
+    epochs = read_metrics(run, "epoch")
+    assert [e["rescore_s"] > 0 for e in epochs] == [False, True, False, False]
+
+
+def _draws(run):
+    return [json.loads(x) for x in (run / "subsets.jsonl").read_text().splitlines()]
+
+
+def test_rankings_other_than_angle_need_no_scoring(tmp_path, tiny_model_dir, questions_parquet, reward_file):
+    from anglerank.curriculum import Ranking
+
+    run = tmp_path / "random"
+    res = runner.invoke(app, _args(questions_parquet, run, tiny_model_dir, reward_file, "--epochs", "2",
+                                   "--ranking", "random", "--seed", "5"))
+    assert res.exit_code == 0, res.output
+    assert not read_metrics(run, "score")
+    order = Ranking.parse("random").order(23, seed=5)
+    assert all(d["rows"] == order[d["ranks"]].tolist() for d in _draws(run))
+
+    run = tmp_path / "column"
+    res = runner.invoke(app, _args(questions_parquet, run, tiny_model_dir, reward_file, "--epochs", "1",
+                                   "--sampler", "ordered", "--keep-order", "--ranking", "column:extra_info.index:desc"))
+    assert res.exit_code == 0, res.output
+    assert _draws(run)[0]["rows"] == [22, 21, 20, 19]  # extra_info.index = 1000 + row, highest first
+
+    res = runner.invoke(app, _args(questions_parquet, tmp_path / "bad", tiny_model_dir, reward_file,
+                                   "--ranking", "column:difficulty"))
+    assert res.exit_code == 2 and "no column 'difficulty'" in res.output

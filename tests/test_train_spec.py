@@ -1,8 +1,8 @@
 """The trainer against the algorithm written out by hand (issue 10, "tests as the spec").
 
 - one GRPO step reproduced from first principles: rewards, group advantages
-  (TRL: (r - mean) / (unbiased std + 1e-4)), the loss (ratio 1 on the first
-  pass), its gradient and one AdamW update, computed with plain torch and no
+  (TRL: (r - mean) / (unbiased std + 1e-4)), log-probabilities at the sampling
+  temperature, the loss (ratio 1 on the first pass), its gradient and one AdamW update, computed with plain torch and no
   anglerank code, compared with what ``train_step`` did to the weights;
 - the window of a real ``anglerank train`` run checked against the GAIN-RL
   formula (METHOD.md section 3) from the accuracy and angle the run logged,
@@ -32,10 +32,10 @@ runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _hand_logp(model, prompt: list[int], completion: list[int]) -> torch.Tensor:
-    """log p(completion tokens | prefix), one row at a time, no padding."""
+def _hand_logp(model, prompt: list[int], completion: list[int], temperature: float) -> torch.Tensor:
+    """log p(completion tokens | prefix) at the sampling temperature, one row at a time, no padding."""
     ids = torch.tensor([prompt + completion])
-    logits = model(ids).logits[0, len(prompt) - 1: -1].float()
+    logits = model(ids).logits[0, len(prompt) - 1: -1].float() / temperature
     return torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(completion)[:, None])[:, 0]
 
 
@@ -69,7 +69,7 @@ def test_one_step_matches_the_algorithm_by_hand(tiny_model, tiny_tokenizer, monk
     assert res.rewards == pytest.approx(r.reshape(-1).tolist())
     per_seq = []
     for i in range(6):
-        logp = _hand_logp(ref, seq_prompts[i], comps[i])
+        logp = _hand_logp(ref, seq_prompts[i], comps[i], cfg.temperature)
         ratio = torch.exp(logp - logp.detach())  # 1, with the policy's gradient
         per_seq.append((-(ratio * adv[i])).mean())  # clipping is inactive at ratio 1
     loss = torch.stack(per_seq).mean()  # "grpo": mean over tokens, then over sequences

@@ -20,6 +20,7 @@ import pyarrow as pa
 from anglerank.curation.scores import (
     ROW, load_layer_scores, open_data, provenance, rank_table, verify_inputs, window_rows as _window,
 )
+from anglerank.curriculum.rankings import Ranking
 from anglerank.curriculum.units import parse_rank_value
 from anglerank.data.parquet_out import (
     ANGLE_FIELDS, EPOCH_FIELD, AtomicParquet, assemble, check_added_columns, check_output_file, output_schema,
@@ -45,6 +46,7 @@ def sample(
     keep_order: bool = False,
     wrap: bool = False,
     concat: bool = False,
+    ranking: str = "angle",
     by: str = "score",
     ascending: bool = False,
     include_null: bool = False,
@@ -62,7 +64,9 @@ def sample(
     ``mu0``, ``sigma``, ``step`` and ``subset`` follow ``resolve_rank_units``: an int is
     ranks, a float in (0, 1] a fraction of N (``0.1 -> 0.1 N``), a larger float ranks.
     ``step=None`` sweeps the centre from ``mu0`` to the last rank over the epochs.
-    Default ``sigma`` is the curriculum's (2/15 N, the authors' 1000 ranks scaled from
+    The window walks the angle ranking (``by``, ``ascending``) unless ``ranking`` names
+    another (:mod:`anglerank.curriculum.rankings`: ``random``, ``length`` in prompt
+    tokens, ``column:NAME[:desc]``) over the same rows. Default ``sigma`` is the curriculum's (2/15 N, the authors' 1000 ranks scaled from
     their 7,500 prompts). The centre stays on the data: a step that would carry it past
     the last rank leaves it there (every later epoch still draws K distinct rows spread
     over the tail), or with ``wrap`` starts a new pass at rank 0.
@@ -84,9 +88,11 @@ def sample(
     table, n_scored = rank_table(ls.frame, files.total_rows, by, ascending, drop_null=not include_null)
     if table.height == 0:
         raise InputError("no scored rows to sample from" + ("" if include_null else " (all scores are null)"))
+    table = _walk_order(table, Ranking.parse(ranking), files, ls.frame, seed)
     draws, params = _schedule(table.height, subset, epochs, mu0=mu0, sigma=sigma, step=step, seed=seed,
                               shuffle=not keep_order, wrap=wrap)
-    params.update(by=by, ascending=ascending, include_null=include_null, mu=params.pop("mu"))
+    params.update(ranking=str(Ranking.parse(ranking)), by=by, ascending=ascending, include_null=include_null,
+                  mu=params.pop("mu"))
     check_added_columns(files.schema, [EPOCH_FIELD.name], "rename it before sampling")
     prov = provenance("sample", ls, scores_dir, **{k: v for k, v in params.items() if k != "mu"})
     schema = output_schema(files.metadata_schema, (*ANGLE_FIELDS, EPOCH_FIELD), prov)
@@ -111,6 +117,22 @@ def sample(
     if not concat:
         write_json_atomic(out / "sample.json", {**summary, "provenance": prov})
     return summary
+
+
+def _walk_order(table, ranking: Ranking, files: ParquetFiles, scores, seed: int):
+    """The ranked table re-ordered into the walk of ``ranking`` (the angle ranking as it is)."""
+    import polars as pl
+
+    if ranking.kind == "angle":
+        return table
+    rows = table[ROW].to_numpy()
+    lengths = values = None
+    if ranking.kind == "length":
+        lengths = table.select(ROW).join(scores.select(ROW, "n_tokens"), on=ROW, how="left")["n_tokens"].to_list()
+    elif ranking.kind == "column":
+        values = files.column(ranking.column, rows.tolist())
+    order = ranking.order(len(rows), seed=seed, lengths=lengths, values=values)
+    return table[pl.Series(order)]
 
 
 def _schedule(n: int, subset, epochs: int, *, mu0, sigma, step, seed: int, shuffle: bool,

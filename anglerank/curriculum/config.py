@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from anglerank.curriculum.rankings import RANKING_HELP, Ranking
 from anglerank.curriculum.units import positive_int
 from anglerank.errors import UserError
 
@@ -43,6 +44,7 @@ class CurriculumConfig:
     sampler: str = _f("gainrl", "gainrl: Gaussian window over the ranking, moved after each epoch by accuracy and "
                       "angle; uniform: shuffled passes over the data; ordered: consecutive windows of the ranking; "
                       "sweep: Gaussian window moved a fixed step per epoch (open loop).")
+    ranking: str = _f("angle", RANKING_HELP)
     subset_size: int = _f(256, "Prompts per epoch (K).")
     mu0: float = _f(0.0, "Initial window centre (rank units or fraction of N).")
     sigma: float = _f(2 / 15, "Window width (rank units or fraction of N; authors: 1000 of 7,500).")
@@ -64,6 +66,7 @@ class CurriculumConfig:
         if self.sampler not in sampler_names():
             raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(sampler_names())}")
         positive_int("subset_size", self.subset_size)
+        self.ranking = str(Ranking.parse(self.ranking))
         for name in (*RANK_FIELDS, "alpha", "beta_acc", "correct_threshold"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):

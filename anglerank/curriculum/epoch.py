@@ -23,6 +23,7 @@ import logging
 import numpy as np
 
 from anglerank.curriculum.config import CurriculumConfig, correct
+from anglerank.curriculum.rankings import order_by
 from anglerank.curriculum.registry import make_sampler
 from anglerank.errors import UserError
 
@@ -43,7 +44,7 @@ def rank_order(ranks) -> np.ndarray:
     r = np.asarray(ranks, dtype=np.float64)
     if r.ndim != 1:
         raise UserError(f"ranks must be 1-D, got shape {r.shape}")
-    return np.argsort(np.where(np.isnan(r), np.inf, r), kind="stable").astype(np.int64)
+    return order_by(r)
 
 
 def _digest(order: np.ndarray) -> str:
@@ -114,6 +115,19 @@ class Curriculum:
         if order.shape != (self.n_items,) or not np.array_equal(np.sort(order), np.arange(self.n_items)):
             raise ValueError(f"a ranking must be a permutation of the {self.n_items} rows")
         self.order, self.order_digest = order, _digest(order)
+
+    def reachable(self, epochs: int) -> np.ndarray:
+        """Rank positions the next ``epochs`` draws can take, in walk order (all, if the sampler cannot say)."""
+        reach = getattr(self.sampler, "reach", None)
+        return reach(epochs) if reach is not None else np.arange(self.n_items, dtype=np.int64)
+
+    def reorder(self, positions, keys) -> None:
+        """Re-rank only the rows at ``positions``: they take those positions in ascending ``keys`` order
+        (NaN last); every other row keeps its place."""
+        positions = np.asarray(positions, dtype=np.int64)
+        order = self.order.copy()
+        order[positions] = self.order[positions][order_by(keys)]
+        self.set_order(order)
 
     # -- the epoch
     def begin_epoch(self) -> np.ndarray:

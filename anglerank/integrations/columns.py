@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from anglerank.curriculum import Curriculum, CurriculumConfig, sampler_class
-from anglerank.data.values import finite_or_none
+from anglerank.curriculum import Curriculum, CurriculumConfig, Ranking, rank_order, sampler_class
+from anglerank.data.values import finite_or_none, get_dotted
 from anglerank.errors import UserError
 
-__all__ = ["column_values", "curriculum_for", "read_ranks", "resolve_angle", "row_count"]
+__all__ = ["column_values", "curriculum_for", "ranking_order", "read_ranks", "resolve_angle", "row_count"]
 
 _FRAME_MODULES = ("datasets", "pandas", "polars", "pyarrow")
 
@@ -127,7 +127,7 @@ def resolve_angle(data: Any, angle: Any) -> tuple[np.ndarray | None, float]:
 
 
 def curriculum_for(data: Any, config: CurriculumConfig, *, rank_column: str = "angle_rank",
-                   angle: Any = "angle_score", chunk: int = 1) -> Curriculum:
+                   angle: Any = "angle_score", chunk: int = 1, prompt_column: str = "prompt") -> Curriculum:
     """The curriculum over the rows of ``data`` (one epoch = whole batches of ``chunk`` prompts).
 
     A sampler that ignores the ranking (``uniform``) needs neither the rank nor
@@ -136,8 +136,48 @@ def curriculum_for(data: Any, config: CurriculumConfig, *, rank_column: str = "a
     n = row_count(data)
     if not sampler_class(config.sampler).uses_ranking:
         return Curriculum(np.arange(n, dtype=np.int64), config, chunk=chunk)
-    ranks = read_ranks(data, rank_column)
-    if len(ranks) != n:
-        raise UserError(f"the rank column {rank_column!r} has {len(ranks)} values for {n} rows")
+    order = ranking_order(data, config, rank_column=rank_column, prompt_column=prompt_column)
     angles, angle_default = resolve_angle(data, angle)
-    return Curriculum.from_ranks(ranks, config, angles=angles, angle_default=angle_default, chunk=chunk)
+    return Curriculum(order, config, angles=angles, angle_default=angle_default, chunk=chunk)
+
+
+def ranking_order(data: Any, config: CurriculumConfig, *, rank_column: str = "angle_rank",
+                  prompt_column: str = "prompt") -> np.ndarray:
+    """Rows by rank position under ``config.ranking`` (see :mod:`anglerank.curriculum.rankings`): the
+    angle ranking from ``rank_column``; ``length`` counts the characters of ``prompt_column`` (no
+    tokenizer is needed); ``column:NAME`` reads NAME (dotted paths reach into structs)."""
+    ranking = Ranking.parse(config.ranking)
+    n = row_count(data)
+    if ranking.kind == "angle":
+        ranks = read_ranks(data, rank_column)
+        if len(ranks) != n:
+            raise UserError(f"the rank column {rank_column!r} has {len(ranks)} values for {n} rows")
+        if ranks.size and np.isnan(ranks).all():
+            raise UserError("the rank column has no values (all null)")
+        return rank_order(ranks)
+    if ranking.kind == "random":
+        return ranking.order(n, seed=config.seed)
+    if ranking.kind == "length":
+        return ranking.order(n, lengths=[_text_length(v) for v in _required(data, prompt_column, ranking)])
+    top, _, rest = ranking.column.partition(".")
+    values = _required(data, top, ranking)
+    return ranking.order(n, values=[get_dotted(v, rest) if rest else v for v in values])
+
+
+def _required(data: Any, name: str, ranking) -> list:
+    frame = getattr(data, "dataframe", None)  # verl's RLHFDataset
+    values = _raw_column(frame if frame is not None and frame is not data else data, name)
+    if values is None:
+        raise UserError(f"ranking {ranking}: the training data has no column {name!r}")
+    return values.to_pylist() if hasattr(values, "to_pylist") else list(values)
+
+
+def _text_length(prompt: Any) -> float:
+    """Characters of a prompt: a string, or the contents of a list of chat messages."""
+    if prompt is None:
+        return float("nan")
+    if isinstance(prompt, str):
+        return float(len(prompt))
+    if hasattr(prompt, "tolist"):
+        prompt = prompt.tolist()
+    return float(sum(len(str(m.get("content", "") if isinstance(m, dict) else m)) for m in prompt))

@@ -44,7 +44,9 @@ How GAIN-RL maps onto that:
 Configuration: keys of ``data.gainrl`` (and, with lower precedence, extra keys
 of ``data.sampler``), all optional: every field of
 :class:`anglerank.curriculum.CurriculumConfig` with its defaults (the same as
-``anglerank train``: ``sampler``, ``subset_size``, ``mu0``, ``sigma``,
+``anglerank train``: ``sampler``, ``ranking`` (``angle`` reads ``rank_column``;
+``random``, ``length`` counting the characters of ``data.prompt_key``,
+``column:NAME[:desc]``), ``subset_size``, ``mu0``, ``sigma``,
 ``step``, ``alpha``, ``beta_acc``, ``adj_min``, ``adj_max``, ``wrap``,
 ``shuffle``, ``seed``, ``correct_threshold``; rank-unit values are ranks, an
 int, or fractions of the data set size, a float in (0, 1]), plus::
@@ -183,6 +185,7 @@ class _GainRLSamplerImpl:
         self.curriculum = curriculum_for(
             data_source, curriculum_config(opts, data_config), rank_column=opts.get("rank_column", "angle_rank"),
             angle=opts.get("angle", "angle_score"), chunk=int(batch_size),
+            prompt_column=_get(data_config, "prompt_key", "prompt"),
         )
         self.position = 0  # indices of the current epoch already yielded
         self._resume = False  # set by load_state_dict: continue the restored epoch

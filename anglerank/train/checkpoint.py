@@ -29,7 +29,7 @@ STATE_VERSION = 2
 RUN_FILES = ("config.toml", "metrics.jsonl", "subsets.jsonl", "checkpoints", "curves.png")
 # Settings a resumed run may change (they do not affect what was trained so far).
 RESUME_OVERRIDABLE = ("epochs", "eval_every", "save_every", "keep_checkpoints", "eval_batch_size",
-                      "generation_batch_size", "device", "threads", "gradient_checkpointing")
+                      "generation_batch_size", "device", "threads", "gradient_checkpointing", "staleness_every")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class RunState:
     step_in_epoch: int = 0  # completed steps of the open epoch
     global_step: int = 0
     updates: int = 0  # optimiser updates (the LR schedule's clock)
+    lr_horizon: int = 0  # the LR schedule's length in updates, fixed when the run starts (0: not recorded)
     scores: list | None = None  # per pool index (None: unscorable); None before the first scoring
     ranked_at: int = 0  # the epoch whose weights produced the ranking
     last_eval: dict | None = None

@@ -27,7 +27,10 @@ from pathlib import Path
 from anglerank.curriculum import DEFAULTS, HELP, RANK_FIELDS, CurriculumConfig, sampler_names
 from anglerank.errors import UserError
 
-__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "RANK_FIELDS"]
+__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "UNIT_FIELDS"]
+
+# Settings in rank units (an int is ranks / prompts, a float in (0, 1] a fraction of N): see curriculum.units.
+UNIT_FIELDS = (*RANK_FIELDS, "rescore_every")
 
 
 def _f(default, help: str, panel: str, *, factory=None, flag: str | None = None, cli: bool = True):
@@ -88,6 +91,9 @@ class TrainConfig:
                       "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several.", W,
                       factory=lambda: ["math"])
     reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W)
+    answer_format: str = _f("boxed", "How the built-in math checker finds a completion's final answer: boxed (as TRL's "
+                            "accuracy reward: a \\boxed{} or LaTeX answer, or GSM8K's '#### N'; a completion without "
+                            "one is wrong) or any (else its last number or expression).", W)
     correct_threshold: float = _c(
         "correct_threshold", "A completion counts as correct when its reward >= this (the curriculum's one rule): "
         "the built-in math checker's reward (1 or 0) when the data has reference answers, else the total reward.")
@@ -127,8 +133,16 @@ class TrainConfig:
     adj_max: float = _c("adj_max")
     wrap: bool = _c("wrap")
     keep_order: bool = _f(False, "Train an epoch's prompts in rank order instead of shuffled.", G)
-    rescore_every: int = _f(1, "Re-score and re-rank all training prompts with the current policy every K epochs "
-                            "(0 = only the initial scoring).", G)
+    ranking: str = _c("ranking")
+    rescore_every: float = _f(
+        0.5, "Re-score prompts with the live policy after every this many prompts trained: an integer is prompts, "
+        "a float in (0, 1] a fraction of the pool (0.5: twice per pass over the data; 0: only the initial "
+        "scoring). Only the angle ranking follows the policy; the others are never re-scored.", G)
+    rescore_scope: str = _f("reachable", "reachable: re-score only the ranks the window can reach before the next "
+                            "re-scoring and re-order them among themselves; all: every prompt.", G)
+    staleness_every: int = _f(0, "Diagnostic: every N epochs score every prompt with the live policy without using "
+                              "it and log how far the ranking in use has drifted (Spearman; its time is logged "
+                              "apart, as staleness_s). 0 = never.", G)
     site: str = _f("mlp-input", "Hook site for scores and the angle term (as in `score`).", G)
     layer: int = _f(-1, "Decoder layer for scores and the angle term.", G)
     estimator: str = _f("paper", "Score estimator (as in `score`).", G)
@@ -138,6 +152,8 @@ class TrainConfig:
     eval_every: int = _f(1, "Evaluate every N epochs (and before the first and after the last; 0 = never).", O)
     eval_max_new_tokens: int | None = _f(None, "Eval completion limit (default: --max-new-tokens).", O)
     eval_batch_size: int = _f(32, "Prompts per greedy eval `generate` call.", O)
+    eval_by: str | None = _f("data_source", "Also report eval accuracy per value of this column (verl's per "
+                             "data_source validation metrics; skipped when the default column is absent).", O)
     save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O)
     keep_checkpoints: int = _f(2, "Checkpoints to keep (oldest deleted first).", O)
     seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O)
@@ -162,7 +178,7 @@ class TrainConfig:
                      "micro_batch_size", "num_iterations", "subset_size", "eval_batch_size", "max_prompt_length"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
                  f"--{_flag(name)} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("epochs", "warmup_steps", "rescore_every", "eval_every", "save_every", "top_k"):
+        for name in ("epochs", "warmup_steps", "staleness_every", "eval_every", "save_every", "top_k"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
                  f"--{_flag(name)} must be a non-negative integer, got {getattr(self, name)!r}")
         need(self.num_generations >= 2, "--num-generations must be at least 2: a group of one completion has no "
@@ -183,10 +199,12 @@ class TrainConfig:
         need(self.lr > 0, "--lr must be > 0")
         need(0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]")
         need(self.max_grad_norm >= 0, "--max-grad-norm must be >= 0")
-        for name in RANK_FIELDS:
+        for name in UNIT_FIELDS:
             v = getattr(self, name)
             need(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
                  f"--{_flag(name)} must be a finite number, got {v!r}")
+        need(self.rescore_every >= 0, f"--rescore-every must be >= 0, got {self.rescore_every!r}")
+        need(self.rescore_scope in ("reachable", "all"), "--rescore-scope must be reachable or all")
         need(self.adj_min <= self.adj_max or _mixed_units(self.adj_min, self.adj_max),
              f"--adj-min ({self.adj_min}) > --adj-max ({self.adj_max})")
         if self.reward_weight is not None:
@@ -194,6 +212,7 @@ class TrainConfig:
             need(len(self.reward_weight) == len(self.reward),
                  f"{len(self.reward_weight)} --reward-weight values for {len(self.reward)} --reward functions")
         need(bool(self.reward), "at least one --reward is needed")
+        need(self.answer_format in ("boxed", "any"), f"--answer-format must be boxed or any, got {self.answer_format!r}")
         need(self.preset in ("none", "gainrl"), f"unknown --preset {self.preset!r}; choose from none, gainrl")
         names = sampler_names()
         need(self.sampler in names, f"unknown --sampler {self.sampler!r}; choose from {', '.join(names)}")
@@ -235,7 +254,7 @@ def coerce(name: str, value):
     if value is None:
         return None
     base = _base_type(f.type)
-    if name in RANK_FIELDS:
+    if name in UNIT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{name} must be a number (ranks, or a fraction of N), got {value!r}")
         return value  # int vs float matters: keep it

@@ -193,8 +193,11 @@ def grpo_loss(
     return loss, metrics
 
 
-def sequence_logprobs(logits_BTV: Tensor, labels_BT: Tensor) -> Tensor:
-    """Log-probability of each label token under the logits: ``[B, T]``.
+def sequence_logprobs(logits_BTV: Tensor, labels_BT: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probability of each label token under ``softmax(logits / temperature)``: ``[B, T]``.
+
+    The temperature is the sampling temperature, so the log-probabilities are those of
+    the distribution the completions were drawn from (as TRL and verl compute them).
 
     ``logits_BTV[b, t]`` must already be the distribution that predicts
     ``labels_BT[b, t]`` (the caller does the causal shift). Labels must be valid
@@ -213,12 +216,14 @@ def sequence_logprobs(logits_BTV: Tensor, labels_BT: Tensor) -> Tensor:
             f"labels_BT shape {tuple(labels_BT.shape)} != logits [B, T] "
             f"{tuple(logits_BTV.shape[:2])}"
         )
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     out_dtype = logits_BTV.dtype
     if out_dtype in (torch.float16, torch.bfloat16):
         out_dtype = torch.float32
     rows_T = []
     for logits_TV, labels_T in zip(logits_BTV, labels_BT):
-        logits_TV = logits_TV.to(out_dtype)
+        logits_TV = logits_TV.to(out_dtype) / temperature
         picked_T = logits_TV.gather(-1, labels_T.long().unsqueeze(-1)).squeeze(-1)
         rows_T.append(picked_T - torch.logsumexp(logits_TV, dim=-1))
     if not rows_T:

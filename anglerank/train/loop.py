@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from anglerank import angles
-from anglerank.curriculum import Curriculum, correct
+from anglerank.curriculum import Curriculum, Ranking, correct, resolve_rank_units
 from anglerank.data.values import finite_or_none
 from anglerank.errors import Interrupted, UserError
 from anglerank.signals import StopOnSignal
@@ -127,11 +127,11 @@ def _loop(run: _Run) -> None:
     cfg, st, cur = run.cfg, run.st, run.curriculum
     run.emit("start", _start_record(run))
     if st.global_step == 0 and st.epoch == 0 and not cur.open:  # a fresh run
-        if cur.sampler.uses_ranking:
+        if _follows_policy(run):
             _score(run)
         _evaluate_if_due(run, first=True)
-    elif _rescore_due(run) and st.ranked_at != st.epoch:  # extended (--epochs) past a skipped re-scoring
-        _score(run)
+    elif _rescore_due(run):  # extended (--epochs) past a re-scoring skipped at the old last epoch
+        _score(run, cur.reachable(_rescore_epochs(run)) if cfg.rescore_scope == "reachable" else None)
     notice = lambda: run.emit("log", {"message": "stopping after this step (Ctrl-C again aborts without saving)"})
     with StopOnSignal(notice) as stop:
         run.ctx.stop_requested = lambda: stop.requested
@@ -145,7 +145,9 @@ def _loop(run: _Run) -> None:
                         raise _Stop
                 window = cur.end_epoch()
                 st.epoch, st.step_in_epoch = st.epoch + 1, 0
-                rescore_s = _score(run) if _rescore_due(run) else 0.0
+                if cfg.staleness_every and st.epoch % cfg.staleness_every == 0:
+                    _staleness(run)
+                rescore_s = _rescore_if_due(run)
                 eval_acc = _evaluate_if_due(run)
                 run.log("epoch", _epoch_record(run, window, rescore_s, eval_acc))
                 st.subset_info, st.epoch_metrics = {}, EpochMetrics()
@@ -204,36 +206,93 @@ def _step(run: _Run, batch: list[int]) -> None:
     run.log("step", {**res.record, "epoch": st.epoch + 1, "step": st.global_step})
 
 
+def _follows_policy(run: _Run) -> bool:
+    """Whether the curriculum walks the angle ranking, the one that changes with the policy."""
+    return run.curriculum.sampler.uses_ranking and Ranking.parse(run.cfg.ranking).follows_policy
+
+
+def _rescore_interval(run: _Run) -> int:
+    """Prompts trained between re-scorings (0: never); ``rescore_every`` in prompt units of the pool."""
+    if not run.cfg.rescore_every:
+        return 0
+    return max(1, round(resolve_rank_units(run.cfg.rescore_every, len(run.ctx.pool.rows))))
+
+
+def _rescore_epochs(run: _Run) -> int:
+    """Epochs from one re-scoring to the next."""
+    return max(1, math.ceil(_rescore_interval(run) / run.curriculum.subset_size))
+
+
 def _rescore_due(run: _Run) -> bool:
-    cfg, st = run.cfg, run.st
-    return (run.curriculum.sampler.uses_ranking and cfg.rescore_every > 0 and st.epoch % cfg.rescore_every == 0
-            and st.epoch < cfg.epochs and not run.curriculum.open)
+    st, every = run.st, _rescore_interval(run)
+    return (_follows_policy(run) and every > 0 and st.epoch < run.cfg.epochs and not run.curriculum.open
+            and (st.epoch - st.ranked_at) * run.curriculum.subset_size >= every)
 
 
-def _score(run: _Run) -> float:
-    """Score every pool prompt with the live weights, re-rank the curriculum; returns the seconds taken."""
-    ctx, st = run.ctx, run.st
-    t0 = time.perf_counter()
+def _rescore_if_due(run: _Run) -> float:
+    """Re-score with the live policy when due: every prompt, or (``reachable``) the ranks the window can
+    reach before the next re-scoring. Returns the seconds taken (0 if not due)."""
+    if not _rescore_due(run):
+        return 0.0
+    reach = run.curriculum.reachable(_rescore_epochs(run)) if run.cfg.rescore_scope == "reachable" else None
+    return _score(run, reach)
+
+
+def _fresh_scores(run: _Run, idx) -> list:
+    """Angle scores of the pool prompts ``idx`` under the live weights (None: unscorable)."""
+    ctx = run.ctx
     was_training = ctx.model.training
     ctx.model.eval()
     try:
         with ctx.amp():
-            rows = run.scorer.score_records(ctx.pool.records)
+            rows = run.scorer.score_records([ctx.pool.records[i] for i in idx])
     finally:
         ctx.model.train(was_training)
     by_row = {r["row"]: r["score"] for r in rows}
-    scores = [finite_or_none(by_row.get(row)) for row in ctx.pool.rows]
-    keyed = sorted((-s if s is not None else math.inf, i) for i, s in enumerate(scores))
-    run.curriculum.set_order([i for _, i in keyed])
+    return [finite_or_none(by_row.get(ctx.pool.rows[i])) for i in idx]
+
+
+def _neg(scores) -> np.ndarray:
+    """Sort keys of scores: highest first, unscorable (None) last."""
+    return np.asarray([math.nan if s is None else -s for s in scores], dtype=np.float64)
+
+
+def _score(run: _Run, positions=None) -> float:
+    """Score the pool prompts at rank ``positions`` (all if None) with the live weights and re-rank them
+    among those positions; returns the seconds taken."""
+    st, cur = run.st, run.curriculum
+    t0 = time.perf_counter()
+    positions = np.arange(cur.n_items) if positions is None or st.scores is None else np.asarray(positions)
+    idx = cur.order[positions]
+    fresh = _fresh_scores(run, idx)
+    before = None if st.scores is None else [st.scores[i] for i in idx]
+    cur.reorder(positions, _neg(fresh))
+    scores = list(st.scores) if st.scores is not None else [None] * cur.n_items
+    for i, s in zip(idx, fresh):
+        scores[int(i)] = s
     seconds = time.perf_counter() - t0
-    rec = {"epoch": st.epoch, "step": st.global_step, "seconds": round(seconds, 3), "n": len(scores),
-           "null": sum(s is None for s in scores)}
-    if st.scores is not None:  # how much the ranking moved since the previous scoring
-        nan = lambda xs: [math.nan if s is None else s for s in xs]  # noqa: E731
-        rec["spearman_prev"] = finite_or_none(angles.spearman(nan(st.scores), nan(scores)))
+    rec = {"epoch": st.epoch, "step": st.global_step, "seconds": round(seconds, 3), "n": len(idx),
+           "null": sum(s is None for s in fresh)}
+    if before is not None:  # how much the re-scored ranking moved
+        rec["spearman_prev"] = finite_or_none(angles.spearman(_neg(before), _neg(fresh)))
     st.scores, st.ranked_at = scores, st.epoch
     run.log("score", rec)
     return seconds
+
+
+def _staleness(run: _Run) -> None:
+    """Diagnostic: Spearman between the ranking in use and a fresh score of every prompt (not used)."""
+    st, cur = run.st, run.curriculum
+    t0 = time.perf_counter()
+    fresh = _neg(_fresh_scores(run, range(cur.n_items)))
+    rank_in_use = np.empty(cur.n_items)
+    rank_in_use[cur.order] = np.arange(cur.n_items)
+    window = cur.reachable(_rescore_epochs(run)) if _follows_policy(run) else np.arange(cur.n_items)
+    rows = cur.order[window]
+    run.log("staleness", {"epoch": st.epoch, "step": st.global_step, "ranked_at": st.ranked_at,
+                          "spearman": finite_or_none(angles.spearman(rank_in_use, fresh)),
+                          "spearman_window": finite_or_none(angles.spearman(rank_in_use[rows], fresh[rows])),
+                          "window_n": len(rows), "seconds": round(time.perf_counter() - t0, 3)})
 
 
 def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
@@ -253,12 +312,22 @@ def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
     if pool.answers is None:
         total, _ = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight, pool.prompts, ro.texts,
                                            **pool.columns)
-    ok = correct(step.judge_rewards(pool, idx, ro.texts, total), cfg.correct_threshold)
-    st.last_eval = {"epoch": st.epoch, "step": st.global_step, "eval_accuracy": float(ok.mean()) if ok.size else None,
-                    "eval_n": len(idx), "eval_completion_len_mean": float(np.mean([len(c) for c in ro.completion_ids])),
+    judged = step.judge_rewards(pool, idx, ro.texts, total, cfg.answer_format)
+    st.last_eval = {"epoch": st.epoch, "step": st.global_step,
+                    "eval_accuracy": _accuracy(judged, cfg.correct_threshold), "eval_n": len(idx),
+                    "eval_completion_len_mean": float(np.mean([len(c) for c in ro.completion_ids])),
                     "eval_s": round(time.perf_counter() - t0, 3)}
+    if cfg.eval_by in pool.columns:
+        keys = [str(g) for g in pool.columns[cfg.eval_by]]
+        st.last_eval["eval_accuracy_by"] = {
+            k: _accuracy([j for j, g in zip(judged, keys) if g == k], cfg.correct_threshold) for k in sorted(set(keys))}
     run.log("eval", st.last_eval)
     return st.last_eval["eval_accuracy"]
+
+
+def _accuracy(judged, threshold: float) -> float | None:
+    ok = correct(judged, threshold)
+    return float(ok.mean()) if ok.size else None
 
 
 def _epoch_record(run: _Run, window: dict, rescore_s: float, eval_acc: float | None) -> dict:
@@ -307,7 +376,15 @@ def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
         metrics.truncate(sizes["metrics"])
         subsets.truncate(sizes["subsets"])
         emit("log", {"message": f"resumed from {ckpt} at epoch {st.epoch}, step {st.global_step}"})
+        # A longer run (--epochs raised on resume) keeps the schedule it started with: a cosine under way
+        # is not stretched; past its end the LR stays at its final value.
+        longer = parts.ctx.total_updates
+        parts.ctx.total_updates = st.lr_horizon or longer
+        if cfg.lr_schedule == "cosine" and longer > parts.ctx.total_updates:
+            emit("log", {"message": f"the cosine schedule keeps its length of {parts.ctx.total_updates} updates; "
+                                    f"the added epochs train at its final LR ({cfg.min_lr_ratio:g} x --lr)"})
     else:
+        st.lr_horizon = parts.ctx.total_updates
         (run_dir / "config.toml").write_text(dump_toml(cfg))
         metrics.reset()
         subsets.reset()

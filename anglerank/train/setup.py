@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anglerank.curriculum import Curriculum
+from anglerank.curriculum import Curriculum, Ranking, sampler_class
+from anglerank.data.values import get_dotted
 from anglerank.errors import UserError
 from anglerank.train.config import TrainConfig
 from anglerank.train.pool import ANSWER_COLUMNS, Pool, load_pool
@@ -40,7 +41,7 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
     model, ref_model, tok, name, layer_idx = _models(cfg, ckpt, device)
     renderer = Renderer(tok, cfg.preset, cfg.system, cfg.prefix, cfg.max_prompt_length)
     pool, eval_pool, reward_funcs = _data(cfg, renderer)
-    curriculum = Curriculum(np.arange(len(pool.rows)), cfg.curriculum())
+    curriculum = Curriculum(_initial_order(cfg, pool), cfg.curriculum())
     steps = -(-curriculum.subset_size // cfg.prompts_per_step)
     ctx = StepContext(cfg, model, ref_model, tok, _optimizer(cfg, model), pool, reward_funcs, layer_idx, device,
                       amp_dtype, pad_token_id(tok), max(1, cfg.epochs * steps * cfg.num_iterations),
@@ -51,6 +52,23 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
                              batch_tokens=cfg.score_batch_tokens)
     scorer = Scorer(model, tok, renderer, score_opt, device)
     return Parts(ctx, curriculum, scorer, eval_pool, {"model": name, "device": device, "dtype": compute})
+
+
+def _initial_order(cfg: TrainConfig, pool: Pool) -> np.ndarray:
+    """The ranking before training: the angle ranking is scored by the loop (identity until then); the
+    others are fixed by the data and the seed."""
+    ranking = Ranking.parse(cfg.ranking)
+    n = len(pool.rows)
+    if ranking.follows_policy or not sampler_class(cfg.sampler).uses_ranking:
+        return np.arange(n)
+    values = None
+    if ranking.kind == "column":
+        top, _, rest = ranking.column.partition(".")
+        if top not in pool.columns:
+            raise UserError(f"--ranking {ranking}: the training data has no column {top!r} (columns: "
+                            f"{', '.join(pool.columns)})")
+        values = [get_dotted(v, rest) if rest else v for v in pool.columns[top]]
+    return ranking.order(n, seed=cfg.seed, lengths=[len(ids) for ids in pool.prompt_ids], values=values)
 
 
 def _precision(cfg: TrainConfig) -> tuple[str, str, torch.dtype | None]:
@@ -97,8 +115,11 @@ def _data(cfg: TrainConfig, renderer) -> tuple[Pool, Pool | None, list]:
             rng = np.random.default_rng(cfg.seed + 1)
             eval_pool = eval_pool.subset(np.sort(rng.choice(len(eval_pool.rows), cfg.eval_limit, replace=False))
                                          .tolist())
-    reward_funcs = [rewards.load_reward(s) for s in cfg.reward]
-    if any(f is rewards.math_reward for f in reward_funcs) and pool.answers is None:
+    if eval_pool is not None and cfg.eval_by not in (None, "data_source") and cfg.eval_by not in eval_pool.columns:
+        raise UserError(f"--eval-by {cfg.eval_by!r}: the eval data has no such column (columns: "
+                        f"{', '.join(eval_pool.columns)})")
+    reward_funcs = [rewards.load_reward(s, answer_format=cfg.answer_format) for s in cfg.reward]
+    if any(f in (rewards.math_reward, rewards.math_reward_any) for f in reward_funcs) and pool.answers is None:
         raise UserError("the built-in math reward needs reference answers; pass --answer-column "
                         f"(looked for {', '.join(ANSWER_COLUMNS)})")
     return pool, eval_pool, reward_funcs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,7 +22,7 @@ from anglerank.curriculum import correct
 from anglerank.train import grpo, rollout
 
 __all__ = ["StepContext", "StepResult", "StepAborted", "train_step", "sequence_angles", "micro_batch_weight",
-           "judge_rewards"]
+           "judge_rewards", "float32_head"]
 
 
 @dataclass
@@ -65,14 +65,16 @@ class StepAborted(Exception):
     """Ctrl-C arrived during the rollouts, before any weight changed: redo this step on resume."""
 
 
-def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float] | None) -> list[float]:
+def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float] | None,
+                  answer_format: str) -> list[float]:
     """The per-completion reward that decides "correct" (>= correct_threshold, the curriculum's one rule):
     the built-in math checker when the data has reference answers, else the total reward."""
     from anglerank import rewards
 
     if pool.answers is None:
         return list(total)
-    return rewards.math_reward([pool.prompts[i] for i in seq_idx], texts, answer=[pool.answers[i] for i in seq_idx])
+    check = rewards.load_reward("math", answer_format=answer_format)
+    return check([pool.prompts[i] for i in seq_idx], texts, answer=[pool.answers[i] for i in seq_idx])
 
 
 def train_step(ctx: StepContext, batch: list[int], updates_done: int) -> StepResult:
@@ -98,14 +100,14 @@ def train_step(ctx: StepContext, batch: list[int], updates_done: int) -> StepRes
     except rewards.NonFiniteReward as exc:
         raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
                                   f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers (return None for 'no reward')") from None
-    judged = judge_rewards(pool, seq_idx, ro.texts, total)
+    judged = judge_rewards(pool, seq_idx, ro.texts, total, cfg.answer_format)
     rewards_N = torch.tensor(total, dtype=torch.float32)
     adv_N = grpo.group_advantages(rewards_N, G, cfg.scale_rewards)
     t_roll = time.perf_counter() - t0
     upd = _policy_update(ctx, ro, adv_N, updates_done)
     t_total = time.perf_counter() - t0
     record = _step_record(ctx, ro, rewards_N, judged, upd, t_roll, t_total)
-    if len(per_func) > 1 or list(per_func) != ["math_reward"]:
+    if len(per_func) > 1 or list(per_func)[0] not in ("math_reward", "math_reward_any"):
         for name, vals in per_func.items():
             v = [x for x in vals if not math.isnan(x)]
             record[f"reward/{name}"] = float(np.mean(v)) if v else None
@@ -235,12 +237,38 @@ def sequence_angles(hidden_BLD: torch.Tensor, mask_BL: torch.Tensor) -> torch.Te
 def _forward_logp(ctx: StepContext, model, b: rollout.Packed, capture: bool):
     """Completion log-probs ``[B, T]`` (float32) and, if asked, the angle per row from the same pass."""
     cm = hooks.capture(model, [ctx.layer_idx], ctx.cfg.site, stop=False, detach=True) if capture else nullcontext({})
-    with cm as cap, ctx.amp():
+    with cm as cap, ctx.amp(), float32_head(model):
         out = model(input_ids=b.input_ids_BL, attention_mask=b.attention_mask_BL, position_ids=b.position_ids_BL,
                     use_cache=False, logits_to_keep=b.completion_width + 1)
-    logp_BT = grpo.sequence_logprobs(out.logits[:, :-1], b.completion_ids_BT)
+    logp_BT = grpo.sequence_logprobs(out.logits[:, :-1], b.completion_ids_BT, temperature=ctx.cfg.temperature)
     angle_B = sequence_angles(cap[ctx.layer_idx], b.attention_mask_BL) if capture else None
     return logp_BT, angle_B
+
+
+@contextmanager
+def float32_head(model):
+    """Run the output projection in float32, even under bf16 autocast.
+
+    The log-probabilities feed the policy ratio and the KL; logits rounded to bf16
+    (8 significant bits) put an error of about 1e-2 into every log-probability.
+    The head is the model's ``get_output_embeddings()`` (its weights are float32
+    already; only the matmul is kept out of autocast).
+    """
+    head = model.get_output_embeddings()
+    if head is None or not isinstance(head, torch.nn.Linear):
+        yield
+        return
+
+    def forward(x_BTD: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x_BTD.device.type, enabled=False):
+            bias = None if head.bias is None else head.bias.float()
+            return torch.nn.functional.linear(x_BTD.float(), head.weight.float(), bias)
+
+    head.forward = forward
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 @torch.no_grad()

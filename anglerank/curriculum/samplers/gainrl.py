@@ -107,6 +107,20 @@ class GaussianRankSampler:
     def window(self) -> dict:
         return {"mu": float(self.mu), "sigma": float(self.sigma), "passes": self.passes}
 
+    def reach(self, epochs: int, margin: float = 3.0) -> np.ndarray:
+        """Rank positions the next ``epochs`` draws can take (beyond ``margin`` sigma the mass is
+        negligible), in the order the window walks them: the window moves at most ``adj_max`` per
+        epoch (back at most ``adj_min``) and, with ``wrap``, continues at rank 0."""
+        moves = max(0, int(epochs) - 1)
+        lo = math.floor(self.mu + min(0.0, moves * self.adj_min) - margin * self.sigma)
+        hi = math.ceil(self.mu + max(0.0, moves * self.adj_max) + margin * self.sigma)
+        walk = np.arange(max(lo, 0), hi + 1, dtype=np.int64)
+        if self.wrap:
+            walk = walk % self.n_items
+            _, first = np.unique(walk, return_index=True)
+            return walk[np.sort(first)]
+        return walk[walk < self.n_items]
+
     def _log_weights(self) -> np.ndarray:
         r_N = np.arange(self.n_items, dtype=np.float64)
         return -0.5 * ((r_N - self.mu) / self.sigma) ** 2
