@@ -4,9 +4,10 @@
 This module exists so a whole GAIN-RL run (METHOD.md section 3, with the
 section-4 flaws fixed) reads top to bottom in one place: :func:`train` is the
 algorithm; the helpers below it do one thing each. Which prompts an epoch
-trains on is the curriculum's business (``anglerank.curriculum``), one step
-is ``step.py``, the files a run leaves are ``checkpoint.py`` and
-``metrics.py``, the training prompts ``pool.py``.
+trains on is the curriculum's business (``anglerank.curriculum``), the
+ranking it walks and its re-scoring ``ranking.py``, one step ``step.py``,
+the files a run leaves ``checkpoint.py`` and ``metrics.py``, the training
+prompts ``pool.py``.
 
 One epoch is one sampled subset of ``subset_size`` prompts (the authors'
 meaning); one step is one rollout batch of ``prompts_per_step`` prompts times
@@ -15,7 +16,7 @@ G completions, followed by ``num_iterations`` optimiser updates.
 Run directory::
 
     RUN_DIR/config.toml           resolved config (reusable with --config)
-    RUN_DIR/metrics.jsonl         one JSON object per line, "type": step|epoch|eval|score;
+    RUN_DIR/metrics.jsonl         one JSON object per line, "type": step|epoch|eval|score|staleness;
                                   "epoch" counts from 1 (eval/score: epochs completed, 0 = before training)
     RUN_DIR/subsets.jsonl         each epoch's drawn prompts (ranks, rows, ids)
     RUN_DIR/checkpoints/step-N/   model.safetensors + config + tokenizer (from_pretrained),
@@ -42,12 +43,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from anglerank import angles
-from anglerank.curriculum import Curriculum, Ranking, correct, resolve_rank_units
-from anglerank.data.values import finite_or_none
+from anglerank.curriculum import Curriculum, correct
 from anglerank.errors import Interrupted, UserError
 from anglerank.signals import StopOnSignal
-from anglerank.train import checkpoint, step
+from anglerank.train import checkpoint, ranking, step
 from anglerank.train.checkpoint import EpochMetrics, RunState
 from anglerank.train.config import TrainConfig, dump_toml
 from anglerank.train.metrics import Jsonl
@@ -127,11 +126,11 @@ def _loop(run: _Run) -> None:
     cfg, st, cur = run.cfg, run.st, run.curriculum
     run.emit("start", _start_record(run))
     if st.global_step == 0 and st.epoch == 0 and not cur.open:  # a fresh run
-        if _follows_policy(run):
-            _score(run)
+        if ranking.follows_policy(run):
+            ranking.score(run)
         _evaluate_if_due(run, first=True)
-    elif _rescore_due(run):  # extended (--epochs) past a re-scoring skipped at the old last epoch
-        _score(run, cur.reachable(_rescore_epochs(run)) if cfg.rescore_scope == "reachable" else None)
+    elif ranking.rescore_due(run):  # extended (--epochs) past a re-scoring skipped at the old last epoch
+        ranking.rescore(run)
     notice = lambda: run.emit("log", {"message": "stopping after this step (Ctrl-C again aborts without saving)"})
     with StopOnSignal(notice) as stop:
         run.ctx.stop_requested = lambda: stop.requested
@@ -146,8 +145,8 @@ def _loop(run: _Run) -> None:
                 window = cur.end_epoch()
                 st.epoch, st.step_in_epoch = st.epoch + 1, 0
                 if cfg.staleness_every and st.epoch % cfg.staleness_every == 0:
-                    _staleness(run)
-                rescore_s = _rescore_if_due(run)
+                    ranking.staleness(run)
+                rescore_s = ranking.rescore_if_due(run)
                 eval_acc = _evaluate_if_due(run)
                 run.log("epoch", _epoch_record(run, window, rescore_s, eval_acc))
                 st.subset_info, st.epoch_metrics = {}, EpochMetrics()
@@ -204,95 +203,6 @@ def _step(run: _Run, batch: list[int]) -> None:
     m.rollout_s += res.rollout_s
     m.update_s += res.update_s
     run.log("step", {**res.record, "epoch": st.epoch + 1, "step": st.global_step})
-
-
-def _follows_policy(run: _Run) -> bool:
-    """Whether the curriculum walks the angle ranking, the one that changes with the policy."""
-    return run.curriculum.sampler.uses_ranking and Ranking.parse(run.cfg.ranking).follows_policy
-
-
-def _rescore_interval(run: _Run) -> int:
-    """Prompts trained between re-scorings (0: never); ``rescore_every`` in prompt units of the pool."""
-    if not run.cfg.rescore_every:
-        return 0
-    return max(1, round(resolve_rank_units(run.cfg.rescore_every, len(run.ctx.pool.rows))))
-
-
-def _rescore_epochs(run: _Run) -> int:
-    """Epochs from one re-scoring to the next."""
-    return max(1, math.ceil(_rescore_interval(run) / run.curriculum.subset_size))
-
-
-def _rescore_due(run: _Run) -> bool:
-    st, every = run.st, _rescore_interval(run)
-    return (_follows_policy(run) and every > 0 and st.epoch < run.cfg.epochs and not run.curriculum.open
-            and (st.epoch - st.ranked_at) * run.curriculum.subset_size >= every)
-
-
-def _rescore_if_due(run: _Run) -> float:
-    """Re-score with the live policy when due: every prompt, or (``reachable``) the ranks the window can
-    reach before the next re-scoring. Returns the seconds taken (0 if not due)."""
-    if not _rescore_due(run):
-        return 0.0
-    reach = run.curriculum.reachable(_rescore_epochs(run)) if run.cfg.rescore_scope == "reachable" else None
-    return _score(run, reach)
-
-
-def _fresh_scores(run: _Run, idx) -> list:
-    """Angle scores of the pool prompts ``idx`` under the live weights (None: unscorable)."""
-    ctx = run.ctx
-    was_training = ctx.model.training
-    ctx.model.eval()
-    try:
-        with ctx.amp():
-            rows = run.scorer.score_records([ctx.pool.records[i] for i in idx])
-    finally:
-        ctx.model.train(was_training)
-    by_row = {r["row"]: r["score"] for r in rows}
-    return [finite_or_none(by_row.get(ctx.pool.rows[i])) for i in idx]
-
-
-def _neg(scores) -> np.ndarray:
-    """Sort keys of scores: highest first, unscorable (None) last."""
-    return np.asarray([math.nan if s is None else -s for s in scores], dtype=np.float64)
-
-
-def _score(run: _Run, positions=None) -> float:
-    """Score the pool prompts at rank ``positions`` (all if None) with the live weights and re-rank them
-    among those positions; returns the seconds taken."""
-    st, cur = run.st, run.curriculum
-    t0 = time.perf_counter()
-    positions = np.arange(cur.n_items) if positions is None or st.scores is None else np.asarray(positions)
-    idx = cur.order[positions]
-    fresh = _fresh_scores(run, idx)
-    before = None if st.scores is None else [st.scores[i] for i in idx]
-    cur.reorder(positions, _neg(fresh))
-    scores = list(st.scores) if st.scores is not None else [None] * cur.n_items
-    for i, s in zip(idx, fresh):
-        scores[int(i)] = s
-    seconds = time.perf_counter() - t0
-    rec = {"epoch": st.epoch, "step": st.global_step, "seconds": round(seconds, 3), "n": len(idx),
-           "null": sum(s is None for s in fresh)}
-    if before is not None:  # how much the re-scored ranking moved
-        rec["spearman_prev"] = finite_or_none(angles.spearman(_neg(before), _neg(fresh)))
-    st.scores, st.ranked_at = scores, st.epoch
-    run.log("score", rec)
-    return seconds
-
-
-def _staleness(run: _Run) -> None:
-    """Diagnostic: Spearman between the ranking in use and a fresh score of every prompt (not used)."""
-    st, cur = run.st, run.curriculum
-    t0 = time.perf_counter()
-    fresh = _neg(_fresh_scores(run, range(cur.n_items)))
-    rank_in_use = np.empty(cur.n_items)
-    rank_in_use[cur.order] = np.arange(cur.n_items)
-    window = cur.reachable(_rescore_epochs(run)) if _follows_policy(run) else np.arange(cur.n_items)
-    rows = cur.order[window]
-    run.log("staleness", {"epoch": st.epoch, "step": st.global_step, "ranked_at": st.ranked_at,
-                          "spearman": finite_or_none(angles.spearman(rank_in_use, fresh)),
-                          "spearman_window": finite_or_none(angles.spearman(rank_in_use[rows], fresh[rows])),
-                          "window_n": len(rows), "seconds": round(time.perf_counter() - t0, 3)})
 
 
 def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
