@@ -30,7 +30,7 @@ _SHORT = {"output_dir": ["--output", "-o"]}
 
 TRAIN_HELP = """Train a policy with GRPO on a GAIN-RL curriculum (or a uniform/ordered baseline).
 
-Each epoch draws --subset-size prompts (gainrl: a Gaussian window over the angle ranking, moved after the epoch by mu += clamp(n tanh(alpha (acc - beta_acc)) + n tanh(alpha angle), adj_min, adj_max)), trains on them in steps of --prompts-per-step prompts x --num-generations completions, then re-scores every prompt with the live weights.
+Each epoch draws --subset-size prompts (gainrl: a Gaussian window over the ranking (--ranking, default angle), moved after the epoch by mu += clamp(n tanh(alpha (acc - beta_acc)) + n tanh(alpha angle), adj_min, adj_max)), trains on them in steps of --prompts-per-step prompts x --num-generations completions, then re-scores the prompts the window can reach next with the live weights (--rescore-every).
 
   anglerank train data/train.parquet --eval-data data/test.parquet -o runs/r1 --epochs 20
 

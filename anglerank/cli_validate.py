@@ -79,6 +79,9 @@ AnswerColumnOpt = Annotated[Optional[str], typer.Option(
     "--answer-column", help="Column with the reference final answer (e.g. reward_model.ground_truth); "
     "a \\boxed{} or '#### N' reference is reduced to its final answer.")]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Rollout sampling temperature.")]
+AnswerFormatOpt = Annotated[str, typer.Option(
+    "--answer-format", help="How a rollout's final answer is found: boxed (TRL's accuracy reward: \\boxed{}, a "
+    "LaTeX answer, or '#### N') or any (else the last number it writes).")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Rollout nucleus sampling threshold.")]
 GenBatchOpt = Annotated[int, typer.Option("--gen-batch", help="Prompts per greedy-generation batch.")]
 JsonFileOpt = Annotated[Optional[Path], typer.Option(
@@ -129,6 +132,7 @@ def validate(
     max_new_tokens: MaxNewTokensOpt = 256,
     rollouts: RolloutsOpt = 0,
     answer_column: AnswerColumnOpt = None,
+    answer_format: AnswerFormatOpt = "boxed",
     temperature: TemperatureOpt = 0.9,
     top_p: TopPOpt = 1.0,
     gen_batch: GenBatchOpt = 8,
@@ -168,8 +172,8 @@ def validate(
 
     sopt = score_options(locals())
     vopt = ValidateOptions(samples=samples, seed=seed, target_column=target_column, max_new_tokens=max_new_tokens,
-                           rollouts=rollouts, answer_column=answer_column, temperature=temperature, top_p=top_p,
-                           gen_batch=gen_batch)
+                           rollouts=rollouts, answer_column=answer_column, answer_format=answer_format,
+                           temperature=temperature, top_p=top_p, gen_batch=gen_batch)
     if plot is not None:
         require_matplotlib()
     if json_file is not None and json_file.is_dir():

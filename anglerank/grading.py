@@ -1,464 +1,219 @@
-"""Final answers of math completions: extraction, normalisation and equivalence.
+"""Is a math completion's final answer the reference answer? One judge: :func:`grade`.
 
-The usual bug in math RL is a reward of 0 for a correct answer written another
-way (``\\dfrac12`` vs ``0.5``, ``$18.00`` vs ``18``, ``10 \\text{ cm}`` vs ``10``);
-the other one is a reward of 1 for a near miss (``1000001`` for ``1000000``).
-This module is the one place that decides whether two answers are the same, for
-the built-in ``math`` reward (:mod:`anglerank.rewards`) and the pass rates of
-``anglerank validate``. Pure Python (``re``, ``fractions``, ``decimal``): no torch,
-no trainer.
+Equivalence is decided by `math-verify <https://github.com/huggingface/Math-Verify>`_,
+the verifier behind TRL's ``accuracy_reward`` and open-r1, so symbolic answers,
+sets, intervals, tuples, matrices and LaTeX spellings are judged the way the
+ecosystem judges them (``\\dfrac{1}{2}`` = ``0.5``, ``\\{1,2\\}`` = ``\\{2,1\\}``,
+``x = 3`` = ``3``, ``1,000`` = ``1000``, ``10 \\text{ cm}`` = ``10``; ``[0,1)`` is
+not ``(0,1]``, and ``10\\%`` is ``0.1``, not ``10``). This module adds only what
+math-verify lacks: GSM8K's ``#### N`` marker, bare-text references, the ``any``
+rule below, two TeX number spellings it misreads (``1.5e3``, ``10\\,000``), a guard
+against numbers too large to compare, and timeouts that work outside the main
+thread. Used by :mod:`anglerank.rewards` and ``anglerank validate``.
 
-When two numbers are the same answer
-------------------------------------
-Numbers are compared as exact fractions. A tolerance applies only when the
-*reference* is itself inexact, because only then can a correct prediction
-differ from it:
+Which part of a completion is its answer (``answer_format``)
+------------------------------------------------------------
+``boxed`` (default, TRL's rule): the answer must be marked. The completion is read
+as ``trl.rewards.accuracy_reward`` reads it: the ``\\boxed{...}`` content (several
+boxes form a set: ``\\boxed{2}, \\boxed{3}``), else a LaTeX math span (``$...$``,
+``\\(...\\)``, ``\\[...\\]``) after the word "answer" (``The final answer is $12$``);
+the first such match is the answer. One difference, which only turns wrong zeros
+into ones: the LaTeX is normalised with math-verify's default settings, which read
+valid TeX shorthand (``\\frac12``, ``\\sqrt2``) that TRL's settings leave unparsed.
+If none of these is found, the text after the last ``####`` (to the end of its
+line) is the answer. Anything else scores False: ``The answer is 12`` is unmarked.
 
-1. The reference's value has no finite decimal expansion (``1/3``, ``\\frac{2}{7}``).
-   A decimal prediction is then necessarily rounded or cut; it matches when it is
-   the reference rounded at its own last written digit, in either direction (off
-   by less than one unit there), and off by at most ``5e-6`` of the reference
-   (about six significant digits): ``0.333333``, ``0.166667`` and
-   ``0.6666666666666666`` match ``1/3``, ``1/6`` and ``2/3``; ``0.33`` and
-   ``0.166665`` do not, nor does ``333333/1000000`` (a fraction claims to be exact).
-2. The reference is a decimal with at least ``ROUNDED_MIN_SIGNIFICANT`` (6)
-   significant digits, at least ``ROUNDED_MIN_DECIMALS`` (5) of them after the
-   point (``3.14159``, ``0.693147``, ``1.41421``): it is taken to be a rounded
-   value (an irrational, a float printed to a few places). A prediction matches
-   when it lies within half a unit of the reference's last digit: ``3.1415927``
-   and ``\\frac{1}{3}`` match ``3.14159`` and ``0.333333``; ``3.1416`` does not.
-   Shorter decimals such as ``3.14`` or ``1234.56`` cannot be told apart from
-   exact values (money, ``1/32 = 0.03125``) and compare exactly.
+``any``: a marked answer is judged exactly as under ``boxed``. A completion with
+no marker is judged by the number it gives: the first number within 50
+characters after "answer is", "answer:" or "answer =" (``The answer is 12. I
+checked it 3 ways`` gives 12), else the *last* number in the text. A number is
+an integer or decimal (``1,234``, ``-3.5``), a fraction (``3/4``, ``1 / 6``,
+``\\frac{3}{4}``) or a percent (``50%``). Expressions are not answers: ``9 - 6
+=`` has not said 3, and a restated problem (``$\\sqrt{5^5+5^5}$``) is not its
+result, though math-verify's own unanchored extraction would evaluate both.
 
-Everything else (integers, short decimals, fractions whose decimal expansion
-terminates) compares exactly: ``1000001`` vs ``1000000``, ``3.0000001`` vs ``3``,
-``0.0000001`` vs ``0`` and ``1000000.5`` vs ``1000000`` are wrong answers.
+The reference may be a bare answer (``72``, ``\\frac{1}{2}``, ``(1,2)``, ``\\$40``),
+a MATH solution (its ``\\boxed{}`` is found by math-verify, as TRL does) or a GSM8K
+solution (the text after ``####``). An unparseable or empty reference scores False.
+
+Near misses
+-----------
+An integer reference admits no tolerance: ``1000001``, ``1000000.5`` and
+``3.0000001`` are not ``1000000``, ``1000000`` and ``3`` (sympy >= 1.13 keeps
+``Float(3.0)`` and ``3`` apart, and the symbolic check needs a zero difference).
+Against any other reference (``\\frac13``, ``\\pi``, ``2.5``) a decimal matches
+when both agree rounded to ``float_rounding`` = 6 decimal places, math-verify's
+and TRL's default, kept here: ``0.333333`` and ``3.141593`` match ``\\frac13`` and
+``\\pi``; ``0.3333``, ``3.14`` and ``3.14159`` do not. A higher setting would
+reject six-digit roundings of 1/3; the price of 6 is an absolute tolerance of
+5e-7 around non-integers (``0.5000001`` matches ``\\frac12``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from decimal import Decimal
-from fractions import Fraction
+import threading
+from functools import lru_cache
 from typing import Any
 
-__all__ = [
-    "extract_answer",
-    "normalize_answer",
-    "to_number",
-    "answers_match",
-    "reference_answer",
-    "ROUNDED_MIN_SIGNIFICANT",
-    "ROUNDED_MIN_DECIMALS",
-]
+from latex2sympy2_extended import NormalizationConfig
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+from math_verify.errors import TimeoutException
+from sympy import Basic, Float, Pow, factorial
 
-# --------------------------------------------------------------------------- #
-# Brace helpers
-# --------------------------------------------------------------------------- #
+__all__ = ["ANSWER_FORMATS", "DEFAULT_ANSWER_FORMAT", "grade", "reference_answer"]
 
+ANSWER_FORMATS = ("boxed", "any")
+DEFAULT_ANSWER_FORMAT = "boxed"
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
-    """Content of the balanced ``{...}`` group opening at ``text[start]``.
+# TRL's completion config (boxed first, no answer without a marker), with
+# math-verify's default normalisation instead of TRL's NormalizationConfig(units=True)
+# so that \frac12 and \sqrt2 parse (see the module docstring).
+_MARKED = [LatexExtractionConfig(
+    boxed_match_priority=0,
+    try_extract_without_anchor=False,
+    normalization_config=NormalizationConfig(basic_latex=True, units=True, malformed_operators=True,
+                                             nits=True, boxed="all"),
+)]
+# math-verify's default parse: TRL's config for the gold, ours for unmarked completions.
+_DEFAULT = [LatexExtractionConfig(), ExprExtractionConfig()]
+_LATEX = [LatexExtractionConfig()]
 
-    Returns ``(content, index_after_closing_brace)`` or None if unbalanced.
-    Escaped braces (``\\{``, ``\\}``) do not count.
-    """
-    if start >= len(text) or text[start] != "{":
-        return None
-    depth = 0
-    i = start
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-        i += 1
-    return None
+# TRL's timeouts (seconds). math-verify implements them with signal.alarm, which
+# raises outside the main thread: there they are off (see _timeouts).
+_PARSE_TIMEOUT, _VERIFY_TIMEOUT = 10, 5
+# Numbers beyond this exponent (10^{10^{10}}, (10^{100})!) make sympy run for ever;
+# in a worker thread no timeout would stop it, so such answers are refused everywhere.
+_MAX_EXPONENT = 10**6
+_MAX_FLOAT = 10**300
 
-
-# --------------------------------------------------------------------------- #
-# extract_answer
-# --------------------------------------------------------------------------- #
-
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-# A number as written in prose: optional minus (not a hyphen between words or
-# digits), then thousands-separated, plain/decimal (optionally a fraction a/b)
-# or a bare leading-dot decimal.
-_NUM_RE = re.compile(
-    r"(?:(?<![\w)\]}])-)?"
-    r"(?<![\d.])"
-    r"(?:"
-    r"\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?"
-    r"|\d+(?:\.\d+)?(?:/\d+(?:\.\d+)?)?"
-    r"|\.\d+"
-    r")"
-)
+# Two spellings math-verify misreads: "1.5e3" (lower-case e is Euler's number to it,
+# while "1.5E3" is read as 1500) and digit groups split by a TeX space ("10\,000" reads
+# as 10*0); TeX itself prints both as numbers. An exponent of 4+ digits stays (or becomes)
+# a lower-case e: sympy would build "1E99999999" as an exact integer, for ever.
+_SCI_E_RE = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)e(?=[+-]?\d{1,3}(?![\w.]))")
+_HUGE_E_RE = re.compile(r"(?<=\d)E(?=[+-]?\d{4})")
+_TEX_SPACE_GROUP_RE = re.compile(r"(?<=\d)(?:\\[,;: ]|~)(?=\d{3}(?!\d))")
+_HASHES_RE = re.compile(r"####[ \t]*([^\n]*)")
+_TRAILING_DOT_RE = re.compile(r"(?<=\d)\.\s*$")  # "#### 72." -> "72"
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+# A number an unmarked completion gives (answer_format="any"): an integer or decimal, digits grouped by
+# commas, an a/b or \frac{a}{b} fraction, a percent. Not an expression: "9 - 6 =" has not answered 3.
+_NUMBER_RE = re.compile(r"(?<![\w.,])[-+]?(?:\\[dt]?frac\{\d+\}\{\d+\}|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?"
+                        r"(?:\s*/\s*\d+(?:\.\d+)?)?(?:\s*\\?%)?)")
+_ANCHOR_RE = re.compile(r"\banswer\s*(?:is|:|=)", re.IGNORECASE)
+_MATH_DOLLAR_RE = re.compile(r"(?<!\\)\$")  # "$x$" opens math; "\$18" is money
 
 
-def _boxed_content(text: str, after: int) -> str | None:
-    n = len(text)
-    j = after
-    while j < n and text[j] in " \t":
-        j += 1
-    if j < n and text[j] == "{":
-        grp = _braced(text, j)
-        return grp[0] if grp is not None else None
-    # ``\boxed 5`` / ``\boxed5`` form: one token up to whitespace or ``$``.
-    m = re.match(r"[^\s$]+", text[j:])
-    return m.group(0) if m else None
+def _timeouts() -> tuple[int | None, int | None]:
+    """(parse, verify) timeouts: TRL's in the main thread, none elsewhere (as TRL does)."""
+    if threading.current_thread() is threading.main_thread():
+        return _PARSE_TIMEOUT, _VERIFY_TIMEOUT
+    for name in ("math_verify.parser", "math_verify.grader"):  # once per process would do; harmless
+        logging.getLogger(name).setLevel(logging.ERROR)  # silence "Timeout is disabled"
+    return None, None
 
 
-def extract_answer(text: str) -> str | None:
-    """Final answer of a completion or reference solution.
-
-    Priority: last ``\\boxed{...}`` / ``\\boxed x`` / ``\\fbox{...}`` (nested
-    braces balanced; truncated, unbalanced boxes are skipped), else the text
-    after the last ``####`` up to the end of that line, else the last number
-    (integer, decimal, negative, ``1,234``, ``3/4``). None when nothing found.
-    """
-    if text is None:
-        return None
-    text = str(text)
-    for m in reversed(list(_BOX_RE.finditer(text))):
-        content = _boxed_content(text, m.end())
-        if content is not None and content.strip():
-            return content.strip()
-    idx = text.rfind("####")
-    if idx >= 0:
-        after = text[idx + 4 :].split("\n", 1)[0].strip()
-        if after:
-            return after
-    nums = _NUM_RE.findall(text)
-    if nums:
-        return nums[-1]
-    return None
-
-
-# --------------------------------------------------------------------------- #
-# normalize_answer
-# --------------------------------------------------------------------------- #
-
-_TEXT_CMDS = r"(?:text|textbf|textrm|textit|textnormal|textsf|mbox|mathrm|mathbf|mathit)"
-_TEXT_OPEN_RE = re.compile(r"\\" + _TEXT_CMDS + r"\s*(?=\{)")
-# Trailing ``\text{ cm}`` (optionally ``^2``) after a numeric-looking value.
-_TEXT_UNIT_RE = re.compile(
-    r"^(?P<val>.*?\S)\s*\\" + _TEXT_CMDS + r"\s*\{(?P<unit>[^{}]*)\}"
-    r"(?:\s*\^\s*\{?\s*\d\s*\}?)?\s*$"
-)
-# Trailing plain-word unit: ``12 apples``, ``5 dollars``, ``6 km/h``, ``3 sq. ft``.
-_WORD_UNIT_RE = re.compile(
-    r"^(?P<val>.*?\S)\s+(?P<unit>[A-Za-z][A-Za-z./\s-]*?)"
-    r"(?:\s*\^\s*\{?\s*\d\s*\}?)?\s*$"
-)
-# A value a unit can follow: ends in a digit, a closing brace or ``\pi``.
-_NUMERIC_END_RE = re.compile(r"(?:\d|\}|\\pi)$")
-_NOT_UNITS = {"pi"}
-
-_THOUSANDS_RE = re.compile(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+)(?!\d|,\d)")
-_TRAILING_ZEROS_RE = re.compile(r"(?<![\d.])(\d+)\.(\d*?)0+(?!\d)")
-_ASSIGN_RE = re.compile(r"^(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]+\}?)?=(?!=)")
-_DEGREES_RE = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|°")
-
-
-def _unwrap_text(s: str) -> str:
-    """``\\text{abc}`` -> ``abc`` (also mbox, mathrm, ...), braces balanced."""
-    while True:
-        m = _TEXT_OPEN_RE.search(s)
-        if not m:
-            return s
-        grp = _braced(s, m.end())
-        if grp is None:  # unbalanced: drop just the command name
-            return s[: m.start()] + s[m.end() :]
-        s = s[: m.start()] + grp[0] + s[grp[1] :]
-
-
-def _take_arg(s: str, j: int) -> tuple[str, int] | None:
-    """One TeX macro argument at ``s[j]`` (after spaces): braced group, control
-    word or single character. Returns (argument without braces, next index)."""
-    n = len(s)
-    while j < n and s[j] == " ":
-        j += 1
-    if j >= n:
-        return None
-    if s[j] == "{":
-        grp = _braced(s, j)
-        return grp
-    if s[j] == "\\":
-        m = re.match(r"\\(?:[A-Za-z]+|.)", s[j:])
-        return m.group(0), j + len(m.group(0))
-    if s[j] in "}^_":
-        return None
-    return s[j], j + 1
-
-
-def _brace_macro_args(s: str, name: str, nargs: int) -> str:
-    """Rewrite ``\\frac12`` -> ``\\frac{1}{2}``, ``\\sqrt2`` -> ``\\sqrt{2}``
-    (recursively inside the arguments)."""
-    pat = re.compile("\\\\" + name + r"(?![A-Za-z])")
-    out: list[str] = []
-    i = 0
-    while True:
-        m = pat.search(s, i)
-        if not m:
-            out.append(s[i:])
-            break
-        out.append(s[i : m.end()])
-        j = m.end()
-        if name == "sqrt":  # optional ``[n]`` index
-            k = j
-            while k < len(s) and s[k] == " ":
-                k += 1
-            if k < len(s) and s[k] == "[":
-                close = s.find("]", k)
-                if close > 0:
-                    out.append(s[k : close + 1])
-                    j = close + 1
-        for _ in range(nargs):
-            arg = _take_arg(s, j)
-            if arg is None:
-                break
-            out.append("{" + _brace_macro_args(arg[0], name, nargs) + "}")
-            j = arg[1]
-        i = j
-    return "".join(out)
-
-
-_MAX_UNIT_LEN = 200  # answers are short; the unit regexes are quadratic on long text
-
-
-def _strip_units(s: str) -> str:
-    if len(s) > _MAX_UNIT_LEN:
-        return s
-    for _ in range(4):
-        before = s
-        m = _TEXT_UNIT_RE.match(s)
-        if m and _NUMERIC_END_RE.search(m.group("val").rstrip()):
-            unit = m.group("unit").strip()
-            if re.fullmatch(r"[A-Za-z][A-Za-z./\s-]*|", unit) and unit not in _NOT_UNITS:
-                s = m.group("val").rstrip()
-        s = s.rstrip()
-        m = _WORD_UNIT_RE.match(s)
-        if m and _NUMERIC_END_RE.search(m.group("val")):
-            unit = m.group("unit").strip()
-            letters = re.sub(r"[^A-Za-z]", "", unit)
-            if len(letters) >= 2 and unit.lower() not in _NOT_UNITS:
-                s = m.group("val").rstrip()
-        if s == before:
-            break
-    return s
-
-
-def _strip_outer_braces(s: str) -> str:
-    while s.startswith("{"):
-        grp = _braced(s, 0)
-        if grp is None or grp[1] != len(s):
-            break
-        s = grp[0]
-    return s
-
-
-def normalize_answer(s: str) -> str:
-    """Canonical string form of an answer, for string comparison.
-
-    Removes math delimiters, ``\\left``/``\\right``, spacing macros, ``$``,
-    ``%``, degree signs, trailing units (``\\text{ cm}``, ``12 apples``),
-    thousands separators (not inside tuples), trailing decimal zeros, a leading
-    single-variable assignment (``x =``) and a trailing period; ``\\dfrac`` and
-    ``\\tfrac`` become ``\\frac`` and ``\\frac12``/``\\sqrt2`` get their braces.
-    All whitespace goes, except one space after a control word followed by a
-    letter (``\\pi r`` must not become ``\\pir``). Case is kept.
-    """
-    if s is None:
-        return ""
-    s = str(s).strip()
-    if _BOX_RE.search(s):
-        inner = extract_answer(s)
-        if inner is not None:
-            s = inner
-    s = s.replace("\n", " ").replace("\t", " ")
-    s = s.replace("∞", "\\infty").replace("−", "-")
-    # delimiters and dollar signs
-    s = s.replace("\\$", "").replace("$", "")
-    s = re.sub(r"\\[()\[\]]", "", s)
-    # sizing macros
-    s = re.sub(r"\\(?:left|right|bigl|bigr|Bigl|Bigr|biggl|biggr|big|Big|bigg|Bigg)(?![A-Za-z])", "", s)
-    s = re.sub(r"\\displaystyle(?![A-Za-z])", "", s)
-    # spacing macros
-    s = re.sub(r"\\(?:qquad|quad)(?![A-Za-z])", " ", s)
-    s = re.sub(r"\\[!,;: ]", " ", s)
-    s = s.replace("~", " ")
-    s = s.replace("{,}", ",")
-    s = re.sub(r"\\[dt]frac(?![A-Za-z])", r"\\frac", s)
-    # degrees and percent
-    s = _DEGREES_RE.sub("", s)
-    s = s.replace("\\%", "").replace("%", "")
-    s = s.strip()
-    while s.endswith("."):
-        s = s[:-1].rstrip()
-    # units (before unwrapping \text, then plain words after)
-    s = _strip_units(s)
-    s = _unwrap_text(s)
-    s = _strip_units(s)
-    s = re.sub(r"\s+(?:degrees?|deg)$", "", s)
-    # thousands separators, unless the whole thing is a tuple / interval / set
-    if not re.match(r"^\s*(?:\(|\[|\\\{|\{)", s):
-        s = _THOUSANDS_RE.sub(lambda m: m.group(1).replace(",", ""), s)
-    # whitespace: keep one space only where it separates a control word from a letter
-    s = re.sub(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])", "\\1\x00", s)
-    s = re.sub(r"\s+", "", s).replace("\x00", " ")
-    # single-variable assignment ``x=5``, ``\theta=...``, ``a_1=...``
-    if s.count("=") == 1:
-        s = _ASSIGN_RE.sub("", s)
-    s = _brace_macro_args(s, "frac", 2)
-    s = _brace_macro_args(s, "sqrt", 1)
-    s = _strip_outer_braces(s)
-    while s.endswith("."):
-        s = s[:-1]
-    s = _TRAILING_ZEROS_RE.sub(
-        lambda m: m.group(1) + ("." + m.group(2) if m.group(2) else ""), s
-    )
-    return s
-
-
-# --------------------------------------------------------------------------- #
-# to_number / answers_match
-# --------------------------------------------------------------------------- #
-
-_DEC = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
-_DEC_RE = re.compile(_DEC)
-_SLASH_RE = re.compile(r"(?P<sign>[+-]?)(?P<a>" + _DEC + r")/(?P<b>" + _DEC + r")")
-_FRAC_RE = re.compile(r"(?P<sign>[+-]?)\\frac\{(?P<a>" + _DEC + r")\}\{(?P<b>" + _DEC + r")\}")
-# Fraction("1e-99999999") builds a hundred-million-digit integer: a completion must not hang the reward.
-_HUGE_EXPONENT_RE = re.compile(r"[eE][+-]?\d{4,}")
-
-
-def to_number(s: str) -> Fraction | None:
-    """Exact value of a numeric answer: integers, decimals, ``a/b``,
-    ``\\frac{a}{b}`` with signs outside or inside. None if not a plain number.
-    The input is normalised first (so ``$1,234.50`` parses)."""
-    if s is None:
-        return None
-    t = normalize_answer(s)
-    if not t or _HUGE_EXPONENT_RE.search(t):
-        return None
-    try:
-        if _DEC_RE.fullmatch(t):
-            return Fraction(t)
-        m = _SLASH_RE.fullmatch(t) or _FRAC_RE.fullmatch(t)
-        if m:
-            b = Fraction(m.group("b"))
-            if b == 0:
-                return None
-            val = Fraction(m.group("a")) / b
-            return -val if m.group("sign") == "-" else val
-    except (ValueError, ZeroDivisionError, OverflowError):
-        return None
-    return None
-
-
-
-# --------------------------------------------------------------------------- #
-# number equivalence (the rules are in the module docstring)
-# --------------------------------------------------------------------------- #
-
-ROUNDED_MIN_SIGNIFICANT = 6
-ROUNDED_MIN_DECIMALS = 5
-_SIX_DIGITS = Fraction(5, 10**6)
-
-
-def _written_precision(t: str) -> tuple[int, int] | None:
-    """(significant digits, power of ten of the last written digit) of a plain decimal, else None."""
-    if not _DEC_RE.fullmatch(t):
-        return None
-    _, digits, exponent = Decimal(t).as_tuple()
-    leading_zeros = next((i for i, d in enumerate(digits) if d), len(digits))
-    return len(digits) - leading_zeros, int(exponent)
-
-
-def _terminates(x: Fraction) -> bool:
-    """Whether ``x`` has a finite decimal expansion (its denominator divides a power of ten)."""
-    d = x.denominator
-    for p in (2, 5):
-        while d % p == 0:
-            d //= p
-    return d == 1
-
-
-def _numbers_match(p: Fraction, p_text: str, r: Fraction, r_text: str) -> bool:
-    """``p`` (written ``p_text``) against the reference ``r`` (written ``r_text``), both normalised."""
-    if p == r:
-        return True
-    err = abs(p - r)
-    if not _terminates(r):  # rule 1: only a rounded decimal can stand for 1/3
-        written = _written_precision(p_text)
-        return written is not None and err <= Fraction(10) ** written[1] and err <= _SIX_DIGITS * abs(r)
-    written = _written_precision(r_text)
-    if written is not None and written[0] >= ROUNDED_MIN_SIGNIFICANT and -written[1] >= ROUNDED_MIN_DECIMALS:
-        return err <= Fraction(1, 2) * Fraction(10) ** written[1]  # rule 2: a rounded reference
-    return False
-
-
-def _split_top_level(s: str) -> list[str]:
-    parts, depth, cur = [], 0, []
-    for c in s:
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        if c == "," and depth == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(c)
-    parts.append("".join(cur))
-    return parts
-
-
-def _match_norm(p: str, r: str, depth: int = 0) -> bool:
-    if not p or not r:
-        return False
-    if p == r:
-        return True
-    pn, rn = to_number(p), to_number(r)
-    if pn is not None and rn is not None:
-        return _numbers_match(pn, p, rn, r)
-    if depth > 3:
-        return False
-    # tuples / intervals / lists compared element by element
-    pb = p[0] + p[-1] if len(p) >= 2 and p[0] in "([" and p[-1] in ")]" else ""
-    rb = r[0] + r[-1] if len(r) >= 2 and r[0] in "([" and r[-1] in ")]" else ""
-    if pb != rb:
-        return False
-    pi, ri = (p[1:-1], r[1:-1]) if pb else (p, r)
-    pp, rp = _split_top_level(pi), _split_top_level(ri)
-    if len(pp) < 2 or len(pp) != len(rp):
-        return False
-    return all(_match_norm(normalize_answer(a), normalize_answer(b), depth + 1) for a, b in zip(pp, rp))
-
-
-def answers_match(pred: str | None, ref: str | None) -> bool:
-    """True when ``pred`` and ``ref`` are the same answer: equal normalised strings,
-    or equal numbers under the rules of the module docstring (exact unless the
-    reference is inexact); tuples and intervals are compared element by element."""
-    if pred is None or ref is None:
-        return False
-    return _match_norm(normalize_answer(str(pred)), normalize_answer(str(ref)))
+def _tex_fixes(text: str) -> str:
+    text = _SCI_E_RE.sub(r"\1E", _HUGE_E_RE.sub("e", text))
+    return _TEX_SPACE_GROUP_RE.sub("", text)
 
 
 def reference_answer(ref: Any) -> str | None:
-    """The final answer in a reference: extracted from a ``\\boxed{}`` / ``####``
-    solution, else the reference itself (numbers as text); None when empty."""
+    """The part of a reference that holds its answer: the text after the last
+    ``####`` (GSM8K), else the whole reference (math-verify finds a MATH
+    solution's ``\\boxed{}`` itself); None when empty."""
     if ref is None:
         return None
-    ref = str(ref)
-    if _BOX_RE.search(ref) or "####" in ref:
-        return extract_answer(ref)
-    return ref.strip() or None
+    text = str(ref).strip()
+    if "####" in text and not _BOX_RE.search(text):
+        text = _HASHES_RE.findall(text)[-1].strip()
+    return text or None
+
+
+def _parse_bare(answer: str, timeout: int | None) -> list:
+    """Parse a bare answer (``72``, ``(1,2)``, ``\\frac12``) by boxing it, so the
+    whole string is read as LaTeX rather than its first number or word."""
+    answer = _TRAILING_DOT_RE.sub("", answer.strip())
+    if not answer:
+        return []
+    parsed = parse("\\boxed{" + answer + "}", _LATEX, parsing_timeout=timeout)
+    return parsed or parse(answer, _DEFAULT, parsing_timeout=timeout)
+
+
+@lru_cache(maxsize=4096)  # a GRPO group shares its reference
+def _parse_reference(ref: str, timeout: int | None) -> list:
+    """A solution (with ``\\boxed`` or ``$`` math) is parsed as TRL parses its gold; a bare answer is boxed."""
+    if _BOX_RE.search(ref) or _MATH_DOLLAR_RE.search(ref):
+        return parse(ref, _DEFAULT, parsing_timeout=timeout) or _parse_bare(ref, timeout)
+    return _parse_bare(ref, timeout)
+
+
+def _parse_completion(text: str, answer_format: str, timeout: int | None) -> list:
+    parsed = parse(text, _MARKED, extraction_mode="first_match", parsing_timeout=timeout)
+    if parsed:
+        return parsed
+    hashes = _HASHES_RE.findall(text)
+    if hashes and hashes[-1].strip():
+        return _parse_bare(hashes[-1], timeout)
+    if answer_format == "any":
+        number = _given_number(text)
+        return _parse_bare(number, timeout) if number else []
+    return []
+
+
+def _given_number(text: str) -> str | None:
+    """The number an unmarked completion gives: the first after its last "answer is", else its last."""
+    anchors = list(_ANCHOR_RE.finditer(text))
+    if anchors:
+        end = anchors[-1].end()
+        m = _NUMBER_RE.search(text[end: end + 50])
+        if m:
+            return m.group()
+    numbers = _NUMBER_RE.findall(text)
+    return numbers[-1] if numbers else None
+
+
+def _too_big(parsed: list) -> bool:
+    """Whether a parsed answer holds a number too large to compare (see _MAX_EXPONENT)."""
+    for expr in parsed:
+        if not isinstance(expr, Basic):
+            continue
+        for node in expr.atoms(Pow, factorial, Float):
+            try:
+                if isinstance(node, Float):  # math-verify rounds floats: 1e99999999 becomes a huge integer
+                    if abs(node) > _MAX_FLOAT:
+                        return True
+                    continue
+                if isinstance(node, Pow) and node.base.is_number and abs(node.base) in (0, 1):
+                    continue
+                arg = node.exp if isinstance(node, Pow) else node.args[0]
+                if arg.is_number and abs(arg.evalf(15)) > _MAX_EXPONENT:
+                    return True
+            except (TypeError, ValueError, ArithmeticError):
+                return True
+    return False
+
+
+def grade(completion: str, reference: Any, answer_format: str = DEFAULT_ANSWER_FORMAT) -> bool:
+    """True when the completion's final answer equals the reference (module docstring).
+
+    Safe in any thread, and never raises for odd input: a failure inside
+    math-verify or sympy, or an answer that cannot be found or parsed, is False.
+    Raises ValueError only for an unknown ``answer_format``.
+    """
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"unknown answer_format {answer_format!r}; choose one of {', '.join(ANSWER_FORMATS)}")
+    ref = reference_answer(reference)
+    if ref is None or completion is None:
+        return False
+    parse_timeout, verify_timeout = _timeouts()
+    try:
+        gold = _parse_reference(_tex_fixes(ref), parse_timeout)
+        pred = _parse_completion(_tex_fixes(str(completion)), answer_format, parse_timeout) if gold else []
+        if not pred or _too_big(gold) or _too_big(pred):
+            return False
+        return bool(verify(gold, pred, timeout_seconds=verify_timeout))
+    except (Exception, TimeoutException):  # TimeoutException is a BaseException
+        return False

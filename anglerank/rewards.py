@@ -3,10 +3,10 @@
 A reward function is called as ``f(prompts, completions, **columns)`` and
 returns one float per completion (TRL's ``reward_funcs`` convention), so the
 same function serves ``anglerank train``, TRL's ``GRPOTrainer`` and verl. This
-module holds the built-in ``math`` reward (answer checking itself lives in
-:mod:`anglerank.grading`), the loader for user reward functions
+module holds the built-in ``math`` rewards (answer checking itself lives in
+:mod:`anglerank.grading`, on math-verify), the loader for user reward functions
 (``"module:function"`` or ``"file.py:function"``) and the helper that combines
-several reward functions into one weighted reward. Pure Python: no torch.
+several reward functions into one weighted reward. No torch.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import sys
 from typing import Any, Callable, Sequence
 
 from anglerank.errors import UserError
-from anglerank.grading import answers_match, extract_answer, reference_answer
+from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade
 
-__all__ = ["RewardError", "math_reward", "load_reward", "combine_rewards"]
+__all__ = ["RewardError", "NonFiniteReward", "math_reward", "math_reward_any", "load_reward", "combine_rewards"]
 
 
 class RewardError(UserError):
@@ -68,37 +68,44 @@ def _completion_text(c: Any) -> str:
     return "" if content is None else str(content)
 
 
-def math_reward(prompts, completions, answer=None, **kwargs) -> list[float]:
-    """1.0 when the completion's final answer matches the reference, else 0.0.
-
-    TRL reward-function signature. The reference comes from the ``answer``
-    column (falls back to a ``solution`` column); a reference containing
-    ``\\boxed`` or ``####`` is reduced to its final answer first
-    (:func:`anglerank.grading.reference_answer`).
-    """
+def _judge(prompts, completions, answer, kwargs, answer_format: str, name: str) -> list[float]:
     if answer is None:
         answer = kwargs.get("solution")
     if answer is None:
-        raise RewardError("math_reward needs an 'answer' (or 'solution') column aligned with completions")
+        raise RewardError(f"{name} needs an 'answer' (or 'solution') column aligned with completions")
     if isinstance(answer, (str, bytes)):
-        raise RewardError("math_reward: 'answer' must be a list aligned with completions, got a string")
+        raise RewardError(f"{name}: 'answer' must be a list aligned with completions, got a string")
     answer = list(answer)
     if len(answer) != len(completions):
-        raise RewardError(
-            f"math_reward: got {len(answer)} answers for {len(completions)} completions"
-        )
-    rewards = []
-    for comp, ref in zip(completions, answer):
-        pred = extract_answer(_completion_text(comp))
-        rewards.append(1.0 if answers_match(pred, reference_answer(ref)) else 0.0)
-    return rewards
+        raise RewardError(f"{name}: got {len(answer)} answers for {len(completions)} completions")
+    return [1.0 if grade(_completion_text(c), ref, answer_format) else 0.0 for c, ref in zip(completions, answer)]
+
+
+def math_reward(prompts, completions, answer=None, **kwargs) -> list[float]:
+    """1.0 when the completion's marked final answer equals the reference, else 0.0.
+
+    TRL reward-function signature. The reference comes from the ``answer``
+    column (falls back to a ``solution`` column): a bare answer, a MATH solution
+    with ``\\boxed{}`` or a GSM8K solution ending in ``#### N``. Judged by
+    :func:`anglerank.grading.grade` with ``answer_format="boxed"``: math-verify,
+    reading the completion as TRL's ``accuracy_reward`` does (``\\boxed{}``, or
+    LaTeX after "answer"), plus GSM8K's ``#### N``; an unmarked answer scores 0.
+    """
+    return _judge(prompts, completions, answer, kwargs, "boxed", "math_reward")
+
+
+def math_reward_any(prompts, completions, answer=None, **kwargs) -> list[float]:
+    """:func:`math_reward`, except that a completion without an answer marker is
+    judged by its last number or LaTeX expression (``answer_format="any"``)."""
+    return _judge(prompts, completions, answer, kwargs, "any", "math_reward_any")
 
 
 # --------------------------------------------------------------------------- #
 # Loading and combining reward functions
 # --------------------------------------------------------------------------- #
 
-_BUILTINS: dict[str, Callable] = {"math": math_reward}
+# built-in reward name -> {answer_format: function}
+_BUILTINS: dict[str, dict[str, Callable]] = {"math": {"boxed": math_reward, "any": math_reward_any}}
 
 
 def _one_line(e: BaseException) -> str:
@@ -127,23 +134,26 @@ def _import_file(path: str):
     return module
 
 
-def load_reward(spec: str) -> Callable:
+def load_reward(spec: str, answer_format: str = DEFAULT_ANSWER_FORMAT) -> Callable:
     """Resolve ``"module:function"``, ``"path/to/file.py:function"``, or the
     built-in ``"math"`` / ``"builtin:math"`` to a callable.
 
-    Raises a one-line RewardError when the module, file or function cannot be
-    found or the attribute is not callable.
+    ``answer_format`` picks the built-in math reward: ``"boxed"`` gives
+    :func:`math_reward`, ``"any"`` :func:`math_reward_any` (see
+    :mod:`anglerank.grading`); it does not affect other specs. Raises a one-line
+    RewardError when the module, file or function cannot be found or the
+    attribute is not callable, or the answer format is unknown.
     """
+    if answer_format not in ANSWER_FORMATS:
+        raise RewardError(f"unknown answer format {answer_format!r}; choose one of {', '.join(ANSWER_FORMATS)}")
     if not isinstance(spec, str) or not spec.strip():
         raise RewardError(f"invalid reward spec {spec!r}: expected 'module:function' or 'file.py:function'")
     spec = spec.strip()
-    if spec in _BUILTINS:
-        return _BUILTINS[spec]
+    name = spec[len("builtin:"):] if spec.startswith("builtin:") else spec
+    if name in _BUILTINS:
+        return _BUILTINS[name][answer_format]
     if spec.startswith("builtin:"):
-        name = spec[len("builtin:") :]
-        if name not in _BUILTINS:
-            raise RewardError(f"unknown built-in reward {name!r} (available: {', '.join(sorted(_BUILTINS))})")
-        return _BUILTINS[name]
+        raise RewardError(f"unknown built-in reward {name!r} (available: {', '.join(sorted(_BUILTINS))})")
     mod, sep, attr = spec.rpartition(":")
     if not sep or not mod or not attr:
         raise RewardError(f"invalid reward spec {spec!r}: expected 'module:function' or 'file.py:function'")

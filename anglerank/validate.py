@@ -11,7 +11,7 @@ module measures that on a seeded sample of a dataset instead of taking it on fai
    with respect to (a) the weight matrices that read the hooked site at each
    requested layer and (b) all parameters; one prompt per backward pass, float32;
 3. optionally pass rates from G sampled completions judged by
-   :func:`anglerank.grading.answers_match` (the checker of the ``math`` reward);
+   :func:`anglerank.grading.grade` (the checker of the ``math`` reward);
 4. Spearman rank correlations of ``score``/``intra``/``inter`` with all of the
    above and with question length, raw and with question length partialled out
    (:mod:`anglerank.correlation`).
@@ -49,7 +49,7 @@ from anglerank import __version__, generation, hooks
 from anglerank.correlation import CONTROL, correlations
 from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.errors import UserError
-from anglerank.grading import answers_match, extract_answer, reference_answer
+from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade, reference_answer
 from anglerank.scoring.engine import ScoreOptions, build_scorer
 
 Progress = Callable[[str, int, int], None]
@@ -70,6 +70,7 @@ class ValidateOptions:
     temperature: float = 0.9  # rollout sampling temperature (the authors' GRPO setting)
     top_p: float = 1.0
     gen_batch: int = 8  # prompts per greedy-generation batch (left-padded)
+    answer_format: str = DEFAULT_ANSWER_FORMAT  # how a rollout's final answer is found (anglerank.grading)
 
     def __post_init__(self):
         if self.samples < 1:
@@ -84,6 +85,8 @@ class ValidateOptions:
             raise UserError("--answer-column is only used with --rollouts G (G >= 1)")
         if self.temperature <= 0:
             raise UserError("--temperature must be positive")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise UserError(f"--answer-format must be one of {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
         if not 0 < self.top_p <= 1:
             raise UserError("--top-p must be in (0, 1]")
         if self.gen_batch < 1:
@@ -370,7 +373,7 @@ def _pass_rates(plan: _Plan, vopt: ValidateOptions, model, tick: Progress) -> di
                                      max_new_tokens=vopt.max_new_tokens, temperature=vopt.temperature,
                                      top_p=vopt.top_p, batch_size=vopt.rollouts,
                                      device=next(model.parameters()).device, generator=gen)
-            passes[rec.row] = sum(answers_match(extract_answer(t), ref) for t in ro.texts) / len(ro.texts)
+            passes[rec.row] = sum(grade(t, ref, vopt.answer_format) for t in ro.texts) / len(ro.texts)
         tick("rollouts", k + 1, len(plan.live))
     return passes
 

@@ -320,8 +320,8 @@ def build_report() -> tuple[dict, str]:
                   and s["layer"] == max(parts["passrate-gsm8k"]["layers"])]
             pk = parts["passrate-gsm8k"]
             md += [f"Pass-rate run ({len(pr)} other seeded GSM8K prompts, G={pk['rollouts']}, T={pk['temperature']}, "
-                   f"≤{pk['max_new_tokens']} new tokens, judged by `answers_match(extract_answer(completion), "
-                   f"reward_model.ground_truth)`): mean pass rate {np.mean(pr):.3f}; "
+                   f"≤{pk['max_new_tokens']} new tokens, judged by `anglerank.grading.grade(completion, "
+                   f"reward_model.ground_truth, {pk.get('answer_format', 'boxed')!r})`): mean pass rate {np.mean(pr):.3f}; "
                    f"{sum(p > 0 for p in pr)} prompts with at least one correct sample"
                    + (", so every correlation with pass rate is undefined (n/a)." if not any(pr) else "."), ""]
     summary = {"stages": sorted(parts)}

@@ -93,7 +93,7 @@ class TrainConfig:
     reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W)
     answer_format: str = _f("boxed", "How the built-in math checker finds a completion's final answer: boxed (as TRL's "
                             "accuracy reward: a \\boxed{} or LaTeX answer, or GSM8K's '#### N'; a completion without "
-                            "one is wrong) or any (else its last number or expression).", W)
+                            "one is wrong) or any (else the last number it writes).", W)
     correct_threshold: float = _c(
         "correct_threshold", "A completion counts as correct when its reward >= this (the curriculum's one rule): "
         "the built-in math checker's reward (1 or 0) when the data has reference answers, else the total reward.")
