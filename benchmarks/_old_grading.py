@@ -1,3 +1,5 @@
+# A frozen copy of anglerank/grading.py before it moved to math-verify (commit 29c6e2b), kept only so
+# benchmarks/checker_compare.py can judge the same pairs with the old checker. Not used by anglerank.
 """Final answers of math completions: extraction, normalisation and equivalence.
 
 The usual bug in math RL is a reward of 0 for a correct answer written another
