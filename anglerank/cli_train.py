@@ -97,6 +97,9 @@ def _train_signature() -> inspect.Signature:
             "Only --epochs and run-time options may change.", rich_help_panel=run)]),
         inspect.Parameter("overwrite", K, default=False, annotation=Annotated[bool, typer.Option(
             "--overwrite", help="Replace a run already in --output.", rich_help_panel=run)]),
+        inspect.Parameter("force", K, default=False, annotation=Annotated[bool, typer.Option(
+            "--force", help="With --resume: continue although the training or eval data changed since the run "
+            "started (their fingerprints differ).", rich_help_panel=run)]),
         inspect.Parameter("quiet", K, default=False, annotation=cc.QuietOpt),
     ]
     return inspect.Signature(params)
@@ -147,7 +150,7 @@ def train_cmd(ctx: typer.Context, **kw):
             raise UserError("--output RUN_DIR is required")
     display = Display(quiet=kw["quiet"], console=err)
     with display:
-        train(cfg, resume=kw["resume"] is not None, overwrite=kw["overwrite"], on_event=display)
+        train(cfg, resume=kw["resume"] is not None, overwrite=kw["overwrite"], force=kw["force"], on_event=display)
 
 
 train_cmd.__signature__ = _train_signature()
@@ -161,9 +164,15 @@ def plot_cmd(
         "--output", "-o", help="PNG file. Default: RUN_DIR/curves.png (first run).")] = None,
 ):
     """Plot a run's curves (reward, accuracy, eval accuracy vs steps and time, window, angle) to a PNG."""
+    import warnings
+
     from anglerank.plots import plot_runs
 
-    out = plot_runs(run_dirs, output)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = plot_runs(run_dirs, output)
+    for w in caught:
+        err.print(f"warning: {w.message}", soft_wrap=True)
     err.print(f"wrote {out}")
 
 

@@ -211,7 +211,12 @@ def combine_rewards(
     per: dict[str, list[float]] = {}
     for f, w in zip(funcs, weights):
         name = _func_name(f)
-        out = f(prompts=prompts, completions=completions, **columns)
+        try:
+            out = f(prompts=prompts, completions=completions, **columns)
+        except RewardError:
+            raise
+        except Exception as exc:  # the user's code failed, not anglerank: say whose (ANGLERANK_DEBUG=1: traceback)
+            raise RewardError(f"reward function {name!r} raised {_one_line(exc)}") from exc
         if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
             raise RewardError(f"reward function {name!r} must return a list of {n} floats, got {type(out).__name__}")
         if len(out) != n:

@@ -26,10 +26,11 @@ __all__ = ["RunState", "EpochMetrics", "prepare_run_dir", "latest_checkpoint", "
            "load_checkpoint", "resume_config", "RESUME_OVERRIDABLE", "RUN_FILES"]
 
 STATE_VERSION = 2
-RUN_FILES = ("config.toml", "metrics.jsonl", "subsets.jsonl", "checkpoints", "curves.png")
+RUN_FILES = ("config.toml", "inputs.json", "metrics.jsonl", "subsets.jsonl", "checkpoints", "curves.png")
 # Settings a resumed run may change (they do not affect what was trained so far).
 RESUME_OVERRIDABLE = ("epochs", "eval_every", "save_every", "keep_checkpoints", "eval_batch_size",
-                      "generation_batch_size", "device", "threads", "gradient_checkpointing", "staleness_every")
+                      "generation_batch_size", "device", "threads", "gradient_checkpointing", "staleness_every",
+                      "save_only_model")
 
 
 @dataclass
@@ -61,18 +62,23 @@ class RunState:
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
-    """Create the run directory; return the checkpoint to resume from (or None)."""
+    """Create the run directory; return the checkpoint to resume from (or None: a fresh start).
+
+    A run that stopped before its first checkpoint kept nothing to continue from, so
+    both a rerun and ``--resume`` start it afresh (never a dead end).
+    """
+    ck = latest_checkpoint(run_dir) if run_dir.exists() else None
     if resume:
-        ck = latest_checkpoint(run_dir)
-        if ck is None:
-            raise UserError(f"nothing to resume in {run_dir}: no complete checkpoint under {run_dir}/checkpoints")
-        return ck
-    if run_dir.exists() and any((run_dir / n).exists() for n in RUN_FILES):
-        if not overwrite:
-            raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass "
-                            "--overwrite to start over")
-        for n in RUN_FILES:
-            p = run_dir / n
+        if ck is not None:
+            return ck
+        if not (run_dir / "config.toml").exists():
+            raise UserError(f"nothing to resume in {run_dir}: it holds no run (no config.toml)")
+    elif ck is not None and not overwrite:
+        raise UserError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pass "
+                        "--overwrite to start over")
+    for n in RUN_FILES:
+        p = run_dir / n
+        if n != "config.toml" or not resume:  # --resume afresh reads the saved config; it is rewritten
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return None
@@ -100,7 +106,8 @@ def save_checkpoint(run_dir: Path, model, tok, optimizer, generator: torch.Gener
         raise RuntimeError(f"internal error: refusing to checkpoint non-finite weights ({len(bad)} tensors, e.g. "
                            f"{bad[0]})")
     _save_pretrained(model, tok, tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if optimizer is not None:  # None: --save-only-model
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save({"rollouts": generator.get_state()}, tmp / "rng.pt")
     state = {"version": STATE_VERSION, "run": asdict(st), "order": [int(x) for x in curriculum.order],
              "curriculum": curriculum.state_dict(), "pool_rows": pool_rows, "log_sizes": log_sizes}
@@ -139,13 +146,44 @@ def load_checkpoint(path: Path, optimizer, generator: torch.Generator, curriculu
     if state["pool_rows"] != pool_rows:
         raise UserError(f"{path}: the training prompts differ from the checkpoint's ({len(state['pool_rows'])} "
                         f"vs {len(pool_rows)} usable rows); resume with the same data and prompt settings")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    if (path / "optimizer.pt").exists():  # absent: saved with --save-only-model, so AdamW starts afresh
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     curriculum.set_order(state["order"])
     curriculum.load_state_dict(state["curriculum"])
     run = dict(state["run"])
     run["epoch_metrics"] = EpochMetrics(**run["epoch_metrics"])
     generator.set_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=True)["rollouts"])
     return RunState(**run), state["log_sizes"]
+
+
+def record_inputs(run_dir: Path, cfg: TrainConfig) -> None:
+    """Fingerprint the run's data (``inputs.json``) so a resume can tell when it changed."""
+    (run_dir / "inputs.json").write_text(json.dumps(_fingerprints(cfg), indent=1))
+
+
+def check_inputs(run_dir: Path, cfg: TrainConfig, force: bool) -> None:
+    """Refuse to resume on data other than the run's (unless ``force``), naming what changed."""
+    path = run_dir / "inputs.json"
+    if not path.exists():  # runs from before inputs.json
+        return
+    saved, now = json.loads(path.read_text()), _fingerprints(cfg)
+    changed = [f"{kind}: {', '.join(_names(saved.get(kind)))} then, {', '.join(_names(now[kind]))} now"
+               for kind in now if [f["fingerprint"] for f in saved.get(kind) or []] !=
+               [f["fingerprint"] for f in now[kind] or []]]
+    if changed and not force:
+        raise UserError(f"the data changed since {run_dir} started ({'; '.join(changed)}): a resumed run would "
+                        "draw other prompts. Resume on the same files, or pass --force to continue anyway")
+
+
+def _fingerprints(cfg: TrainConfig) -> dict:
+    from anglerank.data.reader import ParquetFiles
+
+    return {"train": ParquetFiles(cfg.train_data).fingerprints(),
+            "eval": ParquetFiles(cfg.eval_data).fingerprints() if cfg.eval_data else None}
+
+
+def _names(files) -> list[str]:
+    return [f"{Path(f['path']).name} ({f['rows']} rows, {f['fingerprint'][:8]})" for f in files or []] or ["none"]
 
 
 def resume_config(run_dir, overrides: dict) -> TrainConfig:

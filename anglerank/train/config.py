@@ -156,6 +156,8 @@ class TrainConfig:
                              "data_source validation metrics; skipped when the default column is absent).", O)
     save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O)
     keep_checkpoints: int = _f(2, "Checkpoints to keep (oldest deleted first).", O)
+    save_only_model: bool = _f(False, "Checkpoints without the optimiser state (weights, tokenizer, sampler and RNG "
+                               "states): a third of the size; a resume then starts AdamW afresh.", O)
     seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O)
 
     def __post_init__(self):
@@ -222,6 +224,21 @@ class TrainConfig:
         """The curriculum settings of this run (its seed is the run's seed)."""
         return CurriculumConfig(**{k: getattr(self, k) for k in DEFAULTS if k not in ("shuffle", "seed")},
                                 shuffle=not self.keep_order, seed=self.seed)
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """The same config with local paths made absolute, so a saved run resumes from any directory."""
+        def local(spec: str) -> str:
+            return str(Path(spec).expanduser().absolute())
+
+        def reward(spec: str) -> str:
+            file, sep, func = spec.rpartition(":")
+            return local(file) + sep + func if file.endswith(".py") and Path(file).exists() else spec
+
+        return dataclasses.replace(
+            self, train_data=[local(x) for x in self.train_data],
+            eval_data=[local(x) for x in self.eval_data] if self.eval_data else None,
+            model=local(self.model) if self.model and Path(self.model).expanduser().exists() else self.model,
+            output_dir=local(self.output_dir) if self.output_dir else None, reward=[reward(x) for x in self.reward])
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

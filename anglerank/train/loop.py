@@ -89,8 +89,11 @@ class _Run:
         self.emit(kind, rec)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, on_event: Event | None = None) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
+          on_event: Event | None = None) -> dict:
     """Run (or continue, with ``resume=True``) GAIN-RL GRPO training; return a summary.
+
+    A resume refuses data whose fingerprints changed since the run started, unless ``force``.
 
     ``on_event(kind, record)`` receives every metrics record (kinds ``step``,
     ``epoch``, ``eval``, ``score``) plus ``start``, ``log`` and ``end`` for a live
@@ -101,7 +104,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, on
         raise UserError("no training data given")
     if not cfg.output_dir:
         raise UserError("--output RUN_DIR is required")
+    cfg = cfg.with_absolute_paths()
     ckpt = checkpoint.prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
+    if ckpt is not None:
+        checkpoint.check_inputs(Path(cfg.output_dir), cfg, force)
+    elif resume:
+        (on_event or (lambda kind, rec: None))("log", {"message": f"{cfg.output_dir} has no checkpoint yet: "
+                                                                   "starting the run afresh with its saved config"})
     threads = torch.get_num_threads()
     try:
         # Rollouts draw from the run's own generator; dropout, in a model that has it, draws from torch's
@@ -256,7 +265,8 @@ def _checkpoint(run: _Run) -> Path:
     st, ctx = run.st, run.ctx
     st.elapsed_base, run.t_start = run.elapsed(), time.perf_counter()
     sizes = {"metrics": run.metrics.size(), "subsets": run.subsets.size()}
-    path = checkpoint.save_checkpoint(run.run_dir, ctx.model, ctx.tok, ctx.optimizer, ctx.generator, st,
+    optimizer = None if run.cfg.save_only_model else ctx.optimizer
+    path = checkpoint.save_checkpoint(run.run_dir, ctx.model, ctx.tok, optimizer, ctx.generator, st,
                                       run.curriculum, ctx.pool.rows, sizes, run.cfg.keep_checkpoints)
     run.saved = (st.epoch, st.global_step, path)
     return path
@@ -285,7 +295,8 @@ def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
                                                parts.ctx.pool.rows)
         metrics.truncate(sizes["metrics"])
         subsets.truncate(sizes["subsets"])
-        emit("log", {"message": f"resumed from {ckpt} at epoch {st.epoch}, step {st.global_step}"})
+        fresh_adam = "" if (ckpt / "optimizer.pt").exists() else " with a fresh optimiser (saved with --save-only-model)"
+        emit("log", {"message": f"resumed from {ckpt} at epoch {st.epoch}, step {st.global_step}{fresh_adam}"})
         # A longer run (--epochs raised on resume) keeps the schedule it started with: a cosine under way
         # is not stretched; past its end the LR stays at its final value.
         longer = parts.ctx.total_updates
@@ -296,6 +307,7 @@ def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
     else:
         st.lr_horizon = parts.ctx.total_updates
         (run_dir / "config.toml").write_text(dump_toml(cfg))
+        checkpoint.record_inputs(run_dir, cfg)
         metrics.reset()
         subsets.reset()
     return _Run(cfg, run_dir, parts.ctx, parts.curriculum, parts.scorer, parts.eval_pool, st, metrics, subsets,

@@ -8,6 +8,7 @@ always describe exactly the training the weights have seen.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +49,27 @@ class Jsonl:
 
 
 def read_metrics(run_dir, kind: str | None = None) -> list[dict]:
-    """Records of ``RUN_DIR/metrics.jsonl`` (optionally only one ``type``)."""
+    """Records of ``RUN_DIR/metrics.jsonl`` (optionally only one ``type``).
+
+    A last line cut short (the process was killed while writing it) is skipped with a
+    warning; a bad line anywhere else means the file is not a run's log: an error.
+    """
+    from anglerank.errors import UserError
+
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
-        from anglerank.errors import UserError
-
         raise UserError(f"no metrics.jsonl in {run_dir}")
-    out = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text(errors="replace").splitlines()
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                warnings.warn(f"{path}: skipped its last line, cut short (the run was killed while writing it)",
+                              stacklevel=2)
+                break
+            raise UserError(f"{path}: line {i + 1} is not JSON; is this a run's metrics.jsonl?") from None
     return [r for r in out if kind is None or r.get("type") == kind]
