@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anglerank.cli_common import (
@@ -131,7 +132,7 @@ def score(
             inputs, output, options=opt, prompt_column=prompt_column, id_column=id_column, limit=limit,
             overwrite=overwrite, resume=resume, commit_every=commit_every, progress=cb,
             num_shards=num_shards, shard_index=shard_index,
-            warn=lambda m: err.print(f"[yellow]warning:[/] {m}", highlight=False),
+            warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}", highlight=False, soft_wrap=True),
         )
     if dist_env is not None:
         _merge_after_torchrun(output, rank0, overwrite or resume)

@@ -149,15 +149,16 @@ class LoadedModel:
 
 def load(model: str | None, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model)
+    _read_config(path)  # a broken config.json is named as such
+    tok = load_tokenizer(path)
     try:
         with quiet_hf_loading():
-            tok = AutoTokenizer.from_pretrained(path)
             mdl = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except Exception as exc:
-        raise ModelError(f"could not load model from {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+        raise ModelError(f"could not load the model from {path}: {_one_line(exc)}") from None
     mdl.to(device)
     mdl.eval()
     return LoadedModel(mdl, tok, path, model or DEFAULT_MODEL)
@@ -186,12 +187,48 @@ def text_fingerprint(text: str | None) -> str | None:
     return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def describe(path: Path) -> dict:
-    """What `anglerank info` prints, read from config and tokenizer files (no weights)."""
-    cfg = json.loads((Path(path) / "config.json").read_text())
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line (transformers' messages run over several), cut at 300 characters."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _read_config(path) -> dict:
+    """``config.json`` of a local model folder ({} for a hub id); a broken file is a one-line error naming it."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return {}
+    try:
+        cfg = json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{file} is not valid JSON: {_one_line(exc)}") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{file} is not a model config (a JSON object), got a {type(cfg).__name__}")
+    return cfg
+
+
+def load_tokenizer(path):
+    """The tokenizer of a model folder or hub id; missing or broken files are one line naming the folder."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / f).exists() for f in _TOKENIZER_FILES):
+        raise ModelError(f"{folder} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save one next to the "
+                         "weights with tokenizer.save_pretrained")
+    try:
+        with quiet_hf_loading():
+            return AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise ModelError(f"could not load the tokenizer from {path}: {_one_line(exc)}") from None
+
+
+def describe(path: Path) -> dict:
+    """What `anglerank info` prints, read from config and tokenizer files (no weights)."""
+    cfg = _read_config(path)
+    tok = load_tokenizer(path)
     return {
         "architecture": (cfg.get("architectures") or [cfg.get("model_type")])[0],
         "model_type": cfg.get("model_type"),

@@ -64,3 +64,39 @@ def test_interrupted_exits_with_its_code():
 
 def test_user_error_is_a_value_error_for_api_callers():
     assert issubclass(UserError, ValueError) and issubclass(InputError, UserError)
+
+
+# --------------------------------------------------------------- files a user hands in, named in one line
+
+def _one_line_error(res, *needles):
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert res.exit_code == 2, res.output
+    assert len(lines) == 1 and lines[0].startswith("error:") and "internal error" not in lines[0], res.output
+    for n in needles:
+        assert n in lines[0], res.output
+
+
+def test_model_folder_problems_are_one_line_naming_the_file(tmp_path, tiny_model_dir):
+    import shutil
+
+    from anglerank.cli import app
+
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    for f in tiny_model_dir.iterdir():
+        if f.name == "config.json" or f.suffix == ".safetensors":
+            shutil.copy(f, no_tok / f.name)
+    _one_line_error(runner.invoke(app, ["info", "--model", str(no_tok)]), str(no_tok), "no tokenizer")
+    bad_cfg = tmp_path / "bad_cfg"
+    shutil.copytree(tiny_model_dir, bad_cfg)
+    (bad_cfg / "config.json").write_text("{not json")
+    _one_line_error(runner.invoke(app, ["info", "--model", str(bad_cfg)]), "config.json", "not valid JSON")
+
+
+def test_non_utf8_toml_is_named(tmp_path):
+    from anglerank.cli import app
+
+    cfg = tmp_path / "run.toml"
+    cfg.write_bytes(b'lr = "\xff"\n')
+    _one_line_error(runner.invoke(app, ["train", "x.parquet", "-o", str(tmp_path / "r"), "--config", str(cfg)]),
+                    "run.toml", "not UTF-8")

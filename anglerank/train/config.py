@@ -310,6 +310,8 @@ def load_toml(path: str | Path) -> dict:
         raise UserError(f"config file not found: {p}")
     try:
         data = tomllib.loads(p.read_text())
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p} is not UTF-8 text (TOML must be): byte {exc.start} is {exc.object[exc.start]:#04x}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{p} is not valid TOML: {exc}") from None
     if isinstance(data.get("train"), dict):
