@@ -21,9 +21,11 @@ import torch
 
 from anglerank import hooks
 from anglerank.data import manifest as manifests
+from anglerank.data.lock import output_lock
 from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.data.writer import (
-    MANIFEST, OutputError, ScoreWriter, own_files, prepare_output_dir, read_manifest, score_schema, write_json_atomic,
+    MANIFEST, OutputError, ScoreWriter, own_files, part_problem, prepare_output_dir, read_manifest, score_schema,
+    write_json_atomic,
 )
 from anglerank.errors import Interrupted, UserError
 from anglerank.scoring.distributed import auto_window_rows, distributed_env, shard_dir, shard_range
@@ -66,19 +68,21 @@ def run_score(
         raise UserError("--limit must be >= 0")
     opt, num_shards, shard_index = _shard_and_device(opt, num_shards, shard_index)
     plan = _plan(inputs, output, prompt_column, id_column, limit, window_rows, commit_every, num_shards, shard_index)
-    scorer, loaded, device, dtype = build_scorer(opt, loaded)
-    new = manifests.build(
-        scorer.opt, loaded, layers=scorer.layer_idx, num_layers=len(hooks.decoder_layers(loaded.model)),
-        dtype=dtype, device=device, source=plan.source, limit=limit, window_rows=plan.window_rows,
-        commit_every=plan.commit_every, rows_expected=plan.total, num_shards=num_shards, shard_index=shard_index,
-        row_start=plan.row_start, row_stop=plan.row_stop,
-    )
-    manifest, start_row, previous = _resume_or_start(plan, new, resume, overwrite)
-    writer = ScoreWriter(plan.out, score_schema(plan.source.id_type, with_layer=True), manifest)
-    if previous is not None and previous.get("complete"):
-        return writer.finish(plan.row_stop, finished_at=previous.get("finished_at"))
-    manifest = _score_windows(plan, scorer, writer, start_row, fresh=previous is None, progress=progress)
-    return _finish(plan, manifest, warn)
+    # one writer per directory for the whole run: a second score, merge or --overwrite is refused
+    with output_lock(plan.out, what="score output"):
+        scorer, loaded, device, dtype = build_scorer(opt, loaded)
+        new = manifests.build(
+            scorer.opt, loaded, layers=scorer.layer_idx, num_layers=len(hooks.decoder_layers(loaded.model)),
+            dtype=dtype, device=device, source=plan.source, limit=limit, window_rows=plan.window_rows,
+            commit_every=plan.commit_every, rows_expected=plan.total, num_shards=num_shards, shard_index=shard_index,
+            row_start=plan.row_start, row_stop=plan.row_stop,
+        )
+        manifest, start_row, previous = _resume_or_start(plan, new, resume, overwrite, warn)
+        writer = ScoreWriter(plan.out, score_schema(plan.source.id_type, with_layer=True), manifest)
+        if previous is not None and previous.get("complete"):
+            return writer.finish(plan.row_stop, finished_at=previous.get("finished_at"))
+        manifest = _score_windows(plan, scorer, writer, start_row, fresh=previous is None, progress=progress)
+        return _finish(plan, manifest, warn)
 
 
 # --- plan ----------------------------------------------------------------------------------
@@ -129,7 +133,8 @@ def _plan(inputs, output, prompt_column, id_column, limit, window_rows, commit_e
 
 # --- resume ----------------------------------------------------------------------------------
 
-def _resume_or_start(plan: _Plan, new: dict, resume: bool, overwrite: bool) -> tuple[dict, int, dict | None]:
+def _resume_or_start(plan: _Plan, new: dict, resume: bool, overwrite: bool,
+                     warn: Callable[[str], None] | None) -> tuple[dict, int, dict | None]:
     """(manifest to continue, first row to score, the interrupted run's manifest or None)."""
     previous = read_manifest(plan.out) if resume else None
     if previous is None:
@@ -137,16 +142,34 @@ def _resume_or_start(plan: _Plan, new: dict, resume: bool, overwrite: bool) -> t
         new.update(started_at=time.time(), elapsed_s=0.0, tokens=0)
         return new, plan.row_start, None
     manifests.check_resume(previous, new, plan.out)
-    recorded = {p["file"] for p in previous["parts"]}
-    for f in plan.out.glob("scores-*.arrow"):  # written but never committed (killed mid-rename)
+    parts, next_row, problem = _intact_parts(plan, previous)
+    if problem is not None:
+        # a damaged or missing part is scored again, with every part after it (rows are sequential)
+        previous = {**previous, "complete": False}
+        if warn:
+            warn(f"{problem}; scoring again from row {next_row}")
+    recorded = {p["file"] for p in parts}
+    for f in plan.out.glob("scores-*.arrow"):  # written but never committed (killed mid-rename), or damaged
         if f.name not in recorded:
             f.unlink()
     for f in plan.out.glob(".*.tmp"):
         f.unlink()
-    new["parts"] = previous["parts"]
+    new["parts"] = parts
     for k in ("started_at", "elapsed_s", "tokens"):
         new[k] = previous.get(k, 0)
-    return new, int(previous.get("next_row", plan.row_start)), previous
+    return new, next_row, previous
+
+
+def _intact_parts(plan: _Plan, previous: dict) -> tuple[list[dict], int, str | None]:
+    """The recorded parts before the first bad one, the first row after them, and what was wrong (or None)."""
+    nlayers = max(1, len(previous.get("layers") or []))
+    row = plan.row_start
+    for i, part in enumerate(previous["parts"]):
+        problem = part_problem(plan.out, part)
+        if problem is not None:
+            return previous["parts"][:i], row, problem
+        row += part["rows"] // nlayers  # each part holds whole input rows, one result per layer
+    return previous["parts"], int(previous.get("next_row", plan.row_start)), None
 
 
 # --- windows ----------------------------------------------------------------------------------
