@@ -116,3 +116,22 @@ def test_plot_skips_a_torn_last_line(tmp_path):
     (run / "metrics.jsonl").write_text('{"type": "st\n' + good)  # a bad line that is not the last one
     res = runner.invoke(app, ["plot", str(run)])
     assert res.exit_code == 2 and "line 1 is not JSON" in _text(res)
+
+
+def test_answer_column_problems_are_named(tmp_path, tiny_model_dir, questions_parquet):
+    import pyarrow as pa
+
+    table = pq.read_table(questions_parquet)
+    null_gt = pa.array([{"ground_truth": None, "style": "rule"}] * table.num_rows,
+                       table.schema.field("reward_model").type)
+    data = tmp_path / "null_answers.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("reward_model"), "reward_model", null_gt), data)
+    base = ["train", str(data), "-o", str(tmp_path / "r"), "--model", str(tiny_model_dir), "--device", "cpu",
+            "--quiet"]
+    res = runner.invoke(app, base)  # found by default, but empty: say so rather than "pass --answer-column"
+    assert res.exit_code == 2 and "every value of reward_model.ground_truth is null" in _text(res), res.output
+    res = runner.invoke(app, [*base, "--answer-column", "reward_model.ground_truth"])
+    assert res.exit_code == 2, res.output
+    assert "23 without a reference answer in reward_model.ground_truth" in _text(res)
+    res = runner.invoke(app, [*base, "--answer-column", "reward_model.nope"])
+    assert res.exit_code == 2 and "reward_model.nope" in _text(res) and "not found" in _text(res)

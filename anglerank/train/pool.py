@@ -9,7 +9,7 @@ functions (TRL's calling convention), and the reference answer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from anglerank.data.reader import ParquetSource, field_type
 
@@ -31,31 +31,38 @@ class Pool:
     prompts: list  # the prompt column's values, passed to reward functions as `prompts`
     answers: list | None
     columns: dict  # top-level columns for reward functions
-    dropped: dict
+    dropped: dict  # rows left out, by reason: null, too_long, no_answer
+    answer_column: str | None = None  # where the answers came from
+    empty_answer_columns: list = field(default_factory=list)  # answer columns present but entirely null
+    total_rows: int = 0  # rows read (before leaving any out)
 
     def subset(self, idx: list[int]) -> "Pool":
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
         return Pool(pick(self.rows), pick(self.ids), pick(self.records), pick(self.prompt_ids), pick(self.prompts),
                     pick(self.answers) if self.answers is not None else None,
-                    {k: pick(v) for k, v in self.columns.items()}, dict(self.dropped))
+                    {k: pick(v) for k, v in self.columns.items()}, dict(self.dropped), self.answer_column,
+                    list(self.empty_answer_columns), self.total_rows)
 
 
-def _answers(source: ParquetSource, answer_column: str | None, stop: int) -> list | None:
-    """Reference answers as strings (None where missing); None when the data has no answer column."""
+def _answers(source: ParquetSource, answer_column: str | None, stop: int) -> tuple[str | None, list | None, list]:
+    """(column, reference answers as strings with None where missing, columns found empty); (None, None, ...)
+    when the data has no answer column with a value."""
+    empty = []
     for name in [answer_column] if answer_column else ANSWER_COLUMNS:
         if not answer_column and field_type(source.schema, name) is None:
             continue
         values = source.column(name)[:stop]  # a named column that is missing: an error naming it
         if answer_column or any(v is not None for v in values):
-            return [None if v is None else str(v) for v in values]
-    return None
+            return name, [None if v is None else str(v) for v in values], empty
+        empty.append(name)
+    return None, None, empty
 
 
 def load_pool(files, cfg, renderer, limit: int | None = None) -> Pool:
     """Read Parquet rows, render prompts, keep those that fit ``max_prompt_length``."""
     source = ParquetSource(files, prompt_column=cfg.prompt_column, id_column=cfg.id_column)
     stop = source.total_rows if limit is None else min(limit, source.total_rows)
-    answers = _answers(source, cfg.answer_column, stop)
+    answer_column, answers, empty = _answers(source, cfg.answer_column, stop)
     keep, recs, ids, dropped = [], [], [], {"null": 0, "too_long": 0, "no_answer": 0}
     for rec in source.iter_records(0, stop):
         r = renderer.render(rec.question, rec.history)
@@ -74,4 +81,5 @@ def load_pool(files, cfg, renderer, limit: int | None = None) -> Pool:
     columns = {name: pick(source.column(name)) for name in source.schema.names if name not in _RESERVED}
     return Pool(rows=keep, ids=[rec.id if rec.id is not None else rec.row for rec in recs], records=recs,
                 prompt_ids=ids, prompts=pick(prompts), answers=pick(answers) if answers is not None else None,
-                columns=columns, dropped=dropped)
+                columns=columns, dropped=dropped, answer_column=answer_column, empty_answer_columns=empty,
+                total_rows=stop)

@@ -107,7 +107,10 @@ def _data(cfg: TrainConfig, renderer) -> tuple[Pool, Pool | None, list]:
 
     pool = load_pool(cfg.train_data, cfg, renderer, limit=cfg.limit)
     if not pool.rows:
-        raise UserError("no usable training prompts (all null, unrenderable or longer than --max-prompt-length)")
+        d = pool.dropped
+        raise UserError(f"no usable training prompts among {pool.total_rows} rows: {d['no_answer']} without a "
+                        f"reference answer in {pool.answer_column}, {d['null']} without prompt text, {d['too_long']} "
+                        f"longer than --max-prompt-length {cfg.max_prompt_length}")
     eval_pool = None
     if cfg.eval_data:
         eval_pool = load_pool(cfg.eval_data, cfg, renderer, limit=None)
@@ -120,6 +123,10 @@ def _data(cfg: TrainConfig, renderer) -> tuple[Pool, Pool | None, list]:
                         f"{', '.join(eval_pool.columns)})")
     reward_funcs = [rewards.load_reward(s, answer_format=cfg.answer_format) for s in cfg.reward]
     if any(f in (rewards.math_reward, rewards.math_reward_any) for f in reward_funcs) and pool.answers is None:
+        if pool.empty_answer_columns:
+            raise UserError(f"the built-in math reward needs reference answers, but every value of "
+                            f"{', '.join(pool.empty_answer_columns)} is null; fill it, or name the column that holds "
+                            "them with --answer-column")
         raise UserError("the built-in math reward needs reference answers; pass --answer-column "
                         f"(looked for {', '.join(ANSWER_COLUMNS)})")
     return pool, eval_pool, reward_funcs
