@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import os
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Annotated, Optional
@@ -148,6 +149,8 @@ def train_cmd(ctx: typer.Context, **kw):
             raise UserError("give the training Parquet file(s) (or train_data in --config)")
         if not cfg.output_dir:
             raise UserError("--output RUN_DIR is required")
+    if "trackio" in cfg.report_to:  # trackio's local database: in the run directory unless the user chose one
+        os.environ.setdefault("TRACKIO_DIR", str(Path(cfg.output_dir).absolute() / "trackio"))
     display = Display(quiet=kw["quiet"], console=err)
     with display:
         train(cfg, resume=kw["resume"] is not None, overwrite=kw["overwrite"], force=kw["force"], on_event=display)

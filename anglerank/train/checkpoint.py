@@ -30,7 +30,7 @@ RUN_FILES = ("config.toml", "inputs.json", "metrics.jsonl", "subsets.jsonl", "ch
 # Settings a resumed run may change (they do not affect what was trained so far).
 RESUME_OVERRIDABLE = ("epochs", "eval_every", "save_every", "keep_checkpoints", "eval_batch_size",
                       "generation_batch_size", "device", "threads", "gradient_checkpointing", "staleness_every",
-                      "save_only_model")
+                      "save_only_model", "report_to")
 
 
 @dataclass

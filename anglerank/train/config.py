@@ -159,6 +159,9 @@ class TrainConfig:
     save_only_model: bool = _f(False, "Checkpoints without the optimiser state (weights, tokenizer, sampler and RNG "
                                "states): a third of the size; a resume then starts AdamW afresh.", O)
     seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O)
+    report_to: list = _f(None, "Experiment trackers, as TRL's option: none, tensorboard (RUN_DIR/tensorboard), wandb "
+                         "(offline under RUN_DIR/wandb unless WANDB_MODE says otherwise) or trackio; repeat for "
+                         "several. metrics.jsonl is always written.", O, factory=lambda: ["none"])
 
     def __post_init__(self):
         def need(cond: bool, msg: str):
@@ -171,6 +174,13 @@ class TrainConfig:
             self.eval_data = [str(self.eval_data)]
         if isinstance(self.reward, str):
             self.reward = [self.reward]
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        self.report_to = [str(x).strip().lower() for x in self.report_to or ["none"]]
+        from anglerank.train.tracking import REPORT_TO
+
+        for x in self.report_to:
+            need(x in REPORT_TO, f"unknown --report-to {x!r}; choose from {', '.join(REPORT_TO)}")
         if self.reward_weight is not None and not isinstance(self.reward_weight, (list, tuple)):
             self.reward_weight = [self.reward_weight]
         self.train_data = [str(x) for x in self.train_data or []]

@@ -46,7 +46,7 @@ import torch
 from anglerank.curriculum import Curriculum, correct
 from anglerank.errors import Interrupted, UserError
 from anglerank.signals import StopOnSignal
-from anglerank.train import checkpoint, ranking, step
+from anglerank.train import checkpoint, ranking, step, tracking
 from anglerank.train.checkpoint import EpochMetrics, RunState
 from anglerank.train.config import TrainConfig, dump_toml
 from anglerank.train.metrics import Jsonl
@@ -75,6 +75,7 @@ class _Run:
     info: dict  # model name, device, dtype: for the start line
     t_start: float = field(default_factory=time.perf_counter)
     saved: tuple | None = None  # (epoch, step, path) of the last checkpoint
+    tracker: tracking.Tracker | None = None  # --report-to
 
     @property
     def steps_per_epoch(self) -> int:
@@ -86,6 +87,8 @@ class _Run:
     def log(self, kind: str, rec: dict) -> None:
         rec = {"type": kind, **rec, "elapsed_s": self.elapsed()}
         self.metrics.write(rec)
+        if self.tracker is not None:
+            self.tracker.log(kind, rec)
         self.emit(kind, rec)
 
 
@@ -105,23 +108,28 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, fo
     if not cfg.output_dir:
         raise UserError("--output RUN_DIR is required")
     cfg = cfg.with_absolute_paths()
+    emit = on_event or (lambda kind, rec: None)
+    trackers = tracking.check_report_to(cfg.report_to)  # a missing tracker fails now, not mid-run
     ckpt = checkpoint.prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
     if ckpt is not None:
         checkpoint.check_inputs(Path(cfg.output_dir), cfg, force)
     elif resume:
-        (on_event or (lambda kind, rec: None))("log", {"message": f"{cfg.output_dir} has no checkpoint yet: "
-                                                                   "starting the run afresh with its saved config"})
-    threads = torch.get_num_threads()
+        emit("log", {"message": f"{cfg.output_dir} has no checkpoint yet: starting the run afresh with its saved "
+                                "config"})
+    threads, run = torch.get_num_threads(), None
     try:
         # Rollouts draw from the run's own generator; dropout, in a model that has it, draws from torch's
         # global one: fork it so the caller's state survives the run.
         with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
             if cfg.threads:
                 torch.set_num_threads(cfg.threads)
-            run = _setup(cfg, ckpt, on_event or (lambda kind, rec: None))
+            run = _setup(cfg, ckpt, emit)
+            run.tracker = tracking.Tracker(trackers, run.run_dir, cfg.to_dict(), resumed_at=run.st.global_step)
             _loop(run)
     finally:
         torch.set_num_threads(threads)
+        if run is not None and run.tracker is not None:
+            run.tracker.close()
     summary = {"run_dir": str(run.run_dir), "epochs": run.st.epoch, "steps": run.st.global_step,
                "elapsed_s": run.elapsed(),
                "final_eval_accuracy": run.st.last_eval["eval_accuracy"] if run.st.last_eval else None,
