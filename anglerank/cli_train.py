@@ -179,6 +179,26 @@ def plot_cmd(
     err.print(f"wrote {out}")
 
 
+def export_cmd(
+    run: Annotated[Path, typer.Argument(help="A run directory (its latest checkpoint) or one checkpoint folder.",
+                                        show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the full weights and tokenizer.",
+                                         show_default=False)],
+):
+    """Write a checkpoint as full weights loadable with from_pretrained (a LoRA adapter merged into its base)."""
+    from anglerank.train.checkpoint import latest_checkpoint
+    from anglerank.train.config import load_toml
+    from anglerank.train.lora import export_merged
+
+    ck = run if (run / "trainer_state.json").exists() else latest_checkpoint(run)
+    if ck is None:
+        raise UserError(f"{run} is neither a checkpoint nor a run directory with one")
+    config = ck.parent.parent / "config.toml"
+    base = load_toml(config).get("model") if config.exists() else None
+    err.print(f"wrote {export_merged(ck, output, base)}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("train", help=TRAIN_HELP, no_args_is_help=True)(user_errors(train_cmd))
     app.command("plot")(user_errors(plot_cmd))
+    app.command("export", no_args_is_help=True)(user_errors(export_cmd))

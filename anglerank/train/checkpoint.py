@@ -108,7 +108,11 @@ def save_checkpoint(run_dir: Path, model, tok, optimizer, generator: torch.Gener
     _save_pretrained(model, tok, tmp)
     if optimizer is not None:  # None: --save-only-model
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save({"rollouts": generator.get_state()}, tmp / "rng.pt")
+    # torch's global generator drives dropout (LoRA's, or a model's own); the run seeds it, so it is saved too
+    rng = {"rollouts": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
     state = {"version": STATE_VERSION, "run": asdict(st), "order": [int(x) for x in curriculum.order],
              "curriculum": curriculum.state_dict(), "pool_rows": pool_rows, "log_sizes": log_sizes}
     (tmp / "trainer_state.json").write_text(json.dumps(state))
@@ -152,7 +156,12 @@ def load_checkpoint(path: Path, optimizer, generator: torch.Generator, curriculu
     curriculum.load_state_dict(state["curriculum"])
     run = dict(state["run"])
     run["epoch_metrics"] = EpochMetrics(**run["epoch_metrics"])
-    generator.set_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=True)["rollouts"])
+    rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+    generator.set_state(rng["rollouts"])
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(rng["cuda"])
     return RunState(**run), state["log_sizes"]
 
 

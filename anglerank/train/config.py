@@ -77,6 +77,12 @@ class TrainConfig:
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice). On a shared, busy CPU, 1 is "
                              "often several times faster than oversubscribed threads.", M)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% slower).", M)
+    lora_r: int = _f(0, "LoRA rank (peft); 0 trains every weight. With LoRA the KL reference is the base model with "
+                     "the adapter switched off, and checkpoints hold the adapter.", M)
+    lora_alpha: float = _f(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).", M)
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.", M)
+    lora_target_modules: list | None = _f(None, "Modules that get adapters (repeat the flag); default: every linear "
+                                          "layer but the output head, i.e. the attention and MLP projections.", M)
 
     # --- rollouts ---------------------------------------------------------------------
     num_generations: int = _f(8, "Completions per prompt (G, the group size).", R)
@@ -211,6 +217,9 @@ class TrainConfig:
         need(self.lr > 0, "--lr must be > 0")
         need(0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]")
         need(self.max_grad_norm >= 0, "--max-grad-norm must be >= 0")
+        need(isinstance(self.lora_r, int) and self.lora_r >= 0, f"--lora-r must be a non-negative integer, got "
+             f"{self.lora_r!r}")
+        need(self.lora_alpha > 0 and 0 <= self.lora_dropout < 1, "--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
         for name in UNIT_FIELDS:
             v = getattr(self, name)
             need(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),

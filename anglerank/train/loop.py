@@ -118,9 +118,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, fo
                                 "config"})
     threads, run = torch.get_num_threads(), None
     try:
-        # Rollouts draw from the run's own generator; dropout, in a model that has it, draws from torch's
-        # global one: fork it so the caller's state survives the run.
+        # Rollouts draw from the run's own generator; dropout (LoRA's, or a model's own) and LoRA's initial
+        # weights from torch's global one: fork it so the caller's state survives the run, seed it from
+        # --seed, and checkpoint it with the rest.
         with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
+            torch.manual_seed(cfg.seed)
             if cfg.threads:
                 torch.set_num_threads(cfg.threads)
             run = _setup(cfg, ckpt, emit)
@@ -274,7 +276,7 @@ def _checkpoint(run: _Run) -> Path:
     st.elapsed_base, run.t_start = run.elapsed(), time.perf_counter()
     sizes = {"metrics": run.metrics.size(), "subsets": run.subsets.size()}
     optimizer = None if run.cfg.save_only_model else ctx.optimizer
-    path = checkpoint.save_checkpoint(run.run_dir, ctx.model, ctx.tok, optimizer, ctx.generator, st,
+    path = checkpoint.save_checkpoint(run.run_dir, ctx.peft or ctx.model, ctx.tok, optimizer, ctx.generator, st,
                                       run.curriculum, ctx.pool.rows, sizes, run.cfg.keep_checkpoints)
     run.saved = (st.epoch, st.global_step, path)
     return path

@@ -38,14 +38,14 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
     from anglerank.scoring.engine import ScoreOptions, Scorer
 
     device, compute, amp_dtype = _precision(cfg)
-    model, ref_model, tok, name, layer_idx = _models(cfg, ckpt, device)
+    model, ref_model, tok, name, layer_idx, peft_model = _models(cfg, ckpt, device)
     renderer = Renderer(tok, cfg.preset, cfg.system, cfg.prefix, cfg.max_prompt_length)
     pool, eval_pool, reward_funcs = _data(cfg, renderer)
     curriculum = Curriculum(_initial_order(cfg, pool), cfg.curriculum())
     steps = -(-curriculum.subset_size // cfg.prompts_per_step)
     ctx = StepContext(cfg, model, ref_model, tok, _optimizer(cfg, model), pool, reward_funcs, layer_idx, device,
                       amp_dtype, pad_token_id(tok), max(1, cfg.epochs * steps * cfg.num_iterations),
-                      torch.Generator().manual_seed(cfg.seed))
+                      torch.Generator().manual_seed(cfg.seed), peft=peft_model)
     score_opt = ScoreOptions(model=cfg.model, preset=cfg.preset, system=cfg.system, prefix=cfg.prefix,
                              site=cfg.site, layers=[cfg.layer], estimator=cfg.estimator,
                              max_length=cfg.max_prompt_length, dtype=compute, device=device,
@@ -86,20 +86,28 @@ def _precision(cfg: TrainConfig) -> tuple[str, str, torch.dtype | None]:
 
 
 def _models(cfg: TrainConfig, ckpt: Path | None, device: str):
-    """The policy (float32), the frozen reference for the KL term (only when beta > 0), the tokenizer."""
+    """The policy (float32; with LoRA the base model with the adapter injected), the frozen reference for
+    the KL term (beta > 0 without LoRA; with LoRA the same model, adapter off), the tokenizer, the peft
+    wrapper (or None)."""
     from anglerank import hooks, models
+    from anglerank.train import lora
 
-    loaded = models.load(str(ckpt) if ckpt else cfg.model, device=device, dtype="float32")
-    model, tok = loaded.model, loaded.tokenizer
+    loaded = models.load(str(ckpt) if ckpt and not cfg.lora_r else cfg.model, device=device, dtype="float32")
+    model, tok, peft_model = loaded.model, loaded.tokenizer, None
+    if cfg.lora_r:
+        peft_model = lora.attach(model, cfg, ckpt)
+        model = peft_model.get_base_model()  # peft's layers are inside it: hooks and scoring see the adapter
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+        if peft_model is not None:  # frozen embeddings: let the checkpointed blocks' inputs carry gradients
+            model.enable_input_require_grads()
     layer_idx = hooks.resolve_layer(model, cfg.layer)
     hooks.site_module(model, layer_idx, cfg.site)  # fails early on a bad site
     ref_model = None
-    if cfg.beta > 0:
+    if cfg.beta > 0 and peft_model is None:
         ref_model = models.load(cfg.model, device=device, dtype="float32").model
         ref_model.requires_grad_(False).eval()
-    return model, ref_model, tok, loaded.name, layer_idx
+    return model, ref_model, tok, loaded.name, layer_idx, peft_model
 
 
 def _data(cfg: TrainConfig, renderer) -> tuple[Pool, Pool | None, list]:

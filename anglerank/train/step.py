@@ -43,6 +43,7 @@ class StepContext:
     total_updates: int
     generator: torch.Generator  # every rollout's randomness; its state is checkpointed
     stop_requested: Callable[[], bool] = lambda: False
+    peft: object | None = None  # the PeftModel around ``model`` with LoRA (saving, adapter off for the KL)
 
     def amp(self):
         if self.amp_dtype is None:
@@ -122,6 +123,7 @@ def _policy_update(ctx: StepContext, ro, adv_N: torch.Tensor, updates_done: int)
     so only their angle is computed (a forward up to the hook, no grad).
     """
     cfg = ctx.cfg
+    ctx.model.train()  # every forward of the update sees the same mode, whatever ran before (a resume loads eval)
     packed = rollout.pack(ro.prompt_ids, ro.completion_ids, ctx.pad_id)
     B = len(ro.completion_ids)
     n_tok_all = float(packed.completion_mask_BT.sum().clamp(min=1))
@@ -132,7 +134,6 @@ def _policy_update(ctx: StepContext, ro, adv_N: torch.Tensor, updates_done: int)
         angle_B[idle] = _angles_only(ctx, [ro.prompt_ids[b] + ro.completion_ids[b] for b in idle])
     mbs = [active[s: s + cfg.micro_batch_size] for s in range(0, len(active), cfg.micro_batch_size)]
     subs = [packed.rows(mb).to(ctx.device) for mb in mbs]
-    ctx.model.train()
     old_logps, ref_logps = _frozen_logps(ctx, subs, mbs, angle_B)
     stats = {"clip_fraction": 0.0, "kl": 0.0, "ratio_mean": 0.0}
     loss, tok_w, grad_norm, lr, skipped = 0.0, 0.0, 0.0, 0.0, 0
@@ -178,6 +179,9 @@ def _frozen_logps(ctx: StepContext, subs: list, mbs: list, angle_B: torch.Tensor
             angle_B[mbs[k]] = ang.cpu()
         if ctx.ref_model is not None:
             ref[k], _ = _forward_logp(ctx, ctx.ref_model, sub, capture=False)
+        elif ctx.peft is not None and ctx.cfg.beta > 0:  # LoRA: the reference is the base, adapter off
+            with ctx.peft.disable_adapter():
+                ref[k], _ = _forward_logp(ctx, ctx.model, sub, capture=False)
     return old, ref
 
 
@@ -273,7 +277,16 @@ def float32_head(model):
 
 @torch.no_grad()
 def _angles_only(ctx: StepContext, seqs: list[list[int]]) -> torch.Tensor:
-    """Angle of sequences that get no gradient (zero advantage): forward up to the hook only."""
+    """Angle of sequences that get no gradient (zero advantage): forward up to the hook only, a measurement,
+    so without dropout."""
+    ctx.model.eval()
+    try:
+        return _angles_forward(ctx, seqs)
+    finally:
+        ctx.model.train()
+
+
+def _angles_forward(ctx: StepContext, seqs: list[list[int]]) -> torch.Tensor:
     out = []
     for s in range(0, len(seqs), ctx.cfg.micro_batch_size):
         chunk = seqs[s: s + ctx.cfg.micro_batch_size]
