@@ -336,6 +336,50 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _ci(d) -> str:
+    if not d or not d.get("n"):
+        return "-"
+    if "lo" not in d:
+        return f"{d['mean']:+.3f} (n=1)"
+    return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+
+
+def markdown(result: dict) -> str:
+    """The README table: per arm, and per problem kind."""
+    summ, runs = result["summary"], result["runs"]
+    lines = [f"Machine: {result['machine']}.", "",
+             "| arm | seeds | AUC (mean acc.) | final acc. | steps to uniform's final, per seed | speed-up vs "
+             "uniform | AUC - uniform [95% CI] | final - uniform [95% CI] | window sweeps | distinct prompts | "
+             "zero-variance groups | re-scoring share of wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm, a in summ.items():
+        steps = ", ".join("-" if x is None else str(x) for x in a["steps_to_target"])
+        speed = ", ".join(f"{x:.2f}x" for x in a["speedup_vs_uniform"]) or "-"
+        sweeps = ", ".join("-" if x is None else f"{x:.1f}" for x in a["sweeps"])
+        lines.append(f"| {arm} | {len(a['seeds'])} | {a['auc_mean']:.3f} | {a['final_mean']:.3f} | {steps} | {speed} | "
+                     f"{_ci(a['diff_auc'])} | {_ci(a['diff_final'])} | {sweeps} | "
+                     f"{', '.join(map(str, a['distinct_prompts']))} | {a['zero_std_fraction']:.2f} | "
+                     f"{a['rescore_share']:.3f} |")
+    lines += ["", "| arm | " + " | ".join(f"{k}: final acc. (share drawn)" for k in KINDS) + " |",
+              "|---|" + "---|" * len(KINDS)]
+    for arm, a in summ.items():
+        rs = [r for r in runs if r["arm"] == arm]
+        cells = []
+        for k in KINDS:
+            fin = [final(r["eval_by_kind"].get(k, [])) for r in rs]
+            fin = [x for x in fin if x is not None]
+            cells.append(f"{np.mean(fin):.3f} ({a['kind_share_drawn'][k]:.2f})" if fin else "-")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    stale = [(r["arm"], r["seed"], r["staleness"]) for r in runs if r["staleness"]]
+    if stale:
+        lines += ["", "Staleness (Spearman of the ranking in use against a fresh full scoring; over all prompts / "
+                      "over the reachable window), at epoch: "]
+        for arm, seed, st in stale:
+            lines.append(f"- {arm} seed {seed}: " + "; ".join(
+                f"{e}: {sp:.3f} / {w:.3f}" for e, _, sp, w in st if sp is not None and w is not None))
+    return "\n".join(lines) + "\n"
+
+
 def report(config: str, spec: dict, runs_out: Path, out: Path) -> dict:
     runs = [json.loads(p.read_text()) for p in sorted(runs_out.glob("*.json"))]
     missing = [f"{a}-s{s}" for a, s in spec["jobs"] if not (runs_out / f"{a}-s{s}.json").exists()]
@@ -344,6 +388,7 @@ def report(config: str, spec: dict, runs_out: Path, out: Path) -> dict:
     result["summary"] = summarise(runs) if runs else {}
     (out / f"train_{config}.json").write_text(json.dumps(result, indent=1))
     if runs:
+        (out / f"train_{config}.md").write_text(markdown(result))
         plot(runs, out / f"train_{config}.png", f"GAIN-RL vs uniform and controls ({config}): {result['machine']}")
     return result
 
