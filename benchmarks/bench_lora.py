@@ -28,7 +28,6 @@ CONFIGS = {"full": {}, "lora-r16": {"lora_r": 16}}
 def one(name: str, work: Path) -> dict:
     """Runs in a child process: train, then report parameters, memory and times."""
     import bench_train as bt
-    import torch
 
     from anglerank.train.config import TrainConfig
     from anglerank.train.loop import train
@@ -56,8 +55,7 @@ def one(name: str, work: Path) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "update_s_median": statistics.median(s["update_s"] for s in steps),
             "rollout_s_median": statistics.median(s["rollout_s"] for s in steps),
-            "checkpoint_mb": round(sum(f.stat().st_size for f in ckpt.iterdir()) / 2**20, 1),
-            "torch_threads": torch.get_num_threads()}
+            "checkpoint_mb": round(sum(f.stat().st_size for f in ckpt.iterdir()) / 2**20, 1)}
 
 
 def main():
