@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 from anglerank.errors import UserError
 from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade
 
-__all__ = ["RewardError", "NonFiniteReward", "math_reward", "math_reward_any", "load_reward", "combine_rewards"]
+__all__ = ["code_reward", "code_reward_all", "RewardError", "NonFiniteReward", "math_reward", "math_reward_any", "load_reward", "combine_rewards"]
 
 
 class RewardError(UserError):
@@ -105,7 +105,37 @@ def math_reward_any(prompts, completions, answer=None, **kwargs) -> list[float]:
 # --------------------------------------------------------------------------- #
 
 # built-in reward name -> {answer_format: function}
-_BUILTINS: dict[str, dict[str, Callable]] = {"math": {"boxed": math_reward, "any": math_reward_any}}
+def code_reward(prompts, completions, tests=None, **kwargs) -> list[float]:
+    """The share of the row's tests that the completion's last fenced Python block passes.
+
+    TRL reward-function signature; ``tests`` is the data column (a list of
+    ``assert`` statements, or of ``{"input", "output"}`` stdin/stdout pairs, per
+    row; see :mod:`anglerank.coding`). Every test runs in :mod:`anglerank.sandbox`
+    (timeout, memory and output limits, no network, read-only file system).
+    """
+    from anglerank.coding import pass_fractions
+
+    if tests is None:
+        raise RewardError("the code reward needs a 'tests' column: per row, a list of assert statements or of "
+                          "{input, output} pairs")
+    if len(tests) != len(completions):
+        raise RewardError(f"code_reward: {len(tests)} test lists for {len(completions)} completions")
+    try:
+        return pass_fractions([_completion_text(c) for c in completions], list(tests))
+    except ValueError as exc:
+        raise RewardError(f"code_reward: {exc}") from None
+
+
+def code_reward_all(prompts, completions, tests=None, **kwargs) -> list[float]:
+    """1.0 when the completion passes every test of its row, else 0.0 (all or nothing)."""
+    return [float(x == 1.0) for x in code_reward(prompts, completions, tests=tests, **kwargs)]
+
+
+_BUILTINS: dict[str, dict[str, Callable]] = {
+    "math": {"boxed": math_reward, "any": math_reward_any},
+    "code": {"boxed": code_reward, "any": code_reward},
+    "code_all": {"boxed": code_reward_all, "any": code_reward_all},
+}
 
 
 def _one_line(e: BaseException) -> str:

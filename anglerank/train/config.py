@@ -93,7 +93,9 @@ class TrainConfig:
     generation_batch_size: int = _f(64, "Sequences per `generate` call.", R)
 
     # --- rewards ----------------------------------------------------------------------
-    reward: list = _f(None, "Reward function: 'math' (built-in checker) or module:function / file.py:function with "
+    reward: list = _f(None, "Reward function: 'math' (built-in checker), 'code' / 'code_all' (the last fenced Python "
+                      "block run against the row's 'tests' in a sandbox: share passed / all or nothing) or "
+                      "module:function / file.py:function with "
                       "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several.", W,
                       factory=lambda: ["math"])
     reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W)
@@ -238,6 +240,11 @@ class TrainConfig:
         names = sampler_names()
         need(self.sampler in names, f"unknown --sampler {self.sampler!r}; choose from {', '.join(names)}")
         self.curriculum()  # the curriculum checks its own fields
+
+    @property
+    def uses_math_reward(self) -> bool:
+        """Whether the built-in math checker is one of the rewards (it then decides "correct")."""
+        return any(r.removeprefix("builtin:") == "math" for r in self.reward)
 
     def curriculum(self) -> CurriculumConfig:
         """The curriculum settings of this run (its seed is the run's seed)."""

@@ -238,10 +238,10 @@ def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
                   device=ctx.device, autocast_dtype=ctx.amp_dtype)
     idx = list(range(len(pool.rows)))
     total = None
-    if pool.answers is None:
+    if pool.answers is None or not cfg.uses_math_reward:
         total, _ = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight, pool.prompts, ro.texts,
                                            **pool.columns)
-    judged = step.judge_rewards(pool, idx, ro.texts, total, cfg.answer_format)
+    judged = step.judge_rewards(pool, idx, ro.texts, total, cfg)
     st.last_eval = {"epoch": st.epoch, "step": st.global_step,
                     "eval_accuracy": _accuracy(judged, cfg.correct_threshold), "eval_n": len(idx),
                     "eval_completion_len_mean": float(np.mean([len(c) for c in ro.completion_ids])),

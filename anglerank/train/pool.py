@@ -70,7 +70,7 @@ def load_pool(files, cfg, renderer, limit: int | None = None) -> Pool:
             dropped["null"] += 1
         elif r.truncated:
             dropped["too_long"] += 1
-        elif answers is not None and answers[rec.row] is None:
+        elif answers is not None and answers[rec.row] is None and cfg.uses_math_reward:
             dropped["no_answer"] += 1
         else:
             keep.append(rec.row)

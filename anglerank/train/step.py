@@ -66,15 +66,14 @@ class StepAborted(Exception):
     """Ctrl-C arrived during the rollouts, before any weight changed: redo this step on resume."""
 
 
-def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float] | None,
-                  answer_format: str) -> list[float]:
+def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float] | None, cfg) -> list[float]:
     """The per-completion reward that decides "correct" (>= correct_threshold, the curriculum's one rule):
-    the built-in math checker when the data has reference answers, else the total reward."""
+    the built-in math checker when the run uses it and the data has reference answers, else the total reward."""
     from anglerank import rewards
 
-    if pool.answers is None:
+    if pool.answers is None or not cfg.uses_math_reward:
         return list(total)
-    check = rewards.load_reward("math", answer_format=answer_format)
+    check = rewards.load_reward("math", answer_format=cfg.answer_format)
     return check([pool.prompts[i] for i in seq_idx], texts, answer=[pool.answers[i] for i in seq_idx])
 
 
@@ -101,7 +100,7 @@ def train_step(ctx: StepContext, batch: list[int], updates_done: int) -> StepRes
     except rewards.NonFiniteReward as exc:
         raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
                                   f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers (return None for 'no reward')") from None
-    judged = judge_rewards(pool, seq_idx, ro.texts, total, cfg.answer_format)
+    judged = judge_rewards(pool, seq_idx, ro.texts, total, cfg)
     rewards_N = torch.tensor(total, dtype=torch.float32)
     adv_N = grpo.group_advantages(rewards_N, G, cfg.scale_rewards)
     t_roll = time.perf_counter() - t0
