@@ -135,3 +135,19 @@ def test_answer_column_problems_are_named(tmp_path, tiny_model_dir, questions_pa
     assert "23 without a reference answer in reward_model.ground_truth" in _text(res)
     res = runner.invoke(app, [*base, "--answer-column", "reward_model.nope"])
     assert res.exit_code == 2 and "reward_model.nope" in _text(res) and "not found" in _text(res)
+
+
+def test_a_run_directory_has_one_trainer_at_a_time(tmp_path, tiny_model_dir, questions_parquet):
+    from anglerank.data.lock import output_lock
+
+    (tmp_path / "rw.py").write_text(REWARD)
+    run = tmp_path / "run"
+    with output_lock(run, what="train run"):  # as if another process were training here
+        import subprocess
+        import sys
+
+        res = subprocess.run([sys.executable, "-m", "anglerank.cli", *_args(questions_parquet, run, tiny_model_dir,
+                                                                          f"{tmp_path / 'rw.py'}:r")],
+                             capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "in use by another process" in res.stderr, res.stderr
+    assert not (run / "metrics.jsonl").exists()

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from anglerank.curriculum import Curriculum, correct
+from anglerank.data.lock import output_lock
 from anglerank.errors import Interrupted, UserError
 from anglerank.signals import StopOnSignal
 from anglerank.train import checkpoint, ranking, step, tracking
@@ -110,12 +111,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, fo
     cfg = cfg.with_absolute_paths()
     emit = on_event or (lambda kind, rec: None)
     trackers = tracking.check_report_to(cfg.report_to)  # a missing tracker fails now, not mid-run
-    ckpt = checkpoint.prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
-    if ckpt is not None:
-        checkpoint.check_inputs(Path(cfg.output_dir), cfg, force)
-    elif resume:
-        emit("log", {"message": f"{cfg.output_dir} has no checkpoint yet: starting the run afresh with its saved "
-                                "config"})
+    with output_lock(Path(cfg.output_dir), what="train run"):  # one process per run directory
+        ckpt = checkpoint.prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
+        if ckpt is not None:
+            checkpoint.check_inputs(Path(cfg.output_dir), cfg, force)
+        elif resume:
+            emit("log", {"message": f"{cfg.output_dir} has no checkpoint yet: starting the run afresh with its "
+                                    "saved config"})
+        run = _run(cfg, ckpt, emit, trackers)
+    summary = {"run_dir": str(run.run_dir), "epochs": run.st.epoch, "steps": run.st.global_step,
+               "elapsed_s": run.elapsed(),
+               "final_eval_accuracy": run.st.last_eval["eval_accuracy"] if run.st.last_eval else None,
+               "checkpoint": str(checkpoint.latest_checkpoint(run.run_dir))}
+    run.emit("end", summary)
+    return summary
+
+
+def _run(cfg: TrainConfig, ckpt: Path | None, emit: Event, trackers: list[str]) -> "_Run":
+    """Set up and run the loop with the caller's torch threads and RNG state left as they were."""
     threads, run = torch.get_num_threads(), None
     try:
         # Rollouts draw from the run's own generator; dropout (LoRA's, or a model's own) and LoRA's initial
@@ -132,12 +145,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, fo
         torch.set_num_threads(threads)
         if run is not None and run.tracker is not None:
             run.tracker.close()
-    summary = {"run_dir": str(run.run_dir), "epochs": run.st.epoch, "steps": run.st.global_step,
-               "elapsed_s": run.elapsed(),
-               "final_eval_accuracy": run.st.last_eval["eval_accuracy"] if run.st.last_eval else None,
-               "checkpoint": str(checkpoint.latest_checkpoint(run.run_dir))}
-    run.emit("end", summary)
-    return summary
+    return run
 
 
 def _loop(run: _Run) -> None:
