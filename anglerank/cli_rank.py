@@ -37,15 +37,20 @@ MemoryOpt = Annotated[float, typer.Option(
     "streaming passes (each re-reads the input).")]
 
 
-def _scored_data(scores_dir: Path, data: list[str] | None) -> list[str]:
-    """--data, else the input files recorded in the score directory's manifest (if they still exist)."""
-    if data:
-        return data
+def _recorded_inputs(scores_dir: Path) -> tuple[list[str], list[str]]:
+    """(input files recorded in the score directory's manifest, those of them that no longer exist)."""
     from anglerank.data.writer import read_manifest
 
     manifest = read_manifest(scores_dir) if Path(scores_dir).is_dir() else None
     paths = [f["path"] for f in (manifest or {}).get("inputs", [])]
-    gone = [p for p in paths if not Path(p).exists()]
+    return paths, [p for p in paths if not Path(p).exists()]
+
+
+def _scored_data(scores_dir: Path, data: list[str] | None) -> list[str]:
+    """--data, else the input files recorded in the score directory's manifest (if they still exist)."""
+    if data:
+        return data
+    paths, gone = _recorded_inputs(scores_dir)
     if not paths or gone:
         why = f" ({gone[0]}, recorded in the manifest, no longer exists)" if gone else ""
         raise UserError(f"--data is required: the Parquet input(s) that were scored, in the same order{why}")
@@ -184,7 +189,8 @@ def sample_cmd(
 def inspect_cmd(
     scores_dir: ScoresDirArg,
     data: Annotated[Optional[list[str]], typer.Option(
-        "--data", help="The scored Parquet input(s), to show the top and bottom questions' text.")] = None,
+        "--data", help="The scored Parquet input(s), to show the top and bottom questions' text. Default: the "
+        "inputs recorded in the score directory, when they still exist.")] = None,
     k: Annotated[int, typer.Option("-k", "--top", help="How many top and bottom rows to list.")] = 5,
     layer: ScoreLayerOpt = None,
     bins: Annotated[int, typer.Option("--bins", help="Histogram bins.")] = 20,
@@ -197,6 +203,9 @@ def inspect_cmd(
     """Summarise a score directory: counts, nulls, statistics, length correlation, histogram, extremes."""
     from anglerank.curation.inspect import inspect
 
+    if not data:  # the recorded inputs, when they are still there, give the questions' text
+        paths, gone = _recorded_inputs(scores_dir)
+        data = paths if paths and not gone else None
     r = inspect(scores_dir, data, k=k, layer=layer, bins=bins, plot=plot, force=force)
     if json_out:
         typer.echo(json.dumps(r, indent=2))

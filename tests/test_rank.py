@@ -643,3 +643,22 @@ def test_cli_plot_missing_matplotlib(setup30, tmp_path, monkeypatch):
     res = _cli(["inspect", sdir, "--plot", tmp_path / "p.png"])
     assert res.exit_code == 2 and "pip install 'anglerank[plot]'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_reads_the_recorded_inputs_without_data(setup30, tmp_path):
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from anglerank.cli import app
+
+    data, sdir, terms = setup30
+    res = CliRunner().invoke(app, ["inspect", str(sdir), "-k", "2", "--json"])
+    assert res.exit_code == 0, res.output
+    top = _json.loads(res.output)["top"]
+    order = expected_order(terms)
+    assert top[0]["question"] == f"Question {order[0]}: what is {order[0]} + {order[0]}?"
+    data.unlink()  # the recorded input is gone: inspect still works, without the text
+    res = CliRunner().invoke(app, ["inspect", str(sdir), "-k", "2", "--json", "--force"])
+    assert res.exit_code == 0, res.output
+    assert "question" not in _json.loads(res.output)["top"][0] or _json.loads(res.output)["top"][0]["question"] is None
