@@ -39,6 +39,14 @@ Each epoch draws --subset-size prompts (gainrl: a Gaussian window over the ranki
 
   anglerank train --resume runs/r1 --epochs 40   (continue exactly)
 
+  anglerank train data/train.parquet -o runs/lora --lora-r 16 --lora-alpha 32   (LoRA; anglerank export runs/lora -o merged/)
+
+  anglerank train code_tasks.parquet -o runs/code --reward code   (coding: the row's 'tests', run in a sandbox)
+
+  anglerank train data/train.parquet -o runs/r2 --report-to tensorboard --report-to wandb   (tracked, offline)
+
+  anglerank train data/train.parquet -o runs/ctl --ranking random   (the control: same window, no signal)
+
 Writes RUN_DIR/config.toml, metrics.jsonl, subsets.jsonl and checkpoints/step-N/ (loadable with from_pretrained). Ctrl-C saves a checkpoint. Plot with `anglerank plot RUN_DIR`.
 """
 
