@@ -2,16 +2,53 @@
 
 Long runs (``score``, ``train``) poll :attr:`StopOnSignal.requested` between
 batches or steps, save their state and exit 130 (SIGINT) or 143 (SIGTERM),
-so nothing is lost; a second signal aborts at once. Handlers are installed
-only for the ``with`` block and only in the main thread.
+so nothing is lost; a second signal aborts at once. Short commands that only
+write an output (``rank``, ``sample``, ``merge``) use :func:`abort_on_signal`
+instead: both signals unwind at once, so the same cleanup (temporary files
+removed) runs for SIGTERM as for Ctrl-C. Handlers are installed only for the
+``with`` block and only in the main thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from typing import Callable
+from typing import Callable, Iterator
 
-__all__ = ["StopOnSignal"]
+from anglerank.errors import Interrupted
+
+__all__ = ["StopOnSignal", "abort_on_signal"]
+
+
+@contextlib.contextmanager
+def abort_on_signal(message: str) -> Iterator[None]:
+    """SIGINT or SIGTERM inside the block: unwind now, then raise ``Interrupted(130 | 143, message)``.
+
+    The signal is raised as KeyboardInterrupt where it lands, so every ``with`` and
+    ``finally`` on the way out removes what it started (SIGTERM would otherwise kill
+    the process on the spot and leave temporary files). Later signals are ignored
+    while that cleanup runs.
+    """
+    got: list[int] = []
+
+    def handler(signum, frame):
+        if not got:
+            got.append(signum)
+            raise KeyboardInterrupt
+
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[s] = signal.signal(s, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(143 if got and got[0] == signal.SIGTERM else 130, message) from None
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class StopOnSignal:

@@ -69,8 +69,8 @@ def inspect(
         questions = _questions(files, manifest, top[ROW].to_list() + bottom[ROW].to_list())
     res["top"], res["bottom"] = _listed(top, questions), _listed(bottom, questions)
     if len(layers) > 1:
-        res["layers"] = [_layer_line(lay, ls.frame if lay == ls.layer else
-                                     load_layer_scores(scores_dir, lay, force).frame) for lay in layers]
+        res["layers"] = [_layer_line(lay, ls.frame if lay == ls.layer else  # parts checked once, above
+                                     load_layer_scores(scores_dir, lay, force, verify=False).frame) for lay in layers]
     if plot is not None:
         columns = {c: _col(ls.frame, c) for c in (*_TERMS, "n_question")}
         res["plot"] = str(plot_scores(columns, plot, title=_plot_title(res)))

@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 
 from anglerank.curation.scores import (
-    BY_CHOICES, ROW, load_layer_scores, open_data, provenance, rank_table, verify_inputs, window_rows as _window,
+    BY_CHOICES, ROW, check_memory_mb, covers_all_rows, load_layer_scores, open_data, provenance, rank_table,
+    verify_inputs, window_rows as _window,
 )
+from anglerank.data.lock import output_lock
 from anglerank.data.parquet_out import ANGLE_FIELDS, AtomicParquet, assemble, check_output_file, output_schema
 from anglerank.errors import UserError
+from anglerank.signals import abort_on_signal
 
 __all__ = ["rank"]
 
@@ -49,26 +52,30 @@ def rank(
     t0 = time.perf_counter()
     if by not in BY_CHOICES:
         raise UserError(f"--by must be one of {', '.join(BY_CHOICES)}, got {by!r}")
+    check_memory_mb(memory_mb)
     files = open_data(data)
     out = Path(output)
-    check_output_file(out, files.files, overwrite)
-    ls = load_layer_scores(scores_dir, layer, force)
-    problems = verify_inputs(ls.manifest, files, force)
-    table, n_scored = rank_table(ls.frame, files.total_rows, by, ascending, drop_null)
-    outside = int((ls.frame[ROW] >= files.total_rows).sum())
-    window = int(window_rows) if window_rows else _window(files, memory_mb)
-    if window < 1:
-        raise UserError(f"window_rows must be a positive integer, got {window_rows!r}")
-    prov = provenance("rank", ls, scores_dir, by=by, ascending=ascending, drop_null=drop_null)
-    schema = output_schema(files.metadata_schema, ANGLE_FIELDS, prov)
-    passes = 0
-    with AtomicParquet(out, schema) as w:
-        for start in range(0, table.height, window):
-            part = table.slice(start, window)
-            w.write(assemble(files.take(part[ROW].to_numpy()), part.to_arrow(), schema))
-            passes += 1
-        if table.height == 0:
-            w.write(schema.empty_table())
+    # SIGTERM cleans up like Ctrl-C; one writer per output file
+    with abort_on_signal(f"interrupted: {out} was not written (no partial file left)"), \
+            output_lock(out, what="rank output", directory=False):
+        check_output_file(out, files.files, overwrite)
+        ls = load_layer_scores(scores_dir, layer, force)
+        problems = verify_inputs(ls.manifest, files, force)
+        table, n_scored = rank_table(ls.frame, files.total_rows, by, ascending, drop_null)
+        outside = int((ls.frame[ROW] >= files.total_rows).sum())
+        window = int(window_rows) if window_rows else _window(files, memory_mb)
+        if window < 1:
+            raise UserError(f"window_rows must be a positive integer, got {window_rows!r}")
+        prov = provenance("rank", ls, scores_dir, by=by, ascending=ascending, drop_null=drop_null)
+        schema = output_schema(files.metadata_schema, ANGLE_FIELDS, prov)
+        passes = 0
+        with AtomicParquet(out, schema) as w:
+            for start in range(0, table.height, window):
+                part = table.slice(start, window)
+                w.write(assemble(files.take(part[ROW].to_numpy()), part.to_arrow(), schema))
+                passes += 1
+            if table.height == 0:
+                w.write(schema.empty_table())
     return {
         "output": str(out),
         "rows_in": files.total_rows,
@@ -84,7 +91,7 @@ def rank(
         "estimator": ls.manifest.get("estimator"),
         "forced": bool(force),
         "input_mismatch": problems,
-        "score_dir_complete": bool(ls.manifest.get("complete")),
+        "score_dir_complete": covers_all_rows(ls.manifest),
         "passes": passes,
         "window_rows": window,
         "elapsed_s": round(time.perf_counter() - t0, 3),

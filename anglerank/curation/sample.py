@@ -5,10 +5,19 @@ For trainers that cannot call back into anglerank: the curriculum package's swee
 per epoch and stays on the data) draws every epoch's ranks, and this module writes
 them as one Parquet file per epoch (or one file with all epochs in order), each row
 the input row with its ``angle_*`` columns and ``epoch``.
+
+A curriculum directory is built next to the output and renamed into place, and it
+counts as finished only once its ``sample.json`` is there: an interrupted run leaves
+no half-written curriculum that looks complete, and running it again just works.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import os
+import re
+import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from anglerank.curation.scores import (
-    ROW, load_layer_scores, open_data, provenance, rank_table, verify_inputs, window_rows as _window,
+    ROW, check_memory_mb, covers_all_rows, load_layer_scores, open_data, provenance, rank_table, verify_inputs,
+    window_rows as _window,
 )
 from anglerank.curriculum.rankings import Ranking
 from anglerank.curriculum.units import parse_rank_value
@@ -26,10 +36,15 @@ from anglerank.data.parquet_out import (
     ANGLE_FIELDS, EPOCH_FIELD, AtomicParquet, assemble, check_added_columns, check_output_file, output_schema,
 )
 from anglerank.data.reader import InputError, ParquetFiles
-from anglerank.data.writer import OutputError, write_json_atomic
+from anglerank.data.lock import output_lock
+from anglerank.data.writer import OutputError, _fsync_dir, write_json_atomic
 from anglerank.errors import UserError
+from anglerank.signals import abort_on_signal
 
 __all__ = ["sample"]
+
+SAMPLE_JSON = "sample.json"
+_EPOCH_FILE = re.compile(r"epoch_\d{4,}\.parquet")
 
 
 def sample(
@@ -79,43 +94,46 @@ def sample(
     t0 = time.perf_counter()
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
         raise UserError(f"--epochs must be a positive integer, got {epochs!r}")
+    check_memory_mb(memory_mb)
     files = open_data(data)
     out = Path(output)
-    if concat:
-        check_output_file(out, files.files, overwrite)
-    ls = load_layer_scores(scores_dir, layer, force)
-    problems = verify_inputs(ls.manifest, files, force)
-    table, n_scored = rank_table(ls.frame, files.total_rows, by, ascending, drop_null=not include_null)
-    if table.height == 0:
-        raise InputError("no scored rows to sample from" + ("" if include_null else " (all scores are null)"))
-    table = _walk_order(table, Ranking.parse(ranking), files, ls.frame, seed)
-    draws, params = _schedule(table.height, subset, epochs, mu0=mu0, sigma=sigma, step=step, seed=seed,
-                              shuffle=not keep_order, wrap=wrap)
-    params.update(ranking=str(Ranking.parse(ranking)), by=by, ascending=ascending, include_null=include_null,
-                  mu=params.pop("mu"))
-    check_added_columns(files.schema, [EPOCH_FIELD.name], "rename it before sampling")
-    prov = provenance("sample", ls, scores_dir, **{k: v for k, v in params.items() if k != "mu"})
-    schema = output_schema(files.metadata_schema, (*ANGLE_FIELDS, EPOCH_FIELD), prov)
-    window = int(window_rows) if window_rows else _window(files, memory_mb)
-    written = _write(files, table, draws, schema, out, concat=concat, overwrite=overwrite, window=window)
-    summary = {
-        "output": str(out),
-        "concat": concat,
-        "files": written,
-        "rows_in": files.total_rows,
-        "ranked": table.height,
-        "null_excluded": 0 if include_null else files.total_rows - n_scored,
-        "rows_written": sum(len(d) for d in draws),
-        **params,
-        "layer": ls.layer,
-        "estimator": ls.manifest.get("estimator"),
-        "forced": bool(force),
-        "input_mismatch": problems,
-        "score_dir_complete": bool(ls.manifest.get("complete")),
-        "elapsed_s": round(time.perf_counter() - t0, 3),
-    }
-    if not concat:
-        write_json_atomic(out / "sample.json", {**summary, "provenance": prov})
+    # SIGTERM cleans up like Ctrl-C; one writer per output (locked from outside: it is renamed into place)
+    with abort_on_signal(f"interrupted: no curriculum was written to {out}; run the same command again"), \
+            output_lock(out, what="sample output", directory=False):
+        if concat:
+            check_output_file(out, files.files, overwrite)
+        else:
+            _check_sample_dir(out, overwrite)
+        ls = load_layer_scores(scores_dir, layer, force)
+        problems = verify_inputs(ls.manifest, files, force)
+        table, n_scored = rank_table(ls.frame, files.total_rows, by, ascending, drop_null=not include_null)
+        if table.height == 0:
+            raise InputError("no scored rows to sample from" + ("" if include_null else " (all scores are null)"))
+        table = _walk_order(table, Ranking.parse(ranking), files, ls.frame, seed)
+        draws, params = _schedule(table.height, subset, epochs, mu0=mu0, sigma=sigma, step=step, seed=seed,
+                                  shuffle=not keep_order, wrap=wrap)
+        params.update(ranking=str(Ranking.parse(ranking)), by=by, ascending=ascending, include_null=include_null,
+                      mu=params.pop("mu"))
+        check_added_columns(files.schema, [EPOCH_FIELD.name], "rename it before sampling")
+        prov = provenance("sample", ls, scores_dir, **{k: v for k, v in params.items() if k != "mu"})
+        schema = output_schema(files.metadata_schema, (*ANGLE_FIELDS, EPOCH_FIELD), prov)
+        window = int(window_rows) if window_rows else _window(files, memory_mb)
+        summary = {
+            "output": str(out), "concat": concat, "files": [], "rows_in": files.total_rows, "ranked": table.height,
+            "null_excluded": 0 if include_null else files.total_rows - n_scored,
+            "rows_written": sum(len(d) for d in draws), **params, "layer": ls.layer,
+            "estimator": ls.manifest.get("estimator"), "forced": bool(force), "input_mismatch": problems,
+            "score_dir_complete": covers_all_rows(ls.manifest),
+        }
+        if concat:
+            summary["files"] = _write(files, table, draws, schema, out, concat=True, window=window)
+            return {**summary, "elapsed_s": round(time.perf_counter() - t0, 3)}
+        # built beside the output and renamed into place: a curriculum is there whole or not at all
+        with _staging_dir(out) as tmp:
+            summary["files"] = _write(files, table, draws, schema, tmp, concat=False, window=window)
+            summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
+            write_json_atomic(tmp / SAMPLE_JSON, {**summary, "provenance": prov})
+            _publish(tmp, out)
     return summary
 
 
@@ -152,15 +170,14 @@ def _schedule(n: int, subset, epochs: int, *, mu0, sigma, step, seed: int, shuff
 
 
 def _write(files: ParquetFiles, table, draws: list[np.ndarray], schema: pa.Schema, out: Path, *, concat: bool,
-           overwrite: bool, window: int) -> list[str]:
-    """Write the epochs (``window`` rows of data at a time); return the file names written."""
+           window: int) -> list[str]:
+    """Write the epochs into the directory ``out`` (or the file, with ``concat``), ``window`` rows of data
+    at a time; return the file names written."""
     ranked = table.to_arrow()  # rank -> row and angle columns
     row_of_rank = table[ROW].to_numpy()
     names: list[str] = []
     with ExitStack() as stack:
         one_file = stack.enter_context(AtomicParquet(out, schema)) if concat else None
-        if not concat:
-            _prepare_sample_dir(out, overwrite)
         for group in _epoch_groups([len(d) for d in draws], window):
             ranks = np.concatenate([draws[t] for t in group])
             epoch_of = np.concatenate([np.full(len(draws[t]), t, dtype=np.int64) for t in group])
@@ -191,17 +208,61 @@ def _epoch_groups(sizes: list[int], window: int) -> Iterator[range]:
         yield range(start, len(sizes))
 
 
-def _prepare_sample_dir(out: Path, overwrite: bool) -> None:
-    """Create the output directory; an earlier curriculum in it is replaced only with ``overwrite``."""
+def _ours(p: Path) -> bool:
+    """A file of a curriculum directory (everything else in it is the user's and is kept)."""
+    return p.name == SAMPLE_JSON or _EPOCH_FILE.fullmatch(p.name) is not None
+
+
+def _check_sample_dir(out: Path, overwrite: bool) -> None:
+    """A finished curriculum (its ``sample.json``) is replaced only with ``overwrite``.
+
+    Epoch files without ``sample.json`` are what an interrupted run left while moving a
+    curriculum into place; they are replaced without asking.
+    """
     if out.exists() and not out.is_dir():
         raise OutputError(f"output {out} exists and is not a directory (use --concat to write one file)")
-    ours = [*out.glob("epoch_*.parquet"), out / "sample.json"] if out.exists() else []
-    ours = [p for p in ours if p.exists()]
-    if ours and not overwrite:
+    if (out / SAMPLE_JSON).exists() and not overwrite:
         raise OutputError(f"output directory {out} already holds a curriculum; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def _staging_dir(out: Path) -> Iterator[Path]:
+    """An empty directory next to ``out`` for the new curriculum; gone afterwards unless published."""
+    prefix = glob.escape(f".{out.name}.")
+    for stale in out.parent.glob(prefix + "*.tmp"):  # left by a killed run (we hold the output's lock)
+        if stale.is_dir() and re.fullmatch(r"\d+(\.old)?", stale.name[len(out.name) + 2:-4]):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(parents=True)
     except OSError as exc:
-        raise OutputError(f"cannot create output directory {out}: {exc.strerror or exc}") from None
-    for p in ours:
-        p.unlink()
+        raise OutputError(f"cannot create {tmp} next to the output: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished curriculum from ``tmp`` to ``out``, ``sample.json`` last.
+
+    When ``out`` is absent or holds only curriculum files, the whole directory is
+    renamed into place; when it also holds the user's files, those are kept and the
+    curriculum files are replaced one by one, ``sample.json`` (what marks a curriculum
+    finished) removed first and moved in last.
+    """
+    if out.is_dir() and not out.is_symlink() and all(_ours(p) for p in out.iterdir()):
+        old = out.parent / f".{out.name}.{os.getpid()}.old.tmp"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    elif not out.exists():
+        os.rename(tmp, out)
+    else:
+        (out / SAMPLE_JSON).unlink(missing_ok=True)
+        for p in out.iterdir():
+            if _ours(p):
+                p.unlink()
+        for p in sorted(tmp.iterdir(), key=lambda q: q.name == SAMPLE_JSON):
+            os.replace(p, out / p.name)
+    _fsync_dir(out.parent)

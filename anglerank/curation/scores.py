@@ -17,6 +17,7 @@ does not, on purpose: an unscorable prompt is no evidence of high concentration.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,11 @@ import numpy as np
 
 from anglerank.data.parquet_out import ANGLE_COLUMNS, check_added_columns
 from anglerank.data.reader import InputError, ParquetFiles, file_fingerprint
-from anglerank.data.writer import MANIFEST, read_manifest
+from anglerank.data.writer import MANIFEST, read_manifest, verify_parts
 from anglerank.errors import UserError
 
-__all__ = ["BY_CHOICES", "ROW", "LayerScores", "load_layer_scores", "open_data", "open_manifest", "provenance",
-           "rank_table", "verify_inputs", "window_rows"]
+__all__ = ["BY_CHOICES", "ROW", "LayerScores", "check_memory_mb", "covers_all_rows", "load_layer_scores", "open_data",
+           "open_manifest", "provenance", "rank_table", "verify_inputs", "window_rows"]
 
 ROW = "__anglerank_row__"  # the input row number in the score frames and the rank table
 BY_CHOICES = ("score", "intra", "inter")
@@ -49,9 +50,22 @@ def open_data(data) -> ParquetFiles:
     return files
 
 
+def check_memory_mb(memory_mb: float | None) -> None:
+    """``--memory-mb`` is a positive, finite number of MiB (None: the default)."""
+    if memory_mb is None:
+        return
+    try:
+        ok = math.isfinite(float(memory_mb)) and float(memory_mb) > 0 and not isinstance(memory_mb, bool)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise UserError(f"--memory-mb must be a positive number of MiB, got {memory_mb!r}")
+
+
 def window_rows(files: ParquetFiles, memory_mb: float | None) -> int:
     """Rows per pass so that one window's data (row group read, taken rows, output copy) fits the budget."""
-    budget = (memory_mb or DEFAULT_MEMORY_MB) * 2**20
+    check_memory_mb(memory_mb)
+    budget = (DEFAULT_MEMORY_MB if memory_mb is None else float(memory_mb)) * 2**20
     return max(1, int(budget / (3.0 * max(files.bytes_per_row, 1.0))))
 
 
@@ -91,13 +105,22 @@ class LayerScores:
     frame: object  # pl.DataFrame: ROW, id, n_tokens, n_prefix, n_question, intra, inter, score, truncated, note
 
 
+def covers_all_rows(manifest: dict) -> bool:
+    """Complete, and not one shard of a sharded run (a merged run covers every row)."""
+    start, stop = manifest.get("row_start", 0), manifest.get("row_stop", manifest.get("rows_expected"))
+    one_shard = "shard_index" in manifest and (manifest.get("num_shards") or 1) > 1
+    return bool(manifest.get("complete")) and not one_shard and start == 0 and stop == manifest.get("rows_expected")
+
+
 def open_manifest(scores_dir, force: bool) -> dict:
-    """The manifest of a score directory; an incomplete one only with ``force``."""
+    """The manifest of a score directory; an incomplete or partial one (one shard) only with ``force``."""
     d = Path(scores_dir)
     if not d.is_dir():
         raise InputError(f"score directory not found: {d}")
     manifest = read_manifest(d)
     if manifest is None:
+        if any(d.glob("shard-*-of-*")):
+            raise InputError(f"{d} holds unmerged shards; run `anglerank merge {d}` first")
         raise InputError(f"{d} has no {MANIFEST}; is it an anglerank score directory?")
     if not manifest.get("complete") and not force:
         done = sum(p.get("rows", 0) for p in manifest.get("parts", []))
@@ -105,6 +128,14 @@ def open_manifest(scores_dir, force: bool) -> dict:
             f"score directory {d} is incomplete ({done} score rows committed, "
             f"{manifest.get('rows_expected', '?')} input rows expected); finish it with `anglerank score ... --resume`, "
             "or pass --force to use the committed rows (the rest get null scores)"
+        )
+    if not covers_all_rows(manifest) and manifest.get("complete") and not force:
+        what = (f"shard {manifest.get('shard_index')} of {manifest.get('num_shards')}" if "shard_index" in manifest
+                else "part of a run")
+        raise InputError(
+            f"score directory {d} holds only {what}: rows {manifest.get('row_start')}.."
+            f"{manifest.get('row_stop', 0) - 1} of {manifest.get('rows_expected')}; run `anglerank merge {d.parent}` "
+            f"when every shard is done and use {d.parent}, or pass --force to use these rows (the rest get null scores)"
         )
     return manifest
 
@@ -125,21 +156,23 @@ def _choose_layer(d: Path, manifest: dict, layer: int | None) -> int | None:
     return int(layer) if layer is not None else (layers[0] if layers else None)
 
 
-def load_layer_scores(scores_dir, layer: int | None = None, force: bool = False) -> LayerScores:
+def load_layer_scores(scores_dir, layer: int | None = None, force: bool = False, *,
+                      verify: bool = True) -> LayerScores:
     """The committed scores of one layer as a polars DataFrame (NaN turned into null).
 
     With several scored layers ``layer`` is required (the error lists them); with one
-    it is optional. Duplicate rows for a layer are an error.
+    it is optional. Duplicate rows for a layer are an error. Every part is first checked
+    against the manifest (row count, size, checksum), even with ``force``: ``verify=False``
+    only for a directory already checked by the caller.
     """
     import polars as pl
 
     d = Path(scores_dir)
     manifest = open_manifest(d, force)
-    parts = [d / p["file"] for p in manifest.get("parts", [])]
-    for p in parts:
-        if not p.exists():
-            raise InputError(f"score part {p} listed in {d / MANIFEST} is missing")
     chosen = _choose_layer(d, manifest, layer)
+    if verify:
+        verify_parts(d, manifest, "score it again (`anglerank score ... --resume` re-scores damaged or missing parts)")
+    parts = [d / p["file"] for p in manifest.get("parts", [])]
     if not parts:
         frame = pl.DataFrame({c: [] for c in _SCORE_COLUMNS},
                              schema={c: getattr(pl, t) for c, t in _SCORE_COLUMNS.items()})

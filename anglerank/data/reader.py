@@ -195,11 +195,50 @@ class ParquetFiles:
             if local is None or local:
                 col = pf.read(columns=[top]).column(top)
                 if local is None:
-                    out.extend(get_dotted(v, inner) for v in col.to_pylist())
+                    out.extend(get_dotted(v, inner) for v in _values(col))
                 else:
-                    values.update((base + r, get_dotted(v, inner)) for r, v in zip(local, col.take(local).to_pylist()))
+                    values.update((base + r, get_dotted(v, inner)) for r, v in zip(local, _values(col.take(local))))
             base += n
         return out if rows is None else [values[r] for r in rows]
+
+
+def _values(col: pa.ChunkedArray) -> list:
+    """Python values of a column; a cell that is not valid UTF-8 reads as None."""
+    try:
+        return col.to_pylist()
+    except UnicodeDecodeError:
+        out = []
+        for v in col:
+            try:
+                out.append(v.as_py())
+            except UnicodeDecodeError:
+                out.append(None)
+        return out
+
+
+_UNREADABLE = "\0unreadable"  # key of a row's unreadable columns (no column can have this name)
+
+
+def _batch_rows(batch: pa.RecordBatch) -> list[dict]:
+    """The rows of a batch as dicts; a cell that is not valid UTF-8 spoils only its own row.
+
+    Such a row keeps its readable cells and lists the others under ``_UNREADABLE`` (the
+    scorer gives it a null score and a note) instead of aborting the whole run with a codec error.
+    """
+    try:
+        return batch.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    rows = []
+    for i in range(batch.num_rows):
+        item, bad = {}, []
+        for name, col in zip(batch.schema.names, batch.columns):
+            try:
+                item[name] = col[i].as_py()
+            except UnicodeDecodeError:
+                bad.append(name)
+        rows.append({**item, _UNREADABLE: bad} if bad else item)
+    return rows
 
 
 class ParquetSource(ParquetFiles):
@@ -253,6 +292,14 @@ class ParquetSource(ParquetFiles):
             t = field_type(self.schema, name)
             if t is None:
                 raise InputError(f"id column {name!r} not found; columns: {', '.join(_all_columns(self.schema))}")
+            if pa.types.is_dictionary(t):
+                t = t.value_type  # the ids are copied as plain values
+            if pa.types.is_nested(t) or pa.types.is_null(t):
+                # checked here, before scoring: the duplicate-id check at the end cannot compare such values
+                raise InputError(
+                    f"id column {name!r} has type {t}; expected one value per row (an integer or a string), "
+                    "e.g. a field inside it such as extra_info.index"
+                )
             return name, t
         for cand in AUTO_ID_COLUMNS:
             t = field_type(self.schema, cand)
@@ -279,8 +326,7 @@ class ParquetSource(ParquetFiles):
                     return
                 row = lo
                 for batch in pf.iter_batches(batch_size=batch_size, row_groups=[rg], columns=top):
-                    data = batch.to_pylist()
-                    for item in data:
+                    for item in _batch_rows(batch):
                         if start_row <= row < stop_row:
                             yield self._record(row, item, p_parts, id_parts)
                         row += 1
@@ -289,6 +335,9 @@ class ParquetSource(ParquetFiles):
 
     def _record(self, row: int, item: dict, p_parts: list[str], id_parts: list[str] | None) -> Record:
         rid = get_dotted(item, id_parts) if id_parts else None
+        bad = item.get(_UNREADABLE)
+        if bad:
+            return Record(row, rid, None, None, f"invalid UTF-8 in column {', '.join(map(repr, bad))}")
         value = get_dotted(item, p_parts)
         if self.prompt_kind == "string":
             return Record(row, rid, value, None, None if value is not None else "null question")

@@ -13,14 +13,17 @@ import os
 import re
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from anglerank.data import manifest
-from anglerank.data.writer import DONE, MANIFEST, OutputError, read_manifest, write_json_atomic
+from anglerank.data.lock import output_lock
+from anglerank.data.writer import DONE, MANIFEST, OutputError, read_manifest, verify_parts, write_json_atomic
 from anglerank.errors import UserError
+from anglerank.signals import abort_on_signal
 
 _SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})$")
 
@@ -87,6 +90,7 @@ def _finished_manifest(i: int, shard: Path) -> dict:
             f"incomplete: shard {i} stopped at row {m.get('next_row')} of {m.get('row_start')}..{m.get('row_stop')}; "
             "rerun it with --resume"
         )
+    verify_parts(shard, m, f"rerun shard {i} with --resume (it re-scores damaged or missing parts)")
     return m
 
 
@@ -126,6 +130,7 @@ def _check_coverage(shards: list[Path], ms: list[dict]) -> None:
 
 def _copy_parts(out: Path, shards: list[Path], ms: list[dict]) -> list[dict]:
     """Copy every shard's parts, in row order, as the top-level parts (each one renamed into place)."""
+    (out / MANIFEST).unlink(missing_ok=True)  # first: a merge cut short must not look like a merged result
     for f in out.glob("scores-*.arrow"):
         f.unlink()
     parts = []
@@ -133,9 +138,13 @@ def _copy_parts(out: Path, shards: list[Path], ms: list[dict]) -> list[dict]:
         for part in m["parts"]:
             name = f"scores-{len(parts):05d}.arrow"
             tmp = out / f".{name}.tmp"
-            shutil.copyfile(shard / part["file"], tmp)
-            os.replace(tmp, out / name)
-            parts.append({"file": name, "rows": part["rows"]})
+            try:
+                shutil.copyfile(shard / part["file"], tmp)
+                os.replace(tmp, out / name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            parts.append({**part, "file": name})  # the same bytes: row count, size and checksum carry over
     return parts
 
 
@@ -143,6 +152,16 @@ def merge(output: Path | str, overwrite: bool = False) -> dict:
     """Join the shards in ``output`` into one score directory; return the merged manifest."""
     out = Path(output)
     shards = _shard_dirs(out)
+    # the merged directory and every shard are locked: no shard may still be (re)scoring while it is read
+    with abort_on_signal(f"interrupted: the merge into {out} was not finished; run it again"), \
+            ExitStack() as locks:
+        locks.enter_context(output_lock(out, what="score output"))
+        for i, shard in enumerate(shards):
+            locks.enter_context(output_lock(shard, what=f"shard {i}"))
+        return _merge_locked(out, shards, overwrite)
+
+
+def _merge_locked(out: Path, shards: list[Path], overwrite: bool) -> dict:
     ms = [_finished_manifest(i, shard) for i, shard in enumerate(shards)]
     manifest.check_shards(ms)
     _check_coverage(shards, ms)
