@@ -49,7 +49,7 @@ CodeSuffixOpt = Annotated[int, typer.Option("--code-suffix-tokens", help="gainrl
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longer prompts are truncated at the end and flagged `truncated`.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto|bfloat16|float16|float32. auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else float32.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.")]
-BatchTokensOpt = Annotated[Optional[int], typer.Option("--batch-tokens", help="Token budget per forward batch, padding included. Default: 16384 on GPUs, 1024 on CPUs (small batches stay in cache). A cached shared prefix counts for every row (each row attends to its keys/values).")]
+BatchTokensOpt = Annotated[Optional[int], typer.Option("--batch-tokens", help="Token budget per forward batch, padding included. Default: 16384 on GPUs; on CPUs 4096 with AMX, else 1024 (small batches stay in cache); recorded in the manifest, and a --resume keeps it. A cached shared prefix counts for every row (each row attends to its keys/values).")]
 PrefixCacheOpt = Annotated[bool, typer.Option("--prefix-cache/--no-prefix-cache", help="Run a token prefix that rows share (system prompt, few-shot turns, template header) once and reuse its key/value cache, so only each row's own tokens run: the same scores up to rounding, about 2x faster with --preset gainrl. Used for Llama, Qwen2/3, Mistral, Gemma2, GPT-2 and GPT-NeoX models.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (quick runs).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]

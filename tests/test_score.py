@@ -444,3 +444,32 @@ def test_every_command_option_has_help():
     missing = [f"{name} {p.name}" for name, sub in get_command(app).commands.items()
                for p in sub.params if not getattr(p, "help", None)]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("flags, device, expected", [
+    ({"avx512_bf16", "amx_bf16", "amx_tile"}, "cpu", 4096), ({"avx512_bf16", "avx512f"}, "cpu", 1024),
+    (set(), "cpu", 1024), ({"amx_bf16"}, "cuda", 16384)])
+def test_default_batch_budget_follows_the_cpu(flags, device, expected, monkeypatch):
+    from anglerank.scoring import engine
+
+    monkeypatch.setattr(engine, "cpu_flags", lambda: frozenset(flags))
+    assert engine.default_batch_tokens(device) == expected
+
+
+def test_resume_keeps_the_recorded_batch_budget(tmp_path, tiny_model_dir, questions_parquet, monkeypatch):
+    """A run started on one CPU and resumed on another (other default) continues with its own budget."""
+    from anglerank.scoring import engine
+
+    out = tmp_path / "s"
+    kw = dict(model=str(tiny_model_dir), dtype="float32", device="cpu", window_rows=8, commit_every=8)
+    monkeypatch.setattr(engine, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    run_score([str(questions_parquet)], out, **kw)
+    full = load_scores(out).to_pylist()
+    assert read_manifest(out)["batch_tokens"] == 1024
+    m = read_manifest(out)
+    m["parts"], m["next_row"], m["complete"] = m["parts"][:1], 8, False
+    (out / "manifest.json").write_text(json.dumps(m))
+    (out / "DONE").unlink(missing_ok=True)
+    monkeypatch.setattr(engine, "cpu_flags", lambda: frozenset({"amx_bf16"}))  # "another machine": default 4096
+    assert run_score([str(questions_parquet)], out, resume=True, **kw)["batch_tokens"] == 1024
+    assert load_scores(out).to_pylist() == full

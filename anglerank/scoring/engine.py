@@ -7,6 +7,8 @@ output parts and resume, and the trainer uses it directly to re-score with live 
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -40,7 +42,7 @@ class ScoreOptions:
     max_length: int = 4096
     dtype: str = "auto"
     device: str = "auto"
-    batch_tokens: int | None = None  # None: 16384 on GPUs, 1024 on CPUs (measured best here)
+    batch_tokens: int | None = None  # None: default_batch_tokens(device)
     prefix_cache: bool = True  # run a prefix shared by rows once and reuse its key/value cache
 
     def __post_init__(self):
@@ -61,13 +63,19 @@ class ScoreOptions:
 
 # --- device / dtype ----------------------------------------------------------------
 
-def cpu_has_bf16() -> bool:
+@functools.lru_cache(maxsize=1)
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
         with open("/proc/cpuinfo") as fh:
-            flags = fh.read()
+            line = next((x for x in fh if x.startswith("flags")), "")
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_has_bf16() -> bool:
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 def resolve_device(device: str) -> str:
@@ -91,8 +99,16 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def default_batch_tokens(device: str) -> int:
-    """Small batches stay in cache on CPUs; GPUs want large ones (both measured)."""
-    return 1024 if str(device) == "cpu" else 16384
+    """The token budget per forward batch when none is given; recorded in the manifest.
+
+    GPUs want large batches (16384). CPUs want small ones that stay in cache: 1024 was
+    measured best on AVX512-BF16 without AMX (bench_score.py); AMX's tile units want
+    longer matrices, and 4096 is what issue 12's reporter measured best on a 2-core
+    CPU with AMX (3,441 tokens/s against 2,827 at 1024 and 2,072 at 16384).
+    """
+    if str(device) != "cpu":
+        return 16384
+    return 4096 if "amx_bf16" in cpu_flags() else 1024
 
 
 # --- batching ---------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def run_score(
     plan = _plan(inputs, output, prompt_column, id_column, limit, window_rows, commit_every, num_shards, shard_index)
     # one writer per directory for the whole run: a second score, merge or --overwrite is refused
     with output_lock(plan.out, what="score output"):
-        scorer, loaded, device, dtype = build_scorer(opt, loaded)
+        scorer, loaded, device, dtype = build_scorer(_recorded_budget(opt, plan.out, resume), loaded)
         new = manifests.build(
             scorer.opt, loaded, layers=scorer.layer_idx, num_layers=len(hooks.decoder_layers(loaded.model)),
             dtype=dtype, device=device, source=plan.source, limit=limit, window_rows=plan.window_rows,
@@ -98,6 +98,15 @@ class _Plan:
     commit_every: int  # rows per committed part, a multiple of window_rows
     row_start: int  # this shard's rows: [row_start, row_stop)
     row_stop: int
+
+
+def _recorded_budget(opt: ScoreOptions, out: Path, resume: bool) -> ScoreOptions:
+    """A resumed run keeps the batch budget it started with: the default depends on the machine (AMX or
+    not), and the budget decides the batches, so a changed one would not score bit-identically."""
+    if not resume or opt.batch_tokens is not None or not (out / "manifest.json").exists():
+        return opt
+    recorded = read_manifest(out).get("batch_tokens")
+    return replace(opt, batch_tokens=int(recorded)) if recorded else opt
 
 
 def _shard_and_device(opt: ScoreOptions, num_shards, shard_index) -> tuple[ScoreOptions, int, int]:
