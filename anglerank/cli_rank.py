@@ -14,7 +14,6 @@ import typer
 from rich.table import Table
 
 from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, user_errors
-from anglerank.curriculum.rankings import RANKING_HELP
 from anglerank.errors import UserError
 
 # --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
@@ -140,8 +139,9 @@ def sample_cmd(
         "--concat", help="Write one Parquet file (-o) with all epochs in order, for trainers reading with "
         "shuffle=False.")] = False,
     ranking: Annotated[str, typer.Option(
-        "--ranking", help=RANKING_HELP + " The angle ranking follows --by / --ascending; length counts prompt "
-        "tokens; random is seeded by --seed.")] = "angle",
+        "--ranking", help="Order the window walks: angle (highest angle score first; --by and --ascending apply), "
+        "random (a shuffle seeded by --seed: the control), length (fewest prompt tokens first), column:NAME or "
+        "column:NAME:desc (a numeric data column, ascending or descending).")] = "angle",
     by: ByOpt = "score",
     ascending: AscendingOpt = False,
     include_null: Annotated[bool, typer.Option(
