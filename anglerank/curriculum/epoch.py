@@ -39,11 +39,13 @@ def rank_order(ranks) -> np.ndarray:
 
     For a proper rank column (a permutation of ``0 .. N-1``) this is the inverse
     permutation. Ranks only order rows, so gaps (rows filtered after ranking),
-    duplicates (stable by row index) and nulls (placed last) are tolerated.
+    duplicates (stable by row index) and nulls (placed last) are tolerated; all nulls are an error.
     """
     r = np.asarray(ranks, dtype=np.float64)
     if r.ndim != 1:
         raise UserError(f"ranks must be 1-D, got shape {r.shape}")
+    if r.size and np.isnan(r).all():
+        raise UserError("the rank column has no values (all null)")
     return order_by(r)
 
 
@@ -91,10 +93,7 @@ class Curriculum:
     @classmethod
     def from_ranks(cls, ranks, config: CurriculumConfig, **kwargs) -> "Curriculum":
         """A curriculum over a data set's rank column (e.g. ``angle_rank``)."""
-        r = np.asarray(ranks, dtype=np.float64)
-        if r.size and np.isnan(r).all():
-            raise UserError("the rank column has no values (all null)")
-        return cls(rank_order(r), config, **kwargs)
+        return cls(rank_order(ranks), config, **kwargs)
 
     # -- the ranking
     @property

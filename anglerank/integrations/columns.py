@@ -152,8 +152,6 @@ def ranking_order(data: Any, config: CurriculumConfig, *, rank_column: str = "an
         ranks = read_ranks(data, rank_column)
         if len(ranks) != n:
             raise UserError(f"the rank column {rank_column!r} has {len(ranks)} values for {n} rows")
-        if ranks.size and np.isnan(ranks).all():
-            raise UserError("the rank column has no values (all null)")
         return rank_order(ranks)
     if ranking.kind == "random":
         return ranking.order(n, seed=config.seed)

@@ -246,7 +246,7 @@ def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
                   device=ctx.device, autocast_dtype=ctx.amp_dtype)
     idx = list(range(len(pool.rows)))
     total = None
-    if pool.answers is None or not cfg.uses_math_reward:
+    if not step.math_decides(pool, cfg):
         total, _ = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight, pool.prompts, ro.texts,
                                            **pool.columns)
     judged = step.judge_rewards(pool, idx, ro.texts, total, cfg)

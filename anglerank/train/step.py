@@ -66,12 +66,17 @@ class StepAborted(Exception):
     """Ctrl-C arrived during the rollouts, before any weight changed: redo this step on resume."""
 
 
+def math_decides(pool, cfg) -> bool:
+    """Whether the built-in math checker decides "correct": the run uses it and the data has answers."""
+    return pool.answers is not None and cfg.uses_math_reward
+
+
 def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float] | None, cfg) -> list[float]:
     """The per-completion reward that decides "correct" (>= correct_threshold, the curriculum's one rule):
-    the built-in math checker when the run uses it and the data has reference answers, else the total reward."""
+    the built-in math checker when :func:`math_decides`, else the total reward."""
     from anglerank import rewards
 
-    if pool.answers is None or not cfg.uses_math_reward:
+    if not math_decides(pool, cfg):
         return list(total)
     check = rewards.load_reward("math", answer_format=cfg.answer_format)
     return check([pool.prompts[i] for i in seq_idx], texts, answer=[pool.answers[i] for i in seq_idx])
