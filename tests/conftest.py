@@ -113,6 +113,11 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer, tiny_model):
     return d
 
 
+# A deterministic reward (file contents for --reward FILE.py:r) that varies between completions, so groups
+# have non-zero advantages; shared by the train, LoRA and tracking tests.
+HASH_REWARD = "def r(prompts, completions, **k):\n    return [(sum(map(ord, c)) % 5) / 5 for c in completions]\n"
+
+
 @pytest.fixture
 def questions_parquet(tmp_path):
     """A small verl-layout Parquet file (prompt messages, reward_model, extra_info.index)."""

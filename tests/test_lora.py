@@ -10,6 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from anglerank.cli import app
+from conftest import HASH_REWARD as REWARD
 from anglerank.train import checkpoint
 from anglerank.train.metrics import read_metrics
 
@@ -17,7 +18,6 @@ peft = pytest.importorskip("peft")
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REWARD = "def r(prompts, completions, **k):\n    return [(sum(map(ord, c)) % 5) / 5 for c in completions]\n"
 
 
 def _args(data, run, model_dir, reward, *extra):

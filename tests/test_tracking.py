@@ -9,13 +9,13 @@ import pytest
 from typer.testing import CliRunner
 
 from anglerank.cli import app
+from conftest import HASH_REWARD as REWARD
 from anglerank.train import tracking
 from anglerank.train.metrics import read_metrics
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REWARD = "def r(prompts, completions, **k):\n    return [(sum(map(ord, c)) % 5) / 5 for c in completions]\n"
 
 
 def _args(data, run, model_dir, reward, *extra):

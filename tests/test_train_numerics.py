@@ -8,6 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from anglerank.cli import app
+from conftest import HASH_REWARD as REWARD
 from anglerank.train import grpo, rollout, step
 from anglerank.train.config import TrainConfig
 from anglerank.train.metrics import read_metrics
@@ -61,7 +62,6 @@ def test_sequence_logprobs_temperature_is_softmax_of_scaled_logits():
         grpo.sequence_logprobs(logits, labels, temperature=0.0)
 
 
-REWARD = "def r(prompts, completions, **k):\n    return [(sum(map(ord, c)) % 5) / 5 for c in completions]\n"
 
 
 def test_resume_with_more_epochs_keeps_the_cosine_schedule(tmp_path, tiny_model_dir, questions_parquet):

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from anglerank.cli import app
+from conftest import HASH_REWARD as REWARD
 from anglerank.train import checkpoint
 from anglerank.train.config import load_toml
 from anglerank.train.metrics import read_metrics
@@ -17,7 +18,6 @@ from anglerank.train.metrics import read_metrics
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-REWARD = "def r(prompts, completions, **k):\n    return [(sum(map(ord, c)) % 5) / 5 for c in completions]\n"
 # broken while the file BROKEN exists next to it (one module for the whole test: imports are cached)
 FLAKY = ("import os\n" + REWARD.replace("    return", "    if os.path.exists(os.path.join(os.path.dirname(__file__), "
          "'BROKEN')):\n        raise ValueError('broken on purpose')\n    return"))
