@@ -13,7 +13,7 @@ catch ``ValueError`` for bad arguments keep working.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "MissingExtra", "Interrupted"]
+__all__ = ["UserError", "MissingExtra", "Interrupted", "one_line"]
 
 
 class UserError(ValueError):
@@ -30,3 +30,9 @@ class Interrupted(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
         self.code = code
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one line (library messages often run over several), cut at ``limit`` characters."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

