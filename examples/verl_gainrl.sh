@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GRPO with GAIN-RL sampling in verl (0.5 to 0.7: the versions whose PPO trainer
-# has the data.sampler curriculum hook; verl 0.8 removed it).
+# has the data.sampler curriculum hook; verl 0.8 removed it: for verl 0.8 and 0.9 use
+# examples/verl_gainrl_09.sh).
 #
 #   anglerank score train.parquet -o scores/
 #   anglerank rank scores/ --data train.parquet -o ranked.parquet

@@ -350,3 +350,24 @@ def test_real_verl_create_rl_sampler_and_rlhf_dataset(tmp_path):
         acc = np.mean([correct(r, k, ranks) for r in seen for k in range(N_RESP)])
         assert rec["accuracy"] == pytest.approx(acc)
     assert sampler.mu == pytest.approx(ref.mu)
+
+
+def test_verl_main_entry_point_overrides_without_verl():
+    """The verl 0.8+ entry point (anglerank.integrations.verl_main): importable without verl; its flags."""
+    import subprocess
+    import sys
+
+    from anglerank.integrations.verl_main import overrides
+
+    code = "import sys, anglerank.integrations.verl_main; print('verl' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    out = overrides(["+data.gainrl.sigma=0.1", "--config-name=ppo_trainer"], has_v1=True)
+    assert out[-2:] == ["data.dataloader_num_workers=0", "trainer.use_v1=False"]
+    assert overrides(["data.dataloader_num_workers=0"], has_v1=False) == ["data.dataloader_num_workers=0"]
+    with pytest.raises(UserError, match="data.dataloader_num_workers=4"):
+        overrides(["data.dataloader_num_workers=4"], has_v1=False)
+    with pytest.raises(UserError, match="trainer.use_v1=True.*RayPPOTrainer"):
+        overrides(["trainer.use_v1=True"], has_v1=True)
+    with pytest.raises(UserError, match="no data.sampler hook"):
+        overrides(["data.sampler.class_name=GainRLSampler"], has_v1=False)

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# GRPO with GAIN-RL sampling in verl 0.8 and 0.9 (tested: 0.8.0, 0.9.1), which removed the
+# data.sampler hook that examples/verl_gainrl.sh uses (verl 0.5 to 0.7).
+#
+#   anglerank score train.parquet -o scores/
+#   anglerank rank scores/ --data train.parquet -o ranked.parquet
+#   bash examples/verl_gainrl_09.sh ranked.parquet test.parquet Qwen/Qwen2.5-0.5B-Instruct [more overrides]
+#
+# anglerank.integrations.verl_main takes verl's own hydra overrides and runs verl's
+# main_ppo with its RayPPOTrainer drawing GAIN-RL epochs. It adds
+# data.dataloader_num_workers=0 and, on verl 0.9, trainer.use_v1=False (the V1 trainer takes
+# no sampler). One verl epoch = one GAIN-RL subset of data.gainrl.subset_size prompts
+# (rounded down to whole data.train_batch_size batches), so trainer.total_epochs counts
+# GAIN-RL epochs. Rank-unit options (mu0, sigma, step, adj_min, adj_max) take ranks (an int)
+# or fractions of the data set size (a float <= 1); the `+` is needed because data.gainrl
+# is not part of verl's config schema. Add your cluster's trainer.n_gpus_per_node, rollout
+# engine and parallelism flags after the three positional arguments.
+set -euo pipefail
+TRAIN=${1:?ranked train Parquet}
+VAL=${2:?validation Parquet}
+MODEL=${3:?model id or folder}
+shift 3
+
+python3 -m anglerank.integrations.verl_main \
+    algorithm.adv_estimator=grpo \
+    data.train_files="$TRAIN" \
+    data.val_files="$VAL" \
+    data.train_batch_size=64 \
+    data.max_prompt_length=512 \
+    data.max_response_length=512 \
+    +data.gainrl.subset_size=256 \
+    +data.gainrl.sigma=0.1333 \
+    +data.gainrl.step=0.0667 \
+    +data.gainrl.adj_min=0.0 \
+    +data.gainrl.adj_max=0.1333 \
+    +data.gainrl.seed=0 \
+    actor_rollout_ref.model.path="$MODEL" \
+    actor_rollout_ref.actor.optim.lr=1e-6 \
+    actor_rollout_ref.actor.ppo_mini_batch_size=64 \
+    actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=8 \
+    actor_rollout_ref.actor.use_kl_loss=True \
+    actor_rollout_ref.actor.kl_loss_coef=0.005 \
+    actor_rollout_ref.actor.grad_clip=0.1 \
+    actor_rollout_ref.rollout.n=8 \
+    actor_rollout_ref.rollout.temperature=0.9 \
+    actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=8 \
+    actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=8 \
+    trainer.total_epochs=200 \
+    trainer.save_freq=20 \
+    trainer.logger='["console"]' \
+    "$@"
