@@ -66,6 +66,17 @@ def test_reorder_moves_only_the_given_positions():
     assert cur.order.tolist() == [4, 1, 3, 2, 0]
 
 
+def test_reorder_ranks_wrapped_positions_from_the_lowest():
+    # reachable() lists positions in walk order: past the last rank it continues at 0. Re-ranking them
+    # must still put the best key at the lowest of those positions, not where the walk starts.
+    cur = Curriculum(np.arange(6), CurriculumConfig(subset_size=2))
+    cur.reorder([4, 5, 0, 1], [0.3, 0.1, 0.4, 0.2])  # keys of rows 4, 5, 0, 1
+    assert cur.order.tolist() == [5, 1, 2, 3, 4, 0]
+    cur = Curriculum(np.arange(6), CurriculumConfig(subset_size=2))
+    cur.reorder([3, 4, 5, 0, 1, 2], [3.0, 4.0, 5.0, 0.0, 1.0, 2.0])  # the whole ranking, walk from 3
+    assert cur.order.tolist() == [0, 1, 2, 3, 4, 5]  # same keys as its ranks: nothing moves
+
+
 def test_reach_covers_the_next_draws_and_wraps():
     s = GaussianRankSampler(200, 8, mu0=150, sigma=10, step=0.1, adj_min=0, adj_max=12, seed=0)
     walk = s.reach(3)  # mu 150, moves of at most 12 per epoch, 3 sigma either side

@@ -121,11 +121,14 @@ class Curriculum:
         return reach(epochs) if reach is not None else np.arange(self.n_items, dtype=np.int64)
 
     def reorder(self, positions, keys) -> None:
-        """Re-rank only the rows at ``positions``: they take those positions in ascending ``keys`` order
-        (NaN last); every other row keeps its place."""
+        """Re-rank only the rows at ``positions`` (``keys``: one per position, in the given order): they
+        take those positions in ascending ``keys`` order (NaN last), lowest position first, whatever
+        order the positions came in (``reachable`` lists them in walk order, which wraps); every
+        other row keeps its place."""
         positions = np.asarray(positions, dtype=np.int64)
+        keys = np.asarray(keys, dtype=np.float64)
         order = self.order.copy()
-        order[positions] = self.order[positions][order_by(keys)]
+        order[np.sort(positions)] = self.order[positions][order_by(keys)]
         self.set_order(order)
 
     # -- the epoch
