@@ -1,0 +1,56 @@
+"""benchmarks/gpu_check_measure.py: the FLOP and token counts behind gpu_check's MFU, checked by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+# benchmarks/ is not a package; this module imports only the standard library at its top
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check_measure.py"
+_spec = importlib.util.spec_from_file_location("gpu_check_measure", _PATH)
+measure = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(measure)
+
+# hidden 8, 2 heads of 4, 1 key/value head, MLP 16, vocabulary 32
+TINY = dict(hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+            intermediate_size=16, vocab_size=32, tie_word_embeddings=True)
+
+
+def test_param_and_flop_counts_by_hand():
+    # one layer: q 8x8 + 8 bias, k and v 8x4 + 4 bias each, o 8x8, MLP 3 x 8x16, two norms of 8
+    layer = (64 + 8) + 2 * (32 + 4) + 64 + 3 * 128 + 16
+    assert layer == 608
+    p = measure.qwen2_params(TINY)
+    assert p["non_embedding"] == 2 * 608 + 8  # + final norm
+    assert p["scorer"] == 2 * 608 + 8 - 3 * 128 - 8  # stops at the last MLP's input
+    assert p["embedding"] == p["lm_head"] == 32 * 8
+    assert p["total"] == 2 * 608 + 8 + 256  # tied: the LM head is the embedding
+    assert measure.qwen2_params({**TINY, "tie_word_embeddings": False})["total"] == 2 * 608 + 8 + 512
+    # (the smoke run checks these counts against the built model: `params_match` in its JSON)
+    f = measure.flops_per_token(p)
+    assert f == {"scorer": 2 * 832, "authors": 2 * (1224 + 256)}
+
+
+def test_executed_tokens_runs_a_shared_prefix_once():
+    # three rows of 10, 12, 9 tokens sharing a 6-token prefix: 4 + 6 + 3 own tokens, the prefix once
+    assert measure.executed_tokens([10, 12, 9], [6, 6, 6]) == 13 + 6
+    assert measure.executed_tokens([10, 12, 9], [6, 6, 6], prefix_cache=False) == 31
+    # a row cut inside its prefix (n_prefix == n_tokens) has nothing to share; one sharing row runs alone
+    assert measure.executed_tokens([10, 6], [6, 6]) == 16
+
+
+def test_rates_and_mfu():
+    r = measure.rates(prompt_tokens=1000, ran_tokens=400, seconds=2.0, flops_tok=1e9, peak_flops=1e12)
+    assert r["tokens_per_s"] == 500 and r["ran_tokens_per_s"] == 200
+    assert r["mfu"] == 0.2 and r["mfu_all_tokens"] == 0.5
+
+
+@pytest.mark.parametrize("name,peak", [
+    ("NVIDIA H200", 989.0), ("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
+    ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA L40S", 362.0), ("NVIDIA L4", 121.0),
+    ("NVIDIA GH200 480GB", 989.0), ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", None), ("Tesla T4", None),
+])
+def test_peak_table(name, peak):
+    assert measure.table_peak_tflops(name) == peak
