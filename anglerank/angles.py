@@ -27,6 +27,7 @@ __all__ = [
     "NORM_EPS",
     "normalize_rows",
     "segment_concentration",
+    "segment_concentration_shared_prefix",
     "naive_concentration",
     "combine",
     "gainrl_code_terms",
@@ -84,14 +85,18 @@ def segment_concentration(
     # torch.where (not multiplication) so garbage/inf in padding cannot leak.
     unit_q_BTD = torch.where(q_mask_BT.unsqueeze(-1), unit_BTD, zero)
     unit_p_BTD = torch.where(p_mask_BT.unsqueeze(-1), unit_BTD, zero)
-
-    s_q_BD = unit_q_BTD.sum(dim=1)
     s_p_BD = unit_p_BTD.sum(dim=1)
+    m_B = p_mask_BT.sum(dim=1).to(torch.float64)
+    return _concentrations(unit_q_BTD, q_mask_BT, s_p_BD, m_B)
+
+
+def _concentrations(unit_q_BTD, q_mask_BT, s_p_BD, m_B) -> tuple[torch.Tensor, torch.Tensor]:
+    """intra and inter from the masked unit Q rows and the P rows' sum and count (float64 [B])."""
+    s_q_BD = unit_q_BTD.sum(dim=1)
     sqnorm_q_B = (unit_q_BTD * unit_q_BTD).sum(dim=(1, 2))
     n_B = q_mask_BT.sum(dim=1).to(torch.float64)
-    m_B = p_mask_BT.sum(dim=1).to(torch.float64)
 
-    nan = unit_BTD.new_full((), math.nan)
+    nan = unit_q_BTD.new_full((), math.nan)
     intra_num_B = (s_q_BD * s_q_BD).sum(dim=1) - sqnorm_q_B
     intra_den_B = n_B * (n_B - 1.0)
     intra_B = torch.where(
@@ -102,6 +107,31 @@ def segment_concentration(
     ok_B = (n_B > 0) & (m_B > 0)
     inter_B = torch.where(ok_B, inter_num_B / torch.where(ok_B, inter_den_B, 1.0), nan)
     return intra_B, inter_B
+
+
+def segment_concentration_shared_prefix(
+    hidden_BTD: torch.Tensor, q_mask_BT: torch.Tensor, prefix_PD: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`segment_concentration` for rows whose P segment is the same ``prefix_PD`` for all.
+
+    ``hidden_BTD`` holds only the tokens after the prefix (``q_mask_BT`` indexes them);
+    ``P`` is every row of ``prefix_PD``. With the prefix cache the prefix's hidden states
+    are shared by the batch, so its unit rows are summed once instead of once per row,
+    and it is never concatenated in front of every row. Equal to
+    ``segment_concentration(cat(prefix, hidden), q_mask shifted by P, first P tokens)`` up
+    to float64 rounding (the P sum is reduced over [P, D] instead of [B, P + T, D]).
+    """
+    if hidden_BTD.dim() != 3 or prefix_PD.dim() != 2:
+        raise ValueError("hidden_BTD must be [B, T, D] and prefix_PD [P, D]")
+    q_mask_BT = q_mask_BT.to(device=hidden_BTD.device, dtype=torch.bool)
+    if q_mask_BT.shape != hidden_BTD.shape[:2]:
+        raise ValueError("q_mask_BT must be [B, T] matching hidden_BTD")
+    B = hidden_BTD.shape[0]
+    s_p_D = normalize_rows(prefix_PD).sum(dim=0)
+    m_B = torch.full((B,), float(prefix_PD.shape[0]), dtype=torch.float64, device=hidden_BTD.device)
+    unit_BTD = normalize_rows(hidden_BTD)
+    unit_q_BTD = torch.where(q_mask_BT.unsqueeze(-1), unit_BTD, unit_BTD.new_zeros(()))
+    return _concentrations(unit_q_BTD, q_mask_BT, s_p_D.to(unit_BTD.device).expand(B, -1), m_B)
 
 
 def _as_index_tensor(idx, device: torch.device) -> torch.Tensor:

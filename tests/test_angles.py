@@ -18,6 +18,7 @@ from anglerank.angles import (
     naive_concentration,
     rankdata,
     segment_concentration,
+    segment_concentration_shared_prefix,
     spearman,
 )
 
@@ -104,6 +105,34 @@ def test_closed_form_batch_right_padding_and_garbage() -> None:
         intra_ref, inter_ref = naive_concentration(hidden_BTD[b, :length], q_idx, p_idx)
         assert _close(float(intra_B[b]), intra_ref), (b, float(intra_B[b]), intra_ref)
         assert _close(float(inter_B[b]), inter_ref), (b, float(inter_B[b]), inter_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_shared_prefix_equals_concatenated_rows(dtype) -> None:
+    """Spec: with a prefix shared by the batch, P's sum taken once from the prefix's own rows
+    gives the same intra and inter as the rows with the prefix in front (up to float64
+    rounding), with padding garbage ignored and NaN where n < 2."""
+    gen = torch.Generator().manual_seed(21)
+    P, dim = 11, 9
+    q_lens, tails = [0, 1, 2, 7, 15], [0, 3, 1, 0, 2]  # question tokens, then suffix tokens
+    T = max(q + t for q, t in zip(q_lens, tails)) + 2  # + padding
+    prefix_PD = (torch.randn(P, dim, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+    new_BTD = (torch.randn(len(q_lens), T, dim, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+    q_mask = torch.zeros(len(q_lens), T, dtype=torch.bool)
+    for b, (q, t) in enumerate(zip(q_lens, tails)):
+        q_mask[b, :q] = True
+        new_BTD[b, q + t:] = math.inf  # padding
+    intra_B, inter_B = segment_concentration_shared_prefix(new_BTD, q_mask, prefix_PD)
+    full_BTD = torch.cat([prefix_PD.expand(len(q_lens), -1, -1), new_BTD], dim=1)
+    p_mask_full = torch.zeros(len(q_lens), P + T, dtype=torch.bool)
+    p_mask_full[:, :P] = True
+    q_mask_full = torch.cat([torch.zeros(len(q_lens), P, dtype=torch.bool), q_mask], dim=1)
+    intra_ref, inter_ref = segment_concentration(full_BTD, q_mask_full, p_mask_full)
+    for b in range(len(q_lens)):
+        assert _close(float(intra_B[b]), float(intra_ref[b]), 1e-12)
+        assert _close(float(inter_B[b]), float(inter_ref[b]), 1e-12)
+    assert math.isnan(intra_B[0]) and math.isnan(inter_B[0]) and math.isnan(intra_B[1])
+    assert not math.isnan(inter_B[1]) and not math.isnan(intra_B[2])
 
 
 def test_closed_form_batch_fixed_spans_several_lengths() -> None:

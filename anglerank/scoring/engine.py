@@ -236,19 +236,27 @@ class Scorer:
     def use_prefix_cache(self) -> bool:
         return self.prefix_cache is not None
 
-    def _terms(self, hidden_BTD: torch.Tensor, items) -> tuple[list[float], list[float]]:
+    def _terms(self, hidden_BTD: torch.Tensor, items, prefix: Prefix | None = None,
+               layer: int | None = None) -> tuple[list[float], list[float]]:
+        """Angle terms of a batch; with ``prefix`` (paper estimator) ``hidden_BTD`` holds only the
+        tokens after it, and the prefix's own hidden states at ``layer`` stand for P."""
         if self.opt.estimator == "gainrl-code":
             lengths = [len(r.ids) for r in items]
             intra, inter = angles.gainrl_code_terms_batch(
                 hidden_BTD, lengths, self.opt.code_prefix_tokens, self.opt.code_suffix_tokens
             )
+            return intra.tolist(), inter.tolist()
+        B, T = hidden_BTD.shape[:2]
+        P = prefix.length if prefix else 0
+        q_mask = torch.zeros(B, T, dtype=torch.bool, device=hidden_BTD.device)
+        for b, r in enumerate(items):
+            q_mask[b, r.n_prefix - P: r.q_end - P] = True
+        if prefix:  # every row's P is exactly the cached prefix (the cache key is ids[:n_prefix])
+            intra, inter = angles.segment_concentration_shared_prefix(hidden_BTD, q_mask, prefix.hidden[layer])
         else:
-            B, T = hidden_BTD.shape[:2]
-            q_mask = torch.zeros(B, T, dtype=torch.bool, device=hidden_BTD.device)
             p_mask = torch.zeros_like(q_mask)
             for b, r in enumerate(items):
                 p_mask[b, : r.n_prefix] = True
-                q_mask[b, r.n_prefix: r.q_end] = True
             intra, inter = angles.segment_concentration(hidden_BTD, q_mask, p_mask)
         return intra.tolist(), inter.tolist()
 
@@ -284,6 +292,15 @@ class Scorer:
         runs, on top of the prefix's cached keys/values; the prefix's hidden states are
         prepended, so the result is the same as without it.
         """
+        captured = self._forward_new(id_lists, prefix)
+        if prefix:
+            B = len(id_lists)
+            return {l: torch.cat([prefix.hidden[l].expand(B, -1, -1), h], dim=1) for l, h in captured.items()}
+        return captured
+
+    @torch.inference_mode()
+    def _forward_new(self, id_lists: list[list[int]], prefix: Prefix | None) -> dict[int, torch.Tensor]:
+        """:meth:`forward_hidden` without prepending the prefix: only the tokens after it."""
         P = prefix.length if prefix else 0
         T = max(len(x) for x in id_lists) - P
         B = len(id_lists)
@@ -301,8 +318,6 @@ class Scorer:
             cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in prefix.kv])
         with hooks.capture(self.model, self.layer_idx, self.opt.site) as captured:
             hooks.run_until_captured(self.model, ids, mask, cache)
-        if prefix:
-            return {l: torch.cat([prefix.hidden[l].expand(B, -1, -1), h], dim=1) for l, h in captured.items()}
         return dict(captured)
 
     @torch.inference_mode()
@@ -343,10 +358,14 @@ class Scorer:
             for batch in make_batches([len(rendered[i].ids) for i in members], self.opt.batch_tokens):
                 idx = [members[j] for j in batch]
                 items = [rendered[i] for i in idx]
-                hidden = self.forward_hidden([r.ids for r in items], prefix)
+                ids = [r.ids for r in items]
+                # the paper estimator needs P only as a sum, computed once from the prefix's own
+                # hidden states; gainrl-code reads whole rows, prefix included
+                split = prefix is not None and self.opt.estimator == "paper"
+                hidden = self._forward_new(ids, prefix) if split else self.forward_hidden(ids, prefix)
                 self.tokens_seen += sum(len(r.ids) for r in items)
                 for layer in self.layer_idx:
-                    intra, inter = self._terms(hidden[layer], items)
+                    intra, inter = self._terms(hidden[layer], items, prefix if split else None, layer)
                     for k, i in enumerate(idx):
                         out.append(self._row(records[i], items[k], layer, intra[k], inter[k]))
                 if on_batch:
