@@ -51,6 +51,25 @@ GAIN = dict(subset_size=10, mu0=0, sigma=4, step=6, alpha=2.0, beta_acc=0.5, adj
 K_EFF = 8  # subset_size rounded down to whole batches of 4
 
 
+def write_ranked_parquet(folder) -> str:
+    """A ranked Parquet in verl's layout (N_ROWS questions with angle_rank / angle_score); its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ranks, scores = ranks_and_scores()
+    path = folder / "ranked.parquet"
+    pq.write_table(pa.table({
+        "data_source": ["demo"] * N_ROWS,
+        "prompt": [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(N_ROWS)],
+        "ability": ["math"] * N_ROWS,
+        "reward_model": [{"ground_truth": str(i + 1), "style": "rule"} for i in range(N_ROWS)],
+        "extra_info": [{"index": i, "split": "train"} for i in range(N_ROWS)],
+        "angle_rank": pa.array(ranks, pa.int64()),
+        "angle_score": pa.array(scores),
+    }), path)
+    return str(path)
+
+
 def ranks_and_scores(n: int = N_ROWS, seed: int = 0):
     ranks = np.random.default_rng(seed).permutation(n).astype(np.int64)
     return ranks, 0.8 - ranks / n
@@ -302,26 +321,14 @@ def test_response_rewards_sources_and_correct_threshold():
 @pytest.mark.skipif(not HAVE_VERL, reason="verl with verl.experimental.dataset.sampler (0.5-0.7) not installed")
 def test_real_verl_create_rl_sampler_and_rlhf_dataset(tmp_path):
     """verl builds the sampler from data.sampler.class_path/class_name over its RLHFDataset."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from omegaconf import OmegaConf
     from verl.trainer.main_ppo import create_rl_sampler
     from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
 
     from conftest import make_tokenizer
 
-    ranks, scores = ranks_and_scores()
-    table = pa.table({
-        "data_source": ["demo"] * N_ROWS,
-        "prompt": [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(N_ROWS)],
-        "ability": ["math"] * N_ROWS,
-        "reward_model": [{"ground_truth": str(i + 1), "style": "rule"} for i in range(N_ROWS)],
-        "extra_info": [{"index": i, "split": "train"} for i in range(N_ROWS)],
-        "angle_rank": pa.array(ranks, pa.int64()),
-        "angle_score": pa.array(scores),
-    })
-    path = tmp_path / "ranked.parquet"
-    pq.write_table(table, path)
+    path = write_ranked_parquet(tmp_path)
+    ranks, _ = ranks_and_scores()
     cfg = OmegaConf.create({
         "train_batch_size": BATCH, "max_prompt_length": 64, "dataloader_num_workers": 0, "shuffle": True,
         "prompt_key": "prompt", "return_raw_chat": False, "filter_overlong_prompts": False, "seed": SEED,

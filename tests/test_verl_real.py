@@ -25,7 +25,7 @@ if importlib.util.find_spec("verl.experimental.dataset") is not None:
     pytest.skip("verl < 0.8 has data.sampler.class_path (tests/test_integrations_verl.py)", allow_module_level=True)
 
 from test_integrations_verl import (  # noqa: E402 - after the skip
-    BATCH, GAIN, K_EFF, N_RESP, N_ROWS, SEED, correct, expected_delta, ranks_and_scores,
+    BATCH, GAIN, K_EFF, N_RESP, N_ROWS, SEED, correct, expected_delta, ranks_and_scores, write_ranked_parquet,
 )
 from verl import DataProto  # noqa: E402
 from verl.trainer import main_ppo  # noqa: E402
@@ -51,21 +51,7 @@ def _no_flash_attn(monkeypatch):
 
 @pytest.fixture()
 def ranked(tmp_path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    ranks, scores = ranks_and_scores()
-    path = tmp_path / "ranked.parquet"
-    pq.write_table(pa.table({
-        "data_source": ["demo"] * N_ROWS,
-        "prompt": [[{"role": "user", "content": f"What is {i} + 1?"}] for i in range(N_ROWS)],
-        "ability": ["math"] * N_ROWS,
-        "reward_model": [{"ground_truth": str(i + 1), "style": "rule"} for i in range(N_ROWS)],
-        "extra_info": [{"index": i, "split": "train"} for i in range(N_ROWS)],
-        "angle_rank": pa.array(ranks, pa.int64()),
-        "angle_score": pa.array(scores),
-    }), path)
-    return str(path)
+    return write_ranked_parquet(tmp_path)
 
 
 def verl_config(ranked, ckpt, *extra):
