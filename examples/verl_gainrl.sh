@@ -1,35 +1,44 @@
 #!/usr/bin/env bash
-# GRPO with GAIN-RL sampling in verl (0.5 to 0.7: the versions whose PPO trainer
-# has the data.sampler curriculum hook; verl 0.8 removed it: for verl 0.8 and 0.9 use
-# examples/verl_gainrl_09.sh).
+# GRPO with GAIN-RL sampling in verl (tested: 0.7.1, 0.8.0, 0.9.1).
 #
 #   anglerank score train.parquet -o scores/
 #   anglerank rank scores/ --data train.parquet -o ranked.parquet
 #   bash examples/verl_gainrl.sh ranked.parquet test.parquet Qwen/Qwen2.5-0.5B-Instruct [more overrides]
 #
-# One verl epoch = one GAIN-RL subset of data.gainrl.subset_size prompts (rounded
-# down to whole data.train_batch_size batches), so trainer.total_epochs counts
-# GAIN-RL epochs. Rank-unit options (mu0, sigma, step, adj_min, adj_max) take ranks
-# (an int) or fractions of the data set size (a float <= 1). The `+` is needed
-# because data.gainrl is not part of verl's config schema. These flags compose
-# against verl 0.7.1's ppo_trainer config; add your cluster's trainer.n_gpus_per_node,
-# rollout engine and parallelism flags after the three positional arguments.
+# verl 0.5 to 0.7 take the sampler through their data.sampler curriculum hook; verl 0.8
+# removed it, so there anglerank.integrations.verl_main runs verl's own main_ppo with a
+# RayPPOTrainer that draws GAIN-RL epochs (it adds data.dataloader_num_workers=0 and, on
+# verl 0.9, trainer.use_v1=False: the V1 trainer takes no sampler). The flags are the same.
+# One verl epoch = one GAIN-RL subset of data.gainrl.subset_size prompts (rounded down to
+# whole data.train_batch_size batches), so trainer.total_epochs counts GAIN-RL epochs.
+# Rank-unit options (mu0, sigma, step, adj_min, adj_max) take ranks (an int) or fractions of
+# the data set size (a float <= 1); the `+` is needed because data.gainrl is not part of
+# verl's config schema. Add your cluster's trainer.n_gpus_per_node, rollout engine and
+# parallelism flags after the three positional arguments.
 set -euo pipefail
 TRAIN=${1:?ranked train Parquet}
 VAL=${2:?validation Parquet}
 MODEL=${3:?model id or folder}
 shift 3
 
-python3 -m verl.trainer.main_ppo \
+if python3 -c 'import sys, verl; sys.exit(tuple(int(x) for x in verl.__version__.split(".")[:2]) < (0, 8))'; then
+    ENTRY=(-m anglerank.integrations.verl_main)
+    HOOK=()
+else
+    ENTRY=(-m verl.trainer.main_ppo)
+    HOOK=(data.dataloader_num_workers=0
+          data.sampler.class_path=pkg://anglerank.integrations.verl
+          data.sampler.class_name=GainRLSampler)
+fi
+
+python3 "${ENTRY[@]}" \
     algorithm.adv_estimator=grpo \
     data.train_files="$TRAIN" \
     data.val_files="$VAL" \
     data.train_batch_size=64 \
     data.max_prompt_length=512 \
     data.max_response_length=512 \
-    data.dataloader_num_workers=0 \
-    data.sampler.class_path=pkg://anglerank.integrations.verl \
-    data.sampler.class_name=GainRLSampler \
+    "${HOOK[@]}" \
     +data.gainrl.subset_size=256 \
     +data.gainrl.sigma=0.1333 \
     +data.gainrl.step=0.0667 \
