@@ -364,3 +364,25 @@ def test_rankings_other_than_angle_need_no_scoring(tmp_path, tiny_model_dir, que
     res = runner.invoke(app, _args(questions_parquet, tmp_path / "bad", tiny_model_dir, reward_file,
                                    "--ranking", "column:difficulty"))
     assert res.exit_code == 2 and "no column 'difficulty'" in res.output
+
+
+def test_scoring_reports_progress_to_the_live_view(tmp_path, tiny_model_dir, questions_parquet, reward_file):
+    """Scoring a large pool takes minutes before the first step: the live view is told how far it is."""
+    import io
+
+    from rich.console import Console
+
+    from anglerank.train.display import Display
+    from anglerank.train.loop import train
+
+    cfg = TrainConfig(train_data=[str(questions_parquet)], output_dir=str(tmp_path / "r"), model=str(tiny_model_dir),
+                      dtype="float32", device="cpu", reward=[f"{reward_file}:length", "math"], num_generations=2,
+                      max_new_tokens=5, prompts_per_step=2, subset_size=4, micro_batch_size=3, epochs=1)
+    events = []
+    out = io.StringIO()
+    with Display(quiet=False, console=Console(file=out, width=200)) as view:
+        train(cfg, on_event=lambda kind, rec: (events.append((kind, dict(rec))), view(kind, rec)))
+    scoring = [rec for kind, rec in events if kind == "scoring"]
+    assert scoring and scoring[-1] == {"done": 23, "total": 23}  # the 23 prompts of questions_parquet
+    assert [r["done"] for r in scoring] == sorted(r["done"] for r in scoring)
+    assert "scoring" not in {r["type"] for r in read_metrics(tmp_path / "r")}

@@ -1,5 +1,6 @@
 """The live view of `anglerank train`: a progress bar over steps with the latest
-step's metrics, and one line per epoch, evaluation and scoring (on stderr).
+step's metrics, one over prompts while the angle scoring runs, and one line per
+epoch, evaluation and scoring (on stderr).
 
 It only listens: :func:`anglerank.train.loop.train` calls it with each event.
 """
@@ -23,6 +24,7 @@ class Display:
         self.console = console  # the command's stderr console
         self.prog = None
         self.task = None
+        self.score_task = None
 
     def __enter__(self):
         return self
@@ -44,11 +46,19 @@ class Display:
                       f"{rec['n_prompts']:,} prompts" + (f" ({dropped} left out)" if dropped else "") +
                       (f", {rec['n_eval']:,} eval" if rec["n_eval"] else "") +
                       f", {rec['epochs']} epochs x {rec['steps_per_epoch']} steps", highlight=False)
-            self.prog = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                 TextColumn("{task.fields[info]}"), console=self.console)
+            self.prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console)
             self.prog.start()
-            self.task = self.prog.add_task("train", total=rec["total_steps"], completed=rec["global_step"], info="")
+            self.task = self.prog.add_task("train", total=rec["total_steps"], completed=rec["global_step"],
+                                           unit="steps", info="")
+        elif kind == "scoring" and self.prog:  # angle scoring with the live weights, before or between epochs
+            if self.score_task is None:
+                self.score_task = self.prog.add_task("score", total=rec["total"], unit="prompts", info="")
+            self.prog.update(self.score_task, completed=rec["done"])
+            if rec["done"] >= rec["total"]:
+                self.prog.remove_task(self.score_task)
+                self.score_task = None
         elif kind == "step" and self.prog:
             info = (f"ep {rec['epoch']} loss {rec['loss']:+.4f} reward {rec['reward_mean']:.3f} "
                     f"acc {rec['accuracy']:.2f} kl {rec['kl']:.4f} len {rec['completion_len_mean']:.0f} "

@@ -100,8 +100,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, fo
     A resume refuses data whose fingerprints changed since the run started, unless ``force``.
 
     ``on_event(kind, record)`` receives every metrics record (kinds ``step``,
-    ``epoch``, ``eval``, ``score``) plus ``start``, ``log`` and ``end`` for a live
-    display. Ctrl-C / SIGTERM stop at the next safe point with a checkpoint and
+    ``epoch``, ``eval``, ``score``) plus ``start``, ``log``, ``end`` and ``scoring``
+    (``{done, total}`` prompts, after each scoring batch; not written to the metrics)
+    for a live display. Ctrl-C / SIGTERM stop at the next safe point with a checkpoint and
     raise :class:`anglerank.errors.Interrupted` whose message says how to resume.
     """
     if not cfg.train_data:

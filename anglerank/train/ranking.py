@@ -65,11 +65,19 @@ def rescore(run) -> float:
 def _fresh_scores(run, idx) -> list:
     """Angle scores of the pool prompts ``idx`` under the live weights (None: unscorable)."""
     ctx = run.ctx
+    idx = list(idx)
+    done = 0
+
+    def progress(n: int) -> None:  # scoring a large pool takes minutes before the first step: show it
+        nonlocal done
+        done += n
+        run.emit("scoring", {"done": done, "total": len(idx)})
+
     was_training = ctx.model.training
     ctx.model.eval()
     try:
         with ctx.amp():
-            rows = run.scorer.score_records([ctx.pool.records[i] for i in idx])
+            rows = run.scorer.score_records([ctx.pool.records[i] for i in idx], on_batch=progress)
     finally:
         ctx.model.train(was_training)
     by_row = {r["row"]: r["score"] for r in rows}
