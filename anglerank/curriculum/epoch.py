@@ -126,7 +126,6 @@ class Curriculum:
         order the positions came in (``reachable`` lists them in walk order, which wraps); every
         other row keeps its place."""
         positions = np.asarray(positions, dtype=np.int64)
-        keys = np.asarray(keys, dtype=np.float64)
         order = self.order.copy()
         order[np.sort(positions)] = self.order[positions][order_by(keys)]
         self.set_order(order)
