@@ -250,7 +250,7 @@ def main():
         hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx else ""
         error_line(f"{exc.format_message().rstrip('.')}{hint}")
         sys.exit(2)
-    except cx.Abort:
+    except typer.Abort:  # typer >= 0.29 keeps Abort out of its vendored click
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
     except cx.ClickException as exc:

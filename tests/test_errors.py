@@ -62,6 +62,23 @@ def test_interrupted_exits_with_its_code():
     assert res.exit_code == 143 and "--resume" in res.output
 
 
+@pytest.mark.parametrize("exc", [typer.Abort(), EOFError()])
+def test_entry_point_reports_an_abort_as_interrupted(exc, monkeypatch, capsys):
+    """typer >= 0.29 moved Abort out of its vendored click; the entry point crashed on it."""
+    from anglerank import cli
+
+    def abort(**_):
+        if isinstance(exc, EOFError):  # typer turns an EOF at a prompt into Abort itself
+            raise typer.Abort() from exc
+        raise exc
+
+    monkeypatch.setattr(cli, "app", abort)
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
 def test_user_error_is_a_value_error_for_api_callers():
     assert issubclass(UserError, ValueError) and issubclass(InputError, UserError)
 

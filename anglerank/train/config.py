@@ -154,7 +154,7 @@ class TrainConfig:
     site: str = _f("mlp-input", "Hook site for scores and the angle term (as in `score`).", G)
     layer: int = _f(-1, "Decoder layer for scores and the angle term.", G)
     estimator: str = _f("paper", "Score estimator (as in `score`).", G)
-    score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: 16384 on GPUs, 1024 on CPUs).", G)
+    score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: 16384 on GPUs; on CPUs 4096 with AMX, else 1024).", G)
 
     # --- run ----------------------------------------------------------------------------
     eval_every: int = _f(1, "Evaluate every N epochs (and before the first and after the last; 0 = never).", O)
