@@ -19,7 +19,8 @@ from rich.table import Table
 from anglerank.cli_common import (
     BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
     LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
-    PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, score_options, user_errors,
+    PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, freeze_at_exit,
+    pause_gc_for_startup, score_options, startup_over, user_errors,
 )
 from anglerank.errors import UserError
 
@@ -34,7 +35,7 @@ def _progress(quiet: bool):
     from contextlib import nullcontext
 
     if quiet:
-        return nullcontext(), None
+        return nullcontext(), lambda done, total, tokens: startup_over()
     from rich.progress import (
         BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
     )
@@ -48,6 +49,7 @@ def _progress(quiet: bool):
     state = {"task": None, "t0": time.perf_counter(), "tok0": None, "row0": None}
 
     def cb(done: int, total: int, tokens: int):
+        startup_over()
         if state["task"] is None:
             state["task"] = prog.add_task("score", total=total, completed=0, rate="")
             state["row0"], state["tok0"] = done, tokens
@@ -241,6 +243,7 @@ def main():
         from click import exceptions as cx
 
     _tune_allocator()
+    pause_gc_for_startup()
     try:
         code = app(standalone_mode=False)
     except cx.NoArgsIsHelpError as exc:
@@ -256,6 +259,8 @@ def main():
     except cx.ClickException as exc:
         error_line(exc.format_message())
         sys.exit(exc.exit_code)
+    finally:
+        freeze_at_exit()
     sys.exit(code if isinstance(code, int) else 0)
 
 

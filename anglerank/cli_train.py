@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from anglerank import cli_common as cc
-from anglerank.cli_common import err, user_errors
+from anglerank.cli_common import err, startup_over, user_errors
 from anglerank.errors import UserError
 from anglerank.train.config import RANK_FIELDS, UNIT_FIELDS, TrainConfig, _base_type
 
@@ -161,7 +161,8 @@ def train_cmd(ctx: typer.Context, **kw):
         os.environ.setdefault("TRACKIO_DIR", str(Path(cfg.output_dir).absolute() / "trackio"))
     display = Display(quiet=kw["quiet"], console=err)
     with display:
-        train(cfg, resume=kw["resume"] is not None, overwrite=kw["overwrite"], force=kw["force"], on_event=display)
+        train(cfg, resume=kw["resume"] is not None, overwrite=kw["overwrite"], force=kw["force"],
+              on_event=lambda kind, rec: (startup_over(), display(kind, rec)))
 
 
 train_cmd.__signature__ = _train_signature()

@@ -19,7 +19,7 @@ from rich.table import Table
 from anglerank.cli_common import (
     BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, LayerOpt,
     LayersOpt, MaxLengthOpt, ModelOpt, PrefixOpt, PresetOpt, PromptColumnOpt, QuietOpt, SeedOpt, SiteOpt,
-    SystemOpt, WInterOpt, WIntraOpt, err, score_options, user_errors,
+    SystemOpt, WInterOpt, WIntraOpt, err, score_options, startup_over, user_errors,
 )
 from anglerank.errors import UserError
 
@@ -93,9 +93,9 @@ PlotOpt = Annotated[Optional[Path], typer.Option(
 
 @contextmanager
 def _progress(quiet: bool):
-    """A callback for run_validate's ``progress(stage, done, total)``: one bar per stage, or None."""
+    """A callback for run_validate's ``progress(stage, done, total)``: one bar per stage (none with --quiet)."""
     if quiet:
-        yield None
+        yield lambda stage, done, total: startup_over()
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -104,6 +104,7 @@ def _progress(quiet: bool):
     tasks: dict[str, int] = {}
 
     def update(stage: str, done: int, total: int):
+        startup_over()
         if stage not in tasks:
             tasks[stage] = bars.add_task(stage, total=total)
         bars.update(tasks[stage], completed=done, total=total)

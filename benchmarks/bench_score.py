@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores
 from anglerank.render import Renderer
 from anglerank.scoring.distributed import auto_window_rows
-from anglerank.scoring.engine import ScoreOptions, resolve_device, resolve_dtype
+from anglerank.scoring.engine import ScoreOptions, cpu_description, resolve_device, resolve_dtype
 from anglerank.scoring.run import run_score
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +152,7 @@ def main() -> None:
     rows += [(label, times[n], scores[n]) for n, (label, _, _) in variants.items()]
     result = {
         "machine": (torch.cuda.get_device_name(device) if device.startswith("cuda") else
-                    f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+                    f"{cpu_description()}, {torch.get_num_threads()} threads")
                    + f", torch {torch.__version__}",
         "device": device,
         "n_prompts": args.n, "tokens": tok_ref, "window_rows": window, "preset": args.preset, "data": args.data.name,

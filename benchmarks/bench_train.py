@@ -49,7 +49,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import shutil
 import sys
@@ -296,15 +295,9 @@ def machine_name(threads: int | None) -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        info = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(x.split(":", 1)[1].strip() for x in info if x.startswith("model name"))
-        flags = set(next(x.split(":", 1)[1].split() for x in info if x.startswith("flags")))
-    except (OSError, StopIteration):
-        pass
-    isa = "AMX" if "amx_bf16" in flags else ("AVX512-BF16, no AMX" if "avx512_bf16" in flags else "no bf16 ISA")
-    return (f"{cpu} ({isa}), {os.cpu_count()} cores, torch {torch.__version__}, {threads or 'default'} thread(s) "
+    from anglerank.scoring.engine import cpu_description
+
+    return (f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads or 'default'} thread(s) "
             "per run, bf16 autocast")
 
 

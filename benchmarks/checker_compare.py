@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import re
 import sys
@@ -342,19 +341,9 @@ def compare(pairs: list[dict]) -> dict:
 def machine() -> str:
     import os
 
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    isa = ", ".join([f for f in ("avx512_bf16", "amx_bf16") if f in flags] or ["no AVX512-BF16"])
-    amx = "" if "amx_bf16" in flags else ", no AMX"
-    return f"{cpu}, {os.cpu_count()} cores ({isa}{amx}), shared with another benchmark"
+    from anglerank.scoring.engine import cpu_description
+
+    return f"{cpu_description()}, {os.cpu_count()} cores, shared with another benchmark"
 
 
 def write_md(report: dict, path: Path) -> None:

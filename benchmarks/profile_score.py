@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -47,7 +46,7 @@ from torch.autograd.profiler import record_function
 
 from anglerank import hooks, models
 from anglerank.data.reader import ParquetSource
-from anglerank.scoring.engine import ScoreOptions, build_scorer, cpu_flags, resolve_dtype
+from anglerank.scoring.engine import ScoreOptions, build_scorer, cpu_description, cpu_flags, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -66,13 +65,7 @@ GLUE_LABELS = ("hf::mask", "hf::sdpa_wrapper", "hf::kv_cache", "hf::rope")
 
 def machine_info() -> dict:
     flags = cpu_flags()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((x.partition(":")[2].strip() for x in fh if x.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu": model, "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
+    return {"cpu": cpu_description(), "amx_bf16": "amx_bf16" in flags, "avx512_bf16": "avx512_bf16" in flags,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_avg_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else [None] * 3}
 

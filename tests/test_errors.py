@@ -6,6 +6,9 @@ like the user's fault and lost its traceback.
 
 from __future__ import annotations
 
+import gc
+import sys
+
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -117,3 +120,51 @@ def test_non_utf8_toml_is_named(tmp_path):
     cfg.write_bytes(b'lr = "\xff"\n')
     _one_line_error(runner.invoke(app, ["train", "x.parquet", "-o", str(tmp_path / "r"), "--config", str(cfg)]),
                     "run.toml", "not UTF-8")
+
+
+# ------------------------------------------------- the collector around start-up (the CLI entry point)
+
+@pytest.fixture
+def restore_gc():
+    yield
+    gc.enable()
+    gc.unfreeze()
+
+
+def _run_main(argv, monkeypatch) -> dict:
+    """cli.main() on ``argv``; what the collector was doing when the command ended."""
+    from anglerank import cli
+
+    at_exit = {}
+    monkeypatch.setattr(cli, "freeze_at_exit",
+                        lambda: at_exit.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count()))
+    monkeypatch.setattr(sys, "argv", ["anglerank", *argv])
+    with pytest.raises(SystemExit) as ended:
+        cli.main()
+    assert ended.value.code == 0
+    return at_exit
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_score_and_train_collect_again_once_work_begins(quiet, tiny_model_dir, questions_parquet, tmp_path,
+                                                        monkeypatch, restore_gc):
+    """The entry point pauses the collector for start-up; a command that never resumed it would
+    run for hours without collecting cycles."""
+    common = ["-m", str(tiny_model_dir), "--dtype", "float32"] + (["--quiet"] if quiet else [])
+    at_exit = _run_main(["score", str(questions_parquet), "-o", str(tmp_path / "scores"), *common], monkeypatch)
+    assert at_exit["enabled"] and at_exit["frozen"] > 0
+    gc.unfreeze()
+    at_exit = _run_main(["train", str(questions_parquet), "-o", str(tmp_path / "run"), *common, "--device", "cpu",
+                         "--reward", "math", "--num-generations", "2", "--max-new-tokens", "4",
+                         "--prompts-per-step", "2", "--subset-size", "2", "--epochs", "1"], monkeypatch)
+    assert at_exit["enabled"] and at_exit["frozen"] > 0
+
+
+def test_validate_progress_resumes_collecting(restore_gc):
+    from anglerank import cli_validate
+
+    for quiet in (False, True):
+        gc.disable()
+        with cli_validate._progress(quiet) as tick:
+            tick("score", 1, 2)
+        assert gc.isenabled()

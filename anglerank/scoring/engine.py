@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 
 import math
+import platform
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -63,15 +64,26 @@ class ScoreOptions:
 
 # --- device / dtype ----------------------------------------------------------------
 
+def _cpuinfo(field: str) -> str:
+    """A field of the first CPU in Linux's /proc/cpuinfo ('' elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((x.partition(":")[2].strip() for x in fh if x.startswith(field)), "")
+    except OSError:
+        return ""
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            line = next((x for x in fh if x.startswith("flags")), "")
-    except OSError:
-        return frozenset()
-    return frozenset(line.partition(":")[2].split())
+    return frozenset(_cpuinfo("flags").split())
+
+
+def cpu_description() -> str:
+    """The CPU model and the bf16 units that choose the defaults, e.g. 'AMD EPYC (AVX512-BF16, no AMX)'."""
+    flags = cpu_flags()
+    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags else "no bf16 units"
+    return f"{_cpuinfo('model name') or platform.machine()} ({isa})"
 
 
 def cpu_has_bf16() -> bool:
