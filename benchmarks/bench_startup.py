@@ -31,11 +31,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import transformers
-
-from anglerank import models
-from anglerank.scoring.engine import cpu_description, resolve_dtype
 
 QUESTION = "What is 2 + 3?"
 
@@ -74,6 +69,20 @@ def reference_code(path: Path, dtype: str, pause: bool) -> str:
                             freeze="gc.freeze()" if pause else "")
 
 
+# What the runs need to know, asked of a child process: this one imports neither torch nor a model,
+# because on the VM measured here a parent holding a loaded model made its children's page
+# faults 6x dearer (README, "Start-up"), and one that had imported torch slowed them too.
+SETUP = """
+import json, os, sys, torch, transformers
+from anglerank import models
+from anglerank.scoring.engine import cpu_description, resolve_dtype
+path = models.resolve_model_path(None)  # converts the embedded model once, before any timing
+print(json.dumps({"path": str(path), "dtype": resolve_dtype("auto", "cpu"),
+                  "machine": f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                             f"transformers {transformers.__version__}, Python {sys.version.split()[0]}"}))
+"""
+
+
 def timed(cmd: list[str], env: dict) -> tuple[float, str]:
     t0 = time.time()
     res = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -109,8 +118,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "startup.json")
     args = ap.parse_args()
 
-    path = models.resolve_model_path(None)  # converts the embedded model once, before any timing
-    dtype = resolve_dtype("auto", "cpu")
+    setup = json.loads(subprocess.run([sys.executable, "-c", SETUP], capture_output=True, text=True,
+                                      check=True).stdout.splitlines()[-1])
+    path, dtype = Path(setup["path"]), setup["dtype"]
     cli = str(Path(sys.executable).with_name("anglerank"))
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,8 +146,7 @@ def main() -> None:
 
     score, plain, floor = (statistics.median(times[k]) for k in list(variants)[1:])
     result = {
-        "machine": f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"transformers {transformers.__version__}, Python {sys.version.split()[0]}",
+        "machine": setup["machine"],
         "dtype": dtype, "rounds": args.rounds, "load_avg_1min_per_round": load,
         "variants": {k: summary(v) for k, v in times.items()},
         "score_over_plain": round(score / plain, 3), "score_over_floor": round(score / floor, 3),
@@ -150,7 +159,7 @@ def main() -> None:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# Start-up of a one-row `anglerank score`", "", f"Machine: {r['machine']}; dtype {r['dtype']}; "
+    lines = ["# Start-up of a one-row `anglerank score`", "", f"Machine: {r['machine']}; dtype {r['dtype']}; "
              f"{r['rounds']} interleaved rounds (1-min load average {min(r['load_avg_1min_per_round'])} to "
              f"{max(r['load_avg_1min_per_round'])}).", "",
              "| process | median s | min s |", "|---|---|---|"]

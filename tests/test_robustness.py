@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -365,24 +364,44 @@ main()
 """
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_rank_signal_cleans_up_and_says_so(setup30, tmp_path, sig, code):
+def _rank_stopped_while_writing(setup30, out: Path, sig) -> tuple[int, str]:
+    """A rank into ``out`` that gets ``sig`` once its partial file exists: its exit code and stderr."""
     data, sdir = setup30
-    outdir = tmp_path / "ranked"
-    outdir.mkdir()
-    out = outdir / "r.parquet"
+    out.parent.mkdir()
     proc = _python(_SLOW_RANK, "rank", sdir, "--data", data, "-o", out)
     try:
         assert proc.stdout.readline().strip() == "writing"
-        assert [p.name for p in outdir.iterdir() if p.name.endswith(".tmp")]  # the partial file exists now
+        assert [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]  # the partial file exists now
         proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
+        stderr = proc.communicate(timeout=60)[1]
     finally:
         proc.kill()
-    assert proc.returncode == code, stderr
+    return proc.returncode, stderr
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_rank_signal_cleans_up_and_says_so(setup30, tmp_path, sig, code):
+    outdir = tmp_path / "ranked"
+    out = outdir / "r.parquet"
+    returncode, stderr = _rank_stopped_while_writing(setup30, out, sig)
+    assert returncode == code, stderr
     lines = [x for x in stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and f"interrupted: {out} was not written" in lines[0], stderr
     assert list(outdir.iterdir()) == []  # no output, no temporary file, no lock file
+
+
+def test_rank_after_kill_9_removes_the_temporary_it_left(setup30, tmp_path):
+    data, sdir = setup30
+    outdir = tmp_path / "ranked"
+    out = outdir / "r.parquet"
+    _rank_stopped_while_writing(setup30, out, signal.SIGKILL)  # nothing of ours runs
+    assert [p.name for p in outdir.iterdir() if p.name.endswith(".tmp")]  # the partial file it leaves
+    keep = outdir / ".r.parquet.notes.tmp"  # not one of ours: stays
+    keep.write_text("x")
+    res = _cli(["rank", sdir, "--data", data, "-o", out])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in outdir.iterdir() if p.name.endswith(".tmp")) == [keep.name]
+    assert pq.read_table(out).num_rows == 30
 
 
 # ---------------------------------------------------------------- 11, 12. user input is a user error

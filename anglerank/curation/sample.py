@@ -14,7 +14,6 @@ no half-written curriculum that looks complete, and running it again just works.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from anglerank.data.parquet_out import (
     ANGLE_FIELDS, EPOCH_FIELD, AtomicParquet, assemble, check_added_columns, check_output_file, output_schema,
 )
 from anglerank.data.reader import InputError, ParquetFiles
-from anglerank.data.lock import output_lock
+from anglerank.data.lock import output_lock, stale_temps
 from anglerank.data.writer import OutputError, _fsync_dir, write_json_atomic
 from anglerank.errors import UserError
 from anglerank.signals import abort_on_signal
@@ -228,9 +227,8 @@ def _check_sample_dir(out: Path, overwrite: bool) -> None:
 @contextlib.contextmanager
 def _staging_dir(out: Path) -> Iterator[Path]:
     """An empty directory next to ``out`` for the new curriculum; gone afterwards unless published."""
-    prefix = glob.escape(f".{out.name}.")
-    for stale in out.parent.glob(prefix + "*.tmp"):  # left by a killed run (we hold the output's lock)
-        if stale.is_dir() and re.fullmatch(r"\d+(\.old)?", stale.name[len(out.name) + 2:-4]):
+    for stale in stale_temps(out):  # we hold the output's lock
+        if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:

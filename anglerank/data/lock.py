@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
+import re
 import shlex
 import socket
 import sys
@@ -168,3 +170,13 @@ def _holder(fd: int) -> str:
         return f"another process (pid {int(info['pid'])}{host}, since {info.get('since')}: {cmd})"
     except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError):
         return "another process"
+
+
+def stale_temps(out: Path) -> list[Path]:
+    """Temporaries of ``out`` that a killed run left (``.NAME.<pid>.tmp``, ``.NAME.<pid>.old.tmp``).
+
+    Only call this holding ``out``'s lock: then no other process is writing them.
+    """
+    out = Path(out)
+    return [p for p in out.parent.glob(glob.escape(f".{out.name}.") + "*.tmp")
+            if re.fullmatch(r"\d+(\.old)?", p.name[len(out.name) + 2:-4])]

@@ -23,6 +23,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from anglerank.data.lock import stale_temps
 from anglerank.data.reader import InputError
 from anglerank.data.writer import OutputError
 
@@ -88,13 +89,19 @@ def check_output_file(path: Path, inputs: Iterable[Path], overwrite: bool) -> No
 
 
 class AtomicParquet:
-    """ParquetWriter to a temporary sibling, renamed over ``path`` only on success."""
+    """ParquetWriter to a temporary sibling, renamed over ``path`` only on success.
+
+    The caller holds ``path``'s output lock, so temporaries a killed run left are removed.
+    """
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.path = Path(path)
         self.schema = schema
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            for stale in stale_temps(self.path):
+                if stale.is_file():
+                    stale.unlink()
             self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
             self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         except OSError as exc:

@@ -64,7 +64,7 @@ def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: i
 
 def trim(b: Packed) -> Packed:
     """Drop prompt columns that are padding in every row and completion columns likewise."""
-    P, T = b.prompt_width, b.completion_width
+    P = b.prompt_width
     used_p = b.attention_mask_BL[:, :P].any(dim=0).nonzero()
     lead = int(used_p[0]) if len(used_p) else P
     used_c = b.completion_mask_BT.any(dim=0).nonzero()
