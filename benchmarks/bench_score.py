@@ -121,7 +121,7 @@ def main() -> None:
     path = models.prepare_embedded()
     device = resolve_device(args.device)
     # before this process holds any model: on the VM measured here, a parent holding a loaded model
-    # made the child's page faults 6x dearer (start-up 3.3 -> 6.5 s), which a user's shell does not
+    # made the child's page faults 6x dearer (one-row start-up 3.2-3.8 s -> 5.3-7.2 s), unlike a user's shell
     with tempfile.TemporaryDirectory() as tmp:
         cli_runs = [cli_wall(args.data, args.n, args.preset, device, Path(tmp) / f"cli-{k}")
                     for k in range(2 if args.cli else 0)]

@@ -83,19 +83,19 @@ print(json.dumps({"path": str(path), "dtype": resolve_dtype("auto", "cpu"),
 """
 
 
-def timed(cmd: list[str], env: dict) -> tuple[float, str]:
+def timed(cmd: list[str]) -> tuple[float, str]:
     t0 = time.time()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} failed ({res.returncode}): {res.stderr[-2000:]}")
     return wall, res.stdout
 
 
-def step_table(code: str, env: dict) -> dict:
+def step_table(code: str) -> dict:
     """Seconds per step of the reference, and the exit: from its last line to the process's end."""
     t0 = time.time()
-    wall, out = timed([sys.executable, "-c", code], env)
+    wall, out = timed([sys.executable, "-c", code])
     end = t0 + wall
     marks = json.loads(next(x for x in out.splitlines() if x.startswith("STEPS "))[6:])
     names, steps, prev = list(marks), {}, marks["start"]
@@ -122,7 +122,6 @@ def main() -> None:
                                       check=True).stdout.splitlines()[-1])
     path, dtype = Path(setup["path"]), setup["dtype"]
     cli = str(Path(sys.executable).with_name("anglerank"))
-    env = dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "one.parquet"
         pq.write_table(pa.table({"prompt": [QUESTION]}), data)
@@ -133,16 +132,16 @@ def main() -> None:
             "the same, collector paused (floor)": [sys.executable, "-c", reference_code(path, dtype, pause=True)],
         }
         for cmd in variants.values():  # warm the file cache and the bytecode caches
-            timed(cmd, env)
+            timed(cmd)
         times: dict[str, list[float]] = {k: [] for k in variants}
         load = []
         for r in range(args.rounds):
             load.append(round(os.getloadavg()[0], 2))
             for name, cmd in variants.items():
-                times[name].append(timed(cmd, env)[0])
+                times[name].append(timed(cmd)[0])
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()),
                   flush=True)
-        steps = step_table(reference_code(path, dtype, pause=True), env)
+        steps = step_table(reference_code(path, dtype, pause=True))
 
     score, plain, floor = (statistics.median(times[k]) for k in list(variants)[1:])
     result = {

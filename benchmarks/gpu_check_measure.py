@@ -155,7 +155,12 @@ def environment(device: str, smoke: bool) -> dict:
     import transformers
 
     cuda = device.startswith("cuda")
-    name = torch.cuda.get_device_name(device) if cuda else f"CPU {platform.processor() or platform.machine()}"
+    if cuda:
+        name = torch.cuda.get_device_name(device)
+    else:
+        from anglerank.scoring.engine import cpu_description
+
+        name = f"CPU {cpu_description()}"
     measured = measure_matmul_tflops(device, 512 if smoke else 8192, 10 if smoke else 30)
     table = table_peak_tflops(name) if cuda else None
     return {
