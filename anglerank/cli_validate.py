@@ -1,8 +1,10 @@
-"""`anglerank validate`: check the angle signal against gradient norms and pass rates.
+"""`anglerank validate`: check the angle signal against gradient norms and pass rates;
+`anglerank passrate`: every prompt's pass rate as a column.
 
-A thin command over :func:`anglerank.validate.run_validate`: progress and a rich
-correlation table on stderr, the full JSON report (settings, per-sample values,
-correlations) on stdout or in ``--json FILE``, and optional scatter plots.
+Thin commands over :func:`anglerank.validate.run_validate` (progress, a rich
+correlation table and the pass-rate verdict on stderr, the full JSON report on
+stdout or in ``--json FILE``, optional scatter plots) and
+:func:`anglerank.passrate.run_passrate`.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from anglerank.cli_common import (
-    BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, LayerOpt,
-    LayersOpt, MaxLengthOpt, ModelOpt, PrefixOpt, PresetOpt, PromptColumnOpt, QuietOpt, SeedOpt, SiteOpt,
+    BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt,
+    JsonOpt, LayerOpt, LimitOpt, OverwriteOpt, LayersOpt, MaxLengthOpt, ModelOpt, PrefixOpt, PresetOpt, PromptColumnOpt, QuietOpt, SeedOpt, SiteOpt,
     SystemOpt, WInterOpt, WIntraOpt, err, score_options, startup_over, user_errors,
 )
 from anglerank.errors import UserError
@@ -36,6 +39,25 @@ def _fmt(c: dict | None) -> str:
     return s
 
 
+def _interval(c: dict) -> str:
+    if c["spearman"] is None:
+        return f"undefined (n = {c['n']})"
+    if c["ci95"] is None:
+        return f"rho = {c['spearman']:+.2f}, n = {c['n']} (too few for an interval)"
+    return f"rho = {c['spearman']:+.2f}, 95% CI [{c['ci95'][0]:+.2f}, {c['ci95'][1]:+.2f}], n = {c['n']}"
+
+
+def print_verdict(report: dict) -> None:
+    """The score against measured pass rates: the verdict, then the partial and per-group correlations."""
+    for a in report.get("pass_rate_agreement") or []:
+        where = f"layer {a['layer']}: " if len(report["layers"]) > 1 else ""
+        err.print(f"{where}{a['verdict']}", highlight=False, soft_wrap=True)
+        if a.get("partial"):
+            err.print(f"  question length partialled out: {_interval(a['partial'])}", highlight=False)
+        for group, c in (a.get("groups") or {}).items():
+            err.print(f"  {report['group_column']} = {group}: {_interval(c)}", highlight=False)
+
+
 def print_report(report: dict) -> None:
     head = Table(title="anglerank validate", show_header=False, title_justify="left")
     head.add_row("model", f"{report['model']} (scores {report['dtype']}, gradients float32, {report['device']})")
@@ -49,6 +71,8 @@ def print_report(report: dict) -> None:
         rates = [r["pass_rate"] for r in report["per_sample"] if r["pass_rate"] is not None]
         mean = sum(rates) / len(rates) if rates else math.nan
         head.add_row("rollouts", f"G={report['rollouts']}, T={report['temperature']}, mean pass rate {mean:.3f}")
+    if report.get("pass_rates"):
+        head.add_row("pass rates", f"read from {report['pass_rates']}")
     head.add_row("time", f"{report['elapsed_s']:.1f} s")
     err.print(head)
     by = {(c["layer"], c["x"], c["y"]): c for c in report["correlations"]}
@@ -65,6 +89,7 @@ def print_report(report: dict) -> None:
     if n > 3:
         err.print(f"[dim]95% intervals for ρ ≈ ±{1.96 * math.sqrt(1.06 / (n - 3)):.2f} at n={n} "
                   "(per-correlation intervals and n in the JSON).[/]")
+    print_verdict(report)
 
 
 SamplesOpt = Annotated[int, typer.Option("--samples", help="Prompts in the seeded sample (all rows if fewer).")]
@@ -83,6 +108,12 @@ AnswerFormatOpt = Annotated[str, typer.Option(
     "--answer-format", help="How a rollout's final answer is found: boxed (TRL's accuracy reward: \\boxed{}, a "
     "LaTeX answer, or '#### N') or any (else the last number it writes).")]
 TopPOpt = Annotated[float, typer.Option("--top-p", help="Rollout nucleus sampling threshold.")]
+PassRatesOpt = Annotated[Optional[str], typer.Option(
+    "--pass-rates", help="Read pass rates from an `anglerank passrate` output directory measured on these files "
+    "(instead of --rollouts), and compare the angle score with them.", metavar="DIR")]
+GroupColumnOpt = Annotated[Optional[str], typer.Option(
+    "--group-column", help="With pass rates, also correlate the score with them within each value of this "
+    "column (e.g. data_source, or extra_info.level).")]
 GenBatchOpt = Annotated[int, typer.Option("--gen-batch", help="Prompts per greedy-generation batch.")]
 JsonFileOpt = Annotated[Optional[Path], typer.Option(
     "--json", help="Write the JSON report to FILE instead of stdout.", metavar="FILE")]
@@ -137,6 +168,8 @@ def validate(
     temperature: TemperatureOpt = 0.9,
     top_p: TopPOpt = 1.0,
     gen_batch: GenBatchOpt = 8,
+    pass_rates: PassRatesOpt = None,
+    group_column: GroupColumnOpt = None,
     json_file: JsonFileOpt = None,
     plot: PlotOpt = None,
     model: ModelOpt = None,
@@ -165,8 +198,9 @@ def validate(
     For each sampled prompt: the angle scores (as `anglerank score` computes them), the gradient norm of the
     mean token NLL of a target completion w.r.t. the weights that read the hooked site (mlp-input: the MLP
     input projections) and w.r.t. all weights (float32, one prompt per backward), and with --rollouts the
-    pass rate of G sampled completions. Reports Spearman correlations, raw and with question length
-    (tokens) partialled out.
+    pass rate of G sampled completions (or --pass-rates from `anglerank passrate`). Reports Spearman
+    correlations, raw and with question length (tokens) partialled out, and with pass rates a plain verdict:
+    does the angle ranking agree with measured difficulty on this sample (seeded bootstrap 95% interval)?
     """
     from anglerank.plots import plot_report, require_matplotlib
     from anglerank.validate import ValidateOptions, run_validate
@@ -174,7 +208,8 @@ def validate(
     sopt = score_options(locals())
     vopt = ValidateOptions(samples=samples, seed=seed, target_column=target_column, max_new_tokens=max_new_tokens,
                            rollouts=rollouts, answer_column=answer_column, answer_format=answer_format,
-                           temperature=temperature, top_p=top_p, gen_batch=gen_batch)
+                           temperature=temperature, top_p=top_p, gen_batch=gen_batch, pass_rates=pass_rates,
+                           group_column=group_column)
     if plot is not None:
         require_matplotlib()
     if json_file is not None and json_file.is_dir():
@@ -192,5 +227,81 @@ def validate(
                 err.print(f"{what}: {p}", highlight=False)
 
 
+def passrate(
+    inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output directory: pass_rates.parquet (row, id, n_rollouts, n_correct, pass_rate, "
+        "note), data.parquet (the input rows plus pass_rate, n_correct, n_rollouts) and the committed parts with "
+        "manifest.json.", show_default=False)],
+    rollouts: Annotated[int, typer.Option("--rollouts", "-g", help="G sampled completions per prompt.")] = 8,
+    temperature: TemperatureOpt = 0.9,
+    top_p: TopPOpt = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", help="Completion length limit; a completion stops earlier at EOS.")] = 512,
+    seed: SeedOpt = 0,
+    answer_column: Annotated[Optional[str], typer.Option(
+        "--answer-column", help="Column with the reference final answer (dotted paths reach into structs). "
+        "Default: the first of reward_model.ground_truth, answer, solution, ground_truth, as `anglerank train`.")]
+    = None,
+    answer_format: AnswerFormatOpt = "boxed",
+    model: ModelOpt = None,
+    prompt_column: PromptColumnOpt = None,
+    id_column: IdColumnOpt = None,
+    preset: PresetOpt = "none",
+    system: SystemOpt = None,
+    prefix: PrefixOpt = None,
+    max_length: Annotated[int, typer.Option(
+        "--max-length", help="Prompts longer than this many tokens are not judged (pass_rate null).")] = 4096,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    limit: LimitOpt = None,
+    overwrite: OverwriteOpt = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run in OUTPUT after its last committed rows (settings must "
+        "match).")] = False,
+    commit_every: Annotated[int, typer.Option(
+        "--commit-every", help="Commit the measured rows every N rows; --resume restarts from the last commit.")]
+    = 64,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+):
+    """Measure every prompt's pass rate: G sampled completions judged by the math reward's checker.
+
+    Writes the pass_rate column (with n_correct and n_rollouts) joinable with the input by row and id, and
+    the input with those columns added: train on OUTPUT/data.parquet with --ranking column:pass_rate:desc for
+    the easiest-first (oracle) order, or compare it with the angle score: anglerank validate DATA
+    --pass-rates OUTPUT. Each prompt samples from its own seeded generator, so an interrupted run continued
+    with --resume gives the same numbers.
+    """
+    from anglerank.passrate import DATA_FILE, RATES_FILE, PassRateOptions, run_passrate
+    from anglerank.scoring.engine import ScoreOptions
+
+    opt = PassRateOptions(rollouts=rollouts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                          seed=seed, answer_column=answer_column, answer_format=answer_format)
+    sopt = ScoreOptions(model=model, preset=preset, system=system, prefix=prefix, max_length=max_length,
+                        dtype=dtype, device=device)
+    with _progress(quiet) as update:
+        manifest = run_passrate(inputs, output, options=opt, score_options=sopt, prompt_column=prompt_column,
+                                id_column=id_column, limit=limit, overwrite=overwrite, resume=resume,
+                                commit_every=commit_every, progress=lambda done, total: update("passrate", done, total),
+                                warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
+                                                         soft_wrap=True))
+    if json_out:
+        typer.echo(json.dumps(manifest, indent=2, default=str))
+    if not quiet:
+        import pyarrow.parquet as pq
+
+        rates = [v for v in pq.read_table(output / RATES_FILE, columns=["pass_rate"]).column(0).to_pylist()
+                 if v is not None]
+        tab = Table(title="anglerank passrate", show_header=False, title_justify="left")
+        tab.add_row("model", f"{manifest['model']} ({manifest['dtype']}, {manifest['device']})")
+        tab.add_row("rows", f"{manifest['rows_expected']:,} measured, {len(rates):,} judged "
+                            f"(G={opt.rollouts}, T={opt.temperature}, seed {opt.seed})")
+        tab.add_row("mean pass rate", f"{sum(rates) / len(rates):.3f}" if rates else "–")
+        tab.add_row("output", f"{output / RATES_FILE}, {output / DATA_FILE}")
+        err.print(tab)
+
+
 def register(app: typer.Typer) -> None:
     app.command("validate")(user_errors(validate))
+    app.command("passrate")(user_errors(passrate))

@@ -3,6 +3,12 @@
 Pure numpy on long-format rows (one per sample and layer), so the report's
 numbers can be recomputed from its own ``per_sample`` table.
 
+The angle score against measured pass rates (:func:`pass_rate_agreement`) gets
+bootstrap intervals instead (prompts resampled with replacement, seeded), and a
+plain verdict (:func:`verdict`): a higher score puts a prompt earlier in the
+curriculum and a higher pass rate means an easier prompt, so a ranking that
+agrees with measured difficulty has a positive correlation.
+
 Partial Spearman: ranks of x, y and the control z (question length in tokens) over the
 complete cases, Pearson correlations of the ranks, then the first-order partial
 correlation ``(r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))``. The 95% intervals
@@ -19,11 +25,15 @@ import numpy as np
 from anglerank.angles import rankdata, spearman
 from anglerank.data.values import finite_or_none
 
-__all__ = ["X_VARS", "Y_VARS", "CONTROL", "partial_spearman", "fisher_ci", "correlations"]
+__all__ = ["X_VARS", "Y_VARS", "CONTROL", "MIN_INTERVAL_N", "partial_spearman", "fisher_ci", "correlations",
+           "bootstrap_spearman", "pass_rate_agreement", "verdict"]
 
 X_VARS = ("score", "intra", "inter")
 Y_VARS = ("grad_a", "grad_b", "pass_rate", "nll", "n_question", "n_tokens")
 CONTROL = "n_question"
+BOOTSTRAP = 2000  # resamples per interval
+# Below this many prompts a 95% interval of a rank correlation spans most of [-1, 1]: no verdict.
+MIN_INTERVAL_N = 10
 
 
 def _complete(*cols) -> list[np.ndarray]:
@@ -95,3 +105,77 @@ def correlations(per_sample: list[dict], layers: list[int], control: str = CONTR
                     entry.update(partial_spearman=None, partial_n=None, partial_ci95=None)
                 out.append(entry)
     return out
+
+
+# --- the angle score against measured pass rates --------------------------------------------
+
+def bootstrap_spearman(x, y, z=None, *, n_boot: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """Spearman of x and y (partial on ``z`` when given) with a percentile bootstrap 95% interval.
+
+    Incomplete pairs (or triples) are dropped first; the ``n`` left are resampled with
+    replacement ``n_boot`` times from ``numpy.random.default_rng(seed)`` (an ``(n_boot, n)``
+    draw of indices), and the interval is the 2.5th and 97.5th percentile of the resampled
+    correlations that are defined. Returns ``{"n", "spearman", "ci95"}``; ``ci95`` is None
+    below ``MIN_INTERVAL_N`` prompts or when the correlation is undefined (a constant side).
+    """
+    cols = _complete(x, y) if z is None else _complete(x, y, z)
+    n = int(cols[0].size)
+
+    def stat(*c) -> float:
+        return spearman(c[0], c[1]) if z is None else partial_spearman(*c)
+
+    rho = stat(*cols) if n else math.nan
+    ci = None
+    if n >= MIN_INTERVAL_N and math.isfinite(rho):
+        idx = np.random.default_rng(seed).integers(0, n, size=(int(n_boot), n))
+        boot = np.asarray([stat(*(c[i] for c in cols)) for i in idx])
+        boot = boot[np.isfinite(boot)]
+        if boot.size:
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            ci = [float(lo), float(hi)]
+    return {"n": n, "spearman": finite_or_none(rho), "ci95": ci}
+
+
+def pass_rate_agreement(score, pass_rate, *, groups=None, covariate=None, n_boot: int = BOOTSTRAP,
+                        seed: int = 0) -> dict:
+    """How the angle score orders prompts against their measured pass rates.
+
+    ``overall``: Spearman of score with pass rate; ``partial`` (with ``covariate``, e.g.
+    prompt length in tokens): the same with the covariate partialled out; ``groups``
+    (with per-prompt ``groups`` values, e.g. the problem kind): the correlation within
+    each group. Each comes with its bootstrap 95% interval (:func:`bootstrap_spearman`,
+    same ``seed``), and ``verdict`` says what the overall one means.
+    """
+    score, pass_rate = list(score), list(pass_rate)
+    out = {"overall": bootstrap_spearman(score, pass_rate, n_boot=n_boot, seed=seed)}
+    if covariate is not None:
+        out["partial"] = bootstrap_spearman(score, pass_rate, list(covariate), n_boot=n_boot, seed=seed)
+    if groups is not None:
+        groups = ["null" if g is None else str(g) for g in groups]
+        out["groups"] = {
+            g: bootstrap_spearman([s for s, k in zip(score, groups) if k == g],
+                                  [p for p, k in zip(pass_rate, groups) if k == g], n_boot=n_boot, seed=seed)
+            for g in sorted(set(groups))
+        }
+    out["verdict"] = verdict(out["overall"], pass_rate)
+    return out
+
+
+def verdict(entry: dict, pass_rate=None) -> str:
+    """One plain sentence on a :func:`bootstrap_spearman` result of score against pass rate."""
+    n, rho, ci = entry["n"], entry["spearman"], entry["ci95"]
+    if rho is None:
+        rates = {v for v in (pass_rate or []) if v is not None}
+        why = (f"every prompt has the same pass rate ({next(iter(rates)):.2f})" if len(rates) == 1
+               else f"n = {n} prompts with both a score and a pass rate" if n < 3
+               else "the scores or pass rates do not vary")
+        return f"on this sample the angle ranking cannot be compared with measured difficulty: {why}"
+    if ci is None:
+        return (f"on this sample rho = {rho:+.2f} (n = {n}), but {n} prompts are too few for a meaningful "
+                f"95% interval (at least {MIN_INTERVAL_N} needed), so there is no verdict")
+    stats = f"rho = {rho:+.2f}, 95% CI [{ci[0]:+.2f}, {ci[1]:+.2f}], n = {n}"
+    if ci[0] > 0:
+        return f"on this sample the angle ranking agrees with measured difficulty: {stats}"
+    if ci[1] < 0:
+        return f"on this sample the angle ranking runs against measured difficulty (hard prompts first): {stats}"
+    return f"on this sample the angle ranking is indistinguishable from a random order: {stats}"

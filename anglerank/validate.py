@@ -1,6 +1,6 @@
 """Does the angle signal mean anything for *this* model and data? (`anglerank validate`)
 
-GAIN-RL's argument (METHOD.md section 2) is that prompts whose hidden states are
+GAIN-RL's argument is that prompts whose hidden states are
 more concentrated in angle produce larger gradients, so they are learned first. This
 module measures that on a seeded sample of a dataset instead of taking it on faith:
 
@@ -11,10 +11,13 @@ module measures that on a seeded sample of a dataset instead of taking it on fai
    with respect to (a) the weight matrices that read the hooked site at each
    requested layer and (b) all parameters; one prompt per backward pass, float32;
 3. optionally pass rates from G sampled completions judged by
-   :func:`anglerank.grading.grade` (the checker of the ``math`` reward);
+   :func:`anglerank.grading.grade` (the checker of the ``math`` reward), sampled as
+   ``anglerank passrate`` samples them, or read from a ``passrate`` output;
 4. Spearman rank correlations of ``score``/``intra``/``inter`` with all of the
    above and with question length, raw and with question length partialled out
-   (:mod:`anglerank.correlation`).
+   (:mod:`anglerank.correlation`); with pass rates, the score against them with
+   bootstrap intervals and a plain verdict (overall, with question length
+   partialled out, and per group of ``group_column``).
 
 Completions come from :func:`anglerank.generation.generate`, the trainer's own
 generation path. The caller's model is left as given: gradients are taken on a
@@ -46,10 +49,11 @@ import numpy as np
 import torch
 
 from anglerank import __version__, generation, hooks
-from anglerank.correlation import CONTROL, correlations
+from anglerank.correlation import CONTROL, correlations, pass_rate_agreement
 from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.errors import UserError
-from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade, reference_answer
+from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, reference_answer
+from anglerank.passrate import PassRateOptions, pass_rates_at, rollout_correct
 from anglerank.scoring.engine import ScoreOptions, build_scorer
 
 Progress = Callable[[str, int, int], None]
@@ -71,6 +75,8 @@ class ValidateOptions:
     top_p: float = 1.0
     gen_batch: int = 8  # prompts per greedy-generation batch (left-padded)
     answer_format: str = DEFAULT_ANSWER_FORMAT  # how a rollout's final answer is found (anglerank.grading)
+    pass_rates: str | None = None  # an `anglerank passrate` output to read pass rates from instead
+    group_column: str | None = None  # pass-rate agreement also within each value of this column
 
     def __post_init__(self):
         if self.samples < 1:
@@ -83,6 +89,8 @@ class ValidateOptions:
             raise UserError("--rollouts needs --answer-column (the reference final answer)")
         if self.rollouts == 0 and self.answer_column:
             raise UserError("--answer-column is only used with --rollouts G (G >= 1)")
+        if self.rollouts and self.pass_rates:
+            raise UserError("use either --rollouts (measure pass rates) or --pass-rates (read them), not both")
         if self.temperature <= 0:
             raise UserError("--temperature must be positive")
         if self.answer_format not in ANSWER_FORMATS:
@@ -254,6 +262,7 @@ class _Plan:
     rendered: dict[int, Any]  # row -> render.Rendered
     targets: dict[int, Any]  # row -> reference completion (--target-column)
     answers: dict[int, Any]  # row -> reference answer (--answer-column)
+    groups: dict[int, Any]  # row -> value of --group-column
     notes: dict[int, list[str]]  # row -> why a measurement is missing; the stages add to it
 
     @property
@@ -281,8 +290,12 @@ def _plan(inputs, sopt: ScoreOptions, vopt: ValidateOptions, prompt_column, id_c
         check_column(source, vopt.target_column, "target", numeric_ok=False)
     if vopt.answer_column:
         check_column(source, vopt.answer_column, "answer", numeric_ok=True)
+    if vopt.group_column:
+        check_column(source, vopt.group_column, "group", numeric_ok=True)
     if source.total_rows == 0:
         raise InputError("the input has no rows")
+    if vopt.pass_rates:
+        pass_rates_at(vopt.pass_rates, source, [], {})  # a wrong file fails now, not after the gradients
     owned = loaded is None
     scorer, loaded, device, dtype = build_scorer(sopt, loaded)
     rows = sample_rows(source.total_rows, vopt.samples, vopt.seed)
@@ -295,7 +308,7 @@ def _plan(inputs, sopt: ScoreOptions, vopt: ValidateOptions, prompt_column, id_c
     return _Plan(source, scorer, loaded, owned, device, dtype, records,
                  rendered={rec.row: scorer.renderer.render(rec.question, rec.history) for rec in records},
                  targets=at_rows(vopt.target_column), answers=at_rows(vopt.answer_column),
-                 notes={rec.row: [] for rec in records})
+                 groups=at_rows(vopt.group_column), notes={rec.row: [] for rec in records})
 
 
 def _score(plan: _Plan, tick: Progress) -> dict[int, list[dict]]:
@@ -356,11 +369,12 @@ def _gradients(plan: _Plan, model, readers, target_ids: dict[int, list[int]], ti
 
 
 def _pass_rates(plan: _Plan, vopt: ValidateOptions, model, tick: Progress) -> dict[int, float]:
-    """Share of G sampled completions per prompt whose final answer matches the reference.
-
-    Each row samples from its own generator, seeded from (seed, row), so its pass
-    rate does not depend on which other rows are in the sample.
-    """
+    """Share of G sampled completions per prompt whose final answer matches the reference, sampled as
+    ``anglerank passrate`` samples them (its own generator per row: independent of the sample's other rows)."""
+    if vopt.pass_rates:
+        return pass_rates_at(vopt.pass_rates, plan.source, [rec.row for rec in plan.records], plan.notes)
+    opt = PassRateOptions(rollouts=vopt.rollouts, temperature=vopt.temperature, top_p=vopt.top_p,
+                          max_new_tokens=vopt.max_new_tokens, seed=vopt.seed, answer_format=vopt.answer_format)
     passes = {}
     tick("rollouts", 0, len(plan.live))
     for k, rec in enumerate(plan.live):
@@ -368,12 +382,9 @@ def _pass_rates(plan: _Plan, vopt: ValidateOptions, model, tick: Progress) -> di
         if ref is None:
             plan.notes[rec.row].append("no reference answer")
         else:
-            gen = torch.Generator().manual_seed(vopt.seed * 1_000_003 + rec.row)
-            ro = generation.generate(model, plan.loaded.tokenizer, [plan.rendered[rec.row].ids] * vopt.rollouts,
-                                     max_new_tokens=vopt.max_new_tokens, temperature=vopt.temperature,
-                                     top_p=vopt.top_p, batch_size=vopt.rollouts,
-                                     device=next(model.parameters()).device, generator=gen)
-            passes[rec.row] = sum(grade(t, ref, vopt.answer_format) for t in ro.texts) / len(ro.texts)
+            device = next(model.parameters()).device
+            passes[rec.row] = rollout_correct(model, plan.loaded.tokenizer, plan.rendered[rec.row].ids, ref, opt,
+                                              rec.row, device) / opt.rollouts
         tick("rollouts", k + 1, len(plan.live))
     return passes
 
@@ -387,7 +398,7 @@ def _measure(plan: _Plan, site: str, vopt: ValidateOptions, tick: Progress) -> _
         target_ids = (_reference_targets(plan, vopt) if vopt.target_column
                       else _greedy_targets(plan, vopt, model, tick))
         grads = _gradients(plan, model, readers, target_ids, tick)
-        passes = _pass_rates(plan, vopt, model, tick) if vopt.rollouts else {}
+        passes = _pass_rates(plan, vopt, model, tick) if vopt.rollouts or vopt.pass_rates else {}
     return _Measured({layer: list(ps) for layer, ps in readers.items()}, target_ids, grads, passes)
 
 
@@ -410,6 +421,18 @@ def _per_sample(plan: _Plan, by_row: dict[int, list[dict]], m: _Measured, rollou
                 "note": note,
             })
     out.sort(key=lambda r: (r["row"], r["layer"]))
+    return out
+
+
+def _agreement(plan: _Plan, per_sample: list[dict], vopt: ValidateOptions) -> list[dict]:
+    """Score against pass rate per layer: overall, question length partialled out, per group."""
+    out = []
+    for layer in plan.layers:
+        rows = [r for r in per_sample if r["layer"] == layer]
+        groups = [plan.groups.get(r["row"]) for r in rows] if vopt.group_column else None
+        out.append({"layer": layer, **pass_rate_agreement(
+            [r["score"] for r in rows], [r["pass_rate"] for r in rows], groups=groups,
+            covariate=[r[CONTROL] for r in rows], seed=vopt.seed)})
     return out
 
 
@@ -438,6 +461,7 @@ def _report(plan: _Plan, sopt: ScoreOptions, vopt: ValidateOptions, m: _Measured
         "n_with_gradients": len(m.grads),
         "elapsed_s": round(elapsed_s, 2),
         "correlations": correlations(per_sample, plan.layers),
+        "pass_rate_agreement": _agreement(plan, per_sample, vopt) if m.passes else None,
         "per_sample": per_sample,
     }
 
@@ -468,5 +492,5 @@ def run_validate(
     plan = _plan(inputs, sopt, vopt, prompt_column, id_column, loaded)
     by_row = _score(plan, tick)
     measured = _measure(plan, sopt.site, vopt, tick)
-    per_sample = _per_sample(plan, by_row, measured, rollouts=bool(vopt.rollouts))
+    per_sample = _per_sample(plan, by_row, measured, rollouts=bool(vopt.rollouts or vopt.pass_rates))
     return _report(plan, sopt, vopt, measured, per_sample, time.perf_counter() - t0)

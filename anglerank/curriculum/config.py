@@ -2,9 +2,9 @@
 
 Every consumer of the curriculum (``anglerank train``, ``anglerank sample``,
 the TRL trainer and the verl sampler) builds a :class:`CurriculumConfig`; the
-defaults here are the only ones. They are the authors' values (METHOD.md
-section 3: ``sigma = 1000``, ``n = 500``, clamp ``[0, 1000]`` for about 7,500
-prompts) written as fractions of N so they scale with the data set; see
+defaults here are the only ones. They are the authors' values (``sigma =
+1000``, ``n = 500``, clamp ``[0, 1000]`` for about 7,500 prompts) written as
+fractions of N so they scale with the data set; see
 :mod:`anglerank.curriculum.units` for the rank-unit rule.
 
 One definition of a correct completion, used everywhere: a completion is
@@ -53,8 +53,10 @@ class CurriculumConfig:
     beta_acc: float = _f(0.5, "Target accuracy: the window moves on faster above it.")
     adj_min: float = _f(0.0, "Lower clamp of the per-epoch move (negative lets the window move back).")
     adj_max: float = _f(2 / 15, "Upper clamp of the per-epoch move (authors: 1000 of 7,500).")
-    wrap: bool = _f(False, "When the window centre passes the last rank, wrap to rank 0 and start a new pass "
-                    "(default: it stays at the last rank).")
+    wrap: bool = _f(False, "Treat the ranking as a circle: when the window centre passes the last rank it "
+                    "continues at rank 0 (a new pass), and a window near one end also covers the other, so over "
+                    "many passes every prompt is drawn about equally often (default: the centre stays at the "
+                    "last rank).")
     shuffle: bool = _f(True, "Train an epoch's prompts in random order (else in rank order).")
     seed: int = _f(0, "Seed of the sampler's private generator.")
     correct_threshold: float = _f(1.0, "A completion counts as correct when its reward is >= this (1.0: the full "

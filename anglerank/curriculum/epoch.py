@@ -116,7 +116,9 @@ class Curriculum:
         self.order, self.order_digest = order, _digest(order)
 
     def reachable(self, epochs: int) -> np.ndarray:
-        """Rank positions the next ``epochs`` draws can take, in walk order (all, if the sampler cannot say)."""
+        """Rank positions the next ``epochs`` draws can take, in walk order (all, if the sampler cannot say).
+
+        With ``wrap`` the window is a circle, so near either end this includes ranks at the other end."""
         reach = getattr(self.sampler, "reach", None)
         return reach(epochs) if reach is not None else np.arange(self.n_items, dtype=np.int64)
 

@@ -8,8 +8,8 @@ it and for users who have a better one:
   TRL / verl integrations read the ranked data's ``angle_rank``.
 - ``random``: a seeded shuffle, the control that keeps the curriculum's
   mechanics (window, accuracy feedback) and removes the signal.
-- ``length``: shortest prompt first, what the orderings the authors ship amount
-  to (METHOD.md section 4). Prompt tokens in ``train`` and ``sample``; the
+- ``length``: shortest prompt first, what the orderings shipped with the
+  authors' released code amount to. Prompt tokens in ``train`` and ``sample``; the
   integrations, which have no tokenizer at hand, count the prompt's characters.
 - ``column:NAME`` / ``column:NAME:desc``: any numeric column of the data (dotted
   paths reach into structs), ascending, or descending with ``:desc``; for

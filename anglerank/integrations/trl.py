@@ -32,7 +32,8 @@ What changes compared with ``GRPOTrainer``:
   moves by ``clamp(step tanh(alpha (acc - beta_acc)) + step tanh(alpha ang),
   adj_min, adj_max)`` with ``ang`` the mean of the ``angle`` column
   (``angle_score`` by default) over the epoch's prompts, and stays on the data
-  (clamped to the last rank, or a new pass with ``wrap=True``). ``gainrl/mu``
+  (clamped to the last rank, or with ``wrap=True`` a new pass on a circular
+  window that covers both ends equally). ``gainrl/mu``
   (the centre after the move), ``gainrl/accuracy``, ``gainrl/angle`` and
   ``gainrl/delta`` go to the logs. ``sampler="uniform"`` (and the other
   samplers of :mod:`anglerank.curriculum`) work here too;

@@ -33,8 +33,8 @@ How GAIN-RL maps onto that:
   accumulates the epoch's accuracy over all ``n`` responses of every prompt.
   When the update for the epoch's last batch arrives, the window moves by the
   rule (no lag) with the angle term the mean ``angle_score`` of the epoch's
-  prompts, and stays on the data (clamped to the last rank, or a new pass
-  with ``wrap``);
+  prompts, and stays on the data (clamped to the last rank, or with ``wrap``
+  a new pass on a circular window that covers both ends equally);
 - ``state_dict()`` / ``load_state_dict()`` carry ``mu``, the generator, the
   epoch's subset, the position in it and the accuracy so far, so a resumed run
   continues the epoch where the checkpoint left it. verl saves the checkpoint

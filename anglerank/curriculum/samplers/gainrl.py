@@ -1,6 +1,8 @@
 """GAIN-RL's sampler: a Gaussian window over the ranks, moved by accuracy and angle.
 
-METHOD.md section 3, with the released code's flaws (section 4) fixed:
+The authors' sampler (a Gaussian over the angle ranks whose centre moves after
+each epoch by a tanh of the accuracy and of the angle), with the flaws of their
+released code fixed:
 
 - no one-epoch lag: ``draw()`` for epoch t, train, ``update(acc_t, ang_t)``,
   then ``draw()`` for epoch t + 1;
@@ -12,8 +14,12 @@ METHOD.md section 3, with the released code's flaws (section 4) fixed:
 - rank-unit parameters can be fractions of N (anglerank.curriculum.units);
 - the window stays on the data: ``mu`` is clamped to ``[0, N-1]`` (the
   Gaussian then keeps about 1.25 sigma ranks of mass at the end, so an epoch
-  still draws K distinct rows spread over the tail), or with ``wrap`` it
-  starts a new pass at rank 0. The authors' ``mu`` grows without bound: past N
+  still draws K distinct rows spread over the tail), or with ``wrap`` the
+  ranks form a circle: ``mu`` continues at rank 0 after the last rank (a new
+  pass) and the weights use the circular distance to ``mu``, so the window
+  near one end also covers the other end and over many passes every rank is
+  drawn about equally often (a window cut off at both ends would under-sample
+  the first and last ranks). The authors' ``mu`` grows without bound: past N
   their probabilities become 0/0, and a clamp-free window would collapse onto
   the last few ranks.
 """
@@ -46,9 +52,10 @@ def _finite(name: str, value) -> float:
 class GaussianRankSampler:
     """Draws epoch subsets of ranks around a moving centre ``mu``.
 
-    Rank ``r`` in ``0 .. N-1`` has weight ``exp(-0.5 ((r - mu) / sigma)^2)``;
-    each epoch draws ``subset_size`` distinct ranks by successive sampling
-    proportional to those weights (the law of ``numpy.random.choice(
+    Rank ``r`` in ``0 .. N-1`` has weight ``exp(-0.5 (d / sigma)^2)`` with
+    ``d = |r - mu|``, or with ``wrap`` the circular distance ``d = min(|r - mu|
+    mod N, N - (|r - mu| mod N))``; each epoch draws ``subset_size`` distinct
+    ranks by successive sampling proportional to those weights (the law of ``numpy.random.choice(
     replace=False, p=...)``, the released code's call). After the epoch,
     ``update(accuracy, angle)`` moves ``mu`` by ``clamp(step tanh(alpha
     (accuracy - beta_acc)) + step tanh(alpha angle), adj_min, adj_max)`` and
@@ -98,11 +105,12 @@ class GaussianRankSampler:
         return min(max(float(mu), 0.0), float(self.n_items - 1))
 
     def _move(self, delta: float) -> None:
-        mu = self.mu + delta
-        if self.wrap and mu > self.n_items - 1:
-            mu -= self.n_items
-            self.passes += 1
-        self.mu = self._on_data(mu)
+        if not self.wrap:
+            self.mu = self._on_data(self.mu + delta)
+            return
+        # On the circle the centre's progress is passes * N + mu; it never goes back before the start.
+        passes, mu = divmod(max(self.passes * self.n_items + self.mu + delta, 0.0), self.n_items)
+        self.passes, self.mu = int(passes), float(mu)
 
     def window(self) -> dict:
         return {"mu": float(self.mu), "sigma": float(self.sigma), "passes": self.passes}
@@ -110,23 +118,30 @@ class GaussianRankSampler:
     def reach(self, epochs: int, margin: float = 3.0) -> np.ndarray:
         """Rank positions the next ``epochs`` draws can take (beyond ``margin`` sigma the mass is
         negligible), in the order the window walks them: the window moves at most ``adj_max`` per
-        epoch (back at most ``adj_min``) and, with ``wrap``, continues at rank 0."""
+        epoch (back at most ``adj_min``). With ``wrap`` the window is a circle: it reaches past
+        either end onto the other, and the walk continues at rank 0 after the last rank."""
         moves = max(0, int(epochs) - 1)
-        lo = math.floor(self.mu + min(0.0, moves * self.adj_min) - margin * self.sigma)
+        back = self.mu + min(0.0, moves * self.adj_min)
+        if self.wrap and self.passes == 0:
+            back = max(back, 0.0)  # the centre never moves back before the start
+        lo = math.floor(back - margin * self.sigma)
         hi = math.ceil(self.mu + max(0.0, moves * self.adj_max) + margin * self.sigma)
-        walk = np.arange(max(lo, 0), hi + 1, dtype=np.int64)
-        if self.wrap:
-            walk = walk % self.n_items
-            _, first = np.unique(walk, return_index=True)
-            return walk[np.sort(first)]
-        return walk[walk < self.n_items]
+        if not self.wrap:
+            walk = np.arange(max(lo, 0), hi + 1, dtype=np.int64)
+            return walk[walk < self.n_items]
+        return np.arange(lo, lo + min(hi - lo + 1, self.n_items), dtype=np.int64) % self.n_items
 
     def _log_weights(self) -> np.ndarray:
         r_N = np.arange(self.n_items, dtype=np.float64)
-        return -0.5 * ((r_N - self.mu) / self.sigma) ** 2
+        if not self.wrap:
+            return -0.5 * ((r_N - self.mu) / self.sigma) ** 2
+        d_N = np.abs(r_N - self.mu) % self.n_items
+        d_N = np.minimum(d_N, self.n_items - d_N)
+        return -0.5 * (d_N / self.sigma) ** 2
 
     def probabilities(self) -> np.ndarray:
-        """Normalised truncated-Gaussian probabilities of ranks ``0 .. N-1`` (log space, max subtracted)."""
+        """Normalised Gaussian probabilities of ranks ``0 .. N-1``: cut off at both ends, or wrapped
+        around the circle with ``wrap`` (log space, max subtracted)."""
         logw_N = self._log_weights()
         w_N = np.exp(logw_N - logw_N.max())
         return w_N / w_N.sum()
