@@ -44,8 +44,9 @@ from anglerank.angles import spearman  # noqa: E402
 from anglerank.data.reader import ParquetSource  # noqa: E402
 from anglerank.render import Renderer  # noqa: E402
 from anglerank.scoring.engine import ScoreOptions, Scorer, make_batches  # noqa: E402
+from anglerank.correlation import correlations, partial_spearman  # noqa: E402
 from anglerank.validate import (  # noqa: E402
-    ValidateOptions, correlations, partial_spearman, run_validate, sample_rows,
+    ValidateOptions, run_validate, sample_rows,
 )
 
 DATA = ROOT.parent / "shared" / "data"
