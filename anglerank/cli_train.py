@@ -173,19 +173,22 @@ def plot_cmd(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (several: curves overlaid).",
                                                     show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="PNG file. Default: RUN_DIR/curves.png (first run).")] = None,
+        "--output", "-o", help="PNG file. Default: RUN_DIR/curves.png (first run). The per-prompt figures go "
+        "to RUN_DIR/prompts.png, or next to this file as NAME-prompts.png.")] = None,
 ):
-    """Plot a run's curves (reward, accuracy, eval accuracy vs steps and time, window, angle) to a PNG."""
+    """Plot a run's curves (reward, accuracy, eval accuracy vs steps and time, window, angle) to a PNG, and its
+    per-prompt records (accuracy by rank decile, data map, zero-variance groups) to RUN_DIR/prompts.png."""
     import warnings
 
-    from anglerank.plots import plot_runs
+    from anglerank.plots import plot_prompts_of_runs, plot_runs
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = plot_runs(run_dirs, output)
+        out = [plot_runs(run_dirs, output), *plot_prompts_of_runs(run_dirs, output)]
     for w in caught:
         err.print(f"warning: {w.message}", soft_wrap=True)
-    err.print(f"wrote {out}")
+    for path in out:
+        err.print(f"wrote {path}")
 
 
 def export_cmd(
@@ -193,18 +196,19 @@ def export_cmd(
                                         show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the full weights and tokenizer.",
                                          show_default=False)],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --output when it is a folder that is "
+                                            "not empty (else refused).")] = False,
 ):
-    """Write a checkpoint as full weights loadable with from_pretrained (a LoRA adapter merged into its base)."""
-    from anglerank.train.checkpoint import latest_checkpoint
-    from anglerank.train.config import load_toml
-    from anglerank.train.lora import export_merged
+    """Write a checkpoint as full weights loadable with from_pretrained (a LoRA adapter merged into its base).
 
-    ck = run if (run / "trainer_state.json").exists() else latest_checkpoint(run)
-    if ck is None:
-        raise UserError(f"{run} is neither a checkpoint nor a run directory with one")
-    config = ck.parent.parent / "config.toml"
-    base = load_toml(config).get("model") if config.exists() else None
-    err.print(f"wrote {export_merged(ck, output, base)}")
+    The folder is built aside and renamed into place: an interrupted export leaves nothing half-written.
+    """
+    from anglerank.signals import abort_on_signal
+    from anglerank.train.lora import export_run
+
+    with abort_on_signal(f"interrupted; {output} was left as it was"):
+        out = export_run(run, output, overwrite)
+    err.print(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,8 @@
 
 - :func:`plot_scores`: a score directory (``anglerank inspect --plot``);
 - :func:`plot_report`: the angle signal against gradient norms (``anglerank validate --plot``);
-- :func:`plot_runs`: the curves of training runs (``anglerank plot``).
+- :func:`plot_runs`: the curves of training runs (``anglerank plot``);
+- :func:`plot_prompts`: a run's per-prompt records (``anglerank plot``, next to the curves).
 
 matplotlib is imported only here and only when a figure is drawn. Figures are
 built with the object-oriented API (``Figure`` on an Agg canvas), never through
@@ -20,7 +21,8 @@ import numpy as np
 from anglerank.errors import MissingExtra, UserError
 from anglerank.train.metrics import read_metrics
 
-__all__ = ["plot_report", "plot_runs", "plot_scores", "require_matplotlib", "smooth"]
+__all__ = ["plot_prompts", "plot_prompts_of_runs", "plot_report", "plot_runs", "plot_scores", "require_matplotlib",
+           "smooth"]
 
 
 def require_matplotlib(what: str = "--plot") -> None:
@@ -49,7 +51,13 @@ def _save(fig, path) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, dpi=110)
+        if os.path.lexists(tmp):
+            tmp.unlink()
+        # a new file, never a link planted at the temporary's name (the replace below swaps a link at
+        # ``path`` itself, never its target)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=110)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -188,3 +196,84 @@ def plot_runs(run_dirs, output=None, labels: list[str] | None = None, title: str
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, Path(output) if output else run_dirs[0] / "curves.png")
+
+
+# --------------------------------------------------------------------------- train: per-prompt records
+
+def plot_prompts_of_runs(run_dirs, output=None) -> list[Path]:
+    """:func:`plot_prompts` for every run of ``run_dirs`` with per-prompt records and at least one step.
+
+    Each goes to ``RUN_DIR/prompts.png``; with ``output`` (the curves' PNG) next to it as
+    ``NAME-prompts.png`` (one run) or ``NAME-RUN-prompts.png`` (several).
+    """
+    from anglerank.train.records import is_run_dir, read_records
+
+    run_dirs = [Path(d) for d in run_dirs]
+    out = []
+    for d in run_dirs:
+        if not is_run_dir(d):
+            continue
+        header, recs = read_records(d)
+        if not recs:
+            continue
+        if output is None:
+            path = d / "prompts.png"
+        else:
+            o = Path(output)
+            path = o.with_name(f"{o.stem}{'-' + d.name if len(run_dirs) > 1 else ''}-prompts{o.suffix or '.png'}")
+        out.append(plot_prompts(header, recs, path, title=d.name))
+    return out
+
+
+def plot_prompts(header: dict, recs: list[dict], path, title: str = "") -> Path:
+    """What practitioners read from per-prompt records, as one PNG: accuracy by rank decile over training
+    (heatmap), a data map in the style of dataset cartography (one point per prompt: variability of its
+    correctness across draws against its mean correctness) and the share of zero-variance groups over
+    training, split into all correct and all wrong."""
+    from anglerank.train import records as R
+
+    if not recs:
+        raise UserError("no per-prompt records to draw: the run has no training step yet")
+    n, G = int(header["n_prompts"]), int(header["num_generations"])
+    fig = _figure("`anglerank plot`", figsize=(17, 5))
+    ax = fig.subplots(1, 3)
+    acc, ends = R.accuracy_by_decile_over_training(recs, n, G)
+    from matplotlib import colormaps
+
+    im = ax[0].imshow(acc, aspect="auto", cmap=colormaps["viridis"].with_extremes(bad="#e8e8e8"), vmin=0, vmax=1,
+                      interpolation="nearest")  # grey: no draw in that decile and stretch of training
+    fig.colorbar(im, ax=ax[0], label="accuracy")
+    _bin_ticks(ax[0], ends)
+    ax[0].set_yticks(range(10), [f"{10 * d}-{10 * d + 10}%" for d in range(10)], fontsize=8)
+    ax[0].set(title="accuracy by rank decile", xlabel="training progress (last step of each bin)",
+              ylabel="rank decile (top = first ranked)")
+    cart = R.cartography(recs, G)
+    sc = ax[1].scatter(cart["variability"], cart["confidence"], c=cart["draws"], s=14, cmap="plasma", alpha=0.7)
+    fig.colorbar(sc, ax=ax[1], label="draws")
+    ax[1].set(title=f"data map ({len(cart['id']):,} prompts drawn of {n:,})", ylim=(-0.03, 1.03),
+              xlabel="variability (std of correctness across draws)", ylabel="mean correctness")
+    zv = R.zero_variance_over_training(recs, G)
+    x, bottom = np.arange(len(zv["step"])), np.zeros(len(zv["step"]))
+    for key, label, color in (("all_correct", "all correct", "#55A868"), ("all_wrong", "all wrong", "#C44E52"),
+                              ("other", "equal, neither", "#8C8C8C")):
+        if key != "other" or any(zv[key]):
+            ax[2].bar(x, zv[key], bottom=bottom, color=color, label=label, width=0.9)
+            bottom += np.asarray(zv[key])
+    _bin_ticks(ax[2], zv["step"])
+    ax[2].set(title="zero-variance groups (all G rewards equal)", xlabel="training progress (last step of each bin)",
+              ylabel="share of groups", ylim=(0, 1))
+    ax[2].legend(fontsize=8)
+    for a in ax[1:]:
+        a.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _bin_ticks(ax, ends) -> None:
+    """Label at most ~8 progress bins with the last step each covers."""
+    ends = list(ends)
+    every = max(1, -(-len(ends) // 8))
+    ticks = list(range(0, len(ends), every))
+    ax.set_xticks(ticks, [str(ends[i]) for i in ticks], fontsize=8)

@@ -2,8 +2,9 @@
 
 This module exists so every knob of a GAIN-RL run is named, documented and
 checked in one place. Each field carries its help text (shown by
-``anglerank train --help``) and a help panel; ``__post_init__`` holds the
-cross-field checks (TRL's ``GRPOConfig`` pattern). A run is configured from
+``anglerank train --help``), a help panel and, for a number, its valid range
+(finite, and e.g. ``> 0``: checked before any work starts); ``__post_init__``
+holds the cross-field checks (TRL's ``GRPOConfig`` pattern). A run is configured from
 defaults, then a TOML file (``--config run.toml``), then command-line flags,
 and the resolved result is written to ``RUN_DIR/config.toml`` so
 ``--config RUN_DIR/config.toml`` reproduces it.
@@ -33,16 +34,19 @@ __all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "U
 UNIT_FIELDS = (*RANK_FIELDS, "rescore_every")
 
 
-def _f(default, help: str, panel: str, *, factory=None, flag: str | None = None, cli: bool = True):
-    meta = {"help": help, "panel": panel, "flag": flag, "cli": cli}
+def _f(default, help: str, panel: str, *, factory=None, flag: str | None = None, cli: bool = True,
+       valid: str | None = None):
+    """A setting. ``valid`` is the range of a numeric one (">= 1", "> 0", "[0, 1)", "(0, 1]", ..., or "any":
+    any finite number), checked for every field in one place, ``_check_ranges``."""
+    meta = {"help": help, "panel": panel, "flag": flag, "cli": cli, "valid": valid}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def _c(name: str, help: str | None = None):
+def _c(name: str, help: str | None = None, *, valid: str | None = None):
     """A field owned by the curriculum: its default and help come from CurriculumConfig."""
-    return _f(DEFAULTS[name], help or HELP[name], "GAIN-RL")
+    return _f(DEFAULTS[name], help or HELP[name], "GAIN-RL", valid=valid)
 
 
 D, M, R, W, L, G, O = "Data", "Model", "Rollouts", "Rewards", "Loss and optimiser", "GAIN-RL", "Run"
@@ -66,31 +70,41 @@ class TrainConfig:
     preset: str = _f("none", "Prompt rendering (as in `score`), used for rollouts, scoring and eval alike.", D)
     system: str | None = _f(None, "Set or replace the system message.", D)
     prefix: str | None = _f(None, "Plain-text mode: PREFIX + question, no chat template.", D)
-    max_prompt_length: int = _f(512, "Prompts longer than this many tokens are left out of the pool (counted in the log).", D)
-    limit: int | None = _f(None, "Use only the first N training rows.", D)
-    eval_limit: int | None = _f(None, "Evaluate on a seeded random subset of N eval rows (the same subset every time).", D)
+    max_prompt_length: int = _f(512, "Prompts longer than this many tokens are left out of the pool (counted in the log).", D,
+                                valid=">= 2")
+    limit: int | None = _f(None, "Use only the first N training rows.", D, valid=">= 1")
+    eval_limit: int | None = _f(None, "Evaluate on a seeded random subset of N eval rows (the same subset every time).", D,
+                                valid=">= 1")
 
     # --- model ----------------------------------------------------------------------
     model: str | None = _f(None, "Policy to train.", M)
     dtype: str = _f("auto", "Compute dtype (weights and optimiser stay float32; bf16 runs under autocast).", M)
     device: str = _f("auto", "Device.", M)
     threads: int | None = _f(None, "CPU threads for torch (default: torch's choice). On a shared, busy CPU, 1 is "
-                             "often several times faster than oversubscribed threads.", M)
+                             "often several times faster than oversubscribed threads.", M, valid=">= 1")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% slower).", M)
     lora_r: int = _f(0, "LoRA rank (peft); 0 trains every weight. With LoRA the KL reference is the base model with "
-                     "the adapter switched off, and checkpoints hold the adapter.", M)
-    lora_alpha: float = _f(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).", M)
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.", M)
+                     "the adapter switched off, and checkpoints hold the adapter.", M, valid=">= 0")
+    lora_alpha: float = _f(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).", M, valid="> 0")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA branch.", M, valid="[0, 1)")
     lora_target_modules: list | None = _f(None, "Modules that get adapters (repeat the flag); default: every linear "
                                           "layer but the output head, i.e. the attention and MLP projections.", M)
 
     # --- rollouts ---------------------------------------------------------------------
-    num_generations: int = _f(8, "Completions per prompt (G, the group size).", R)
-    temperature: float = _f(0.9, "Sampling temperature for rollouts.", R)
-    top_p: float = _f(1.0, "Nucleus sampling threshold (1 = off).", R)
-    top_k: int = _f(0, "Top-k sampling (0 = off).", R)
-    max_new_tokens: int = _f(512, "Completion length limit; a completion stops earlier at EOS.", R)
-    generation_batch_size: int = _f(64, "Sequences per `generate` call.", R)
+    num_generations: int = _f(8, "Completions per prompt (G, the group size).", R, valid=">= 2")
+    temperature: float = _f(0.9, "Sampling temperature for rollouts.", R, valid="> 0")
+    top_p: float = _f(1.0, "Nucleus sampling threshold (1 = off).", R, valid="(0, 1]")
+    top_k: int = _f(0, "Top-k sampling (0 = off).", R, valid=">= 0")
+    max_new_tokens: int = _f(512, "Completion length limit; a completion stops earlier at EOS.", R, valid=">= 1")
+    generation_batch_size: int = _f(64, "Sequences per `generate` call.", R, valid=">= 1")
+    filter_groups: bool = _f(False, "Dynamic sampling (DAPO; verl's algorithm.filter_groups.enable): drop groups "
+                             "whose G rewards are all equal (no advantage, no gradient) and roll out further "
+                             "prompts of the epoch, then further draws of the sampler, until the step has "
+                             "--prompts-per-step informative groups. The curriculum still sees every group.", R)
+    max_num_gen_batches: int = _f(10, "With --filter-groups: at most this many rollout batches per step, the first "
+                                  "included (verl's algorithm.filter_groups.max_num_gen_batches; 0 = no cap). When "
+                                  "hit, the step trains on the informative groups it has and logs filter_cap_hit.", R,
+                                  valid=">= 0")
 
     # --- rewards ----------------------------------------------------------------------
     reward: list = _f(None, "Reward function: 'math' (built-in checker), 'code' / 'code_all' (the last fenced Python "
@@ -98,75 +112,81 @@ class TrainConfig:
                       "module:function / file.py:function with "
                       "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several.", W,
                       factory=lambda: ["math"])
-    reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W)
+    reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W,
+                                    valid="any")
     answer_format: str = _f("boxed", "How the built-in math checker finds a completion's final answer: boxed (as TRL's "
                             "accuracy reward: a \\boxed{} or LaTeX answer, or GSM8K's '#### N'; a completion without "
                             "one is wrong) or any (else the last number it writes).", W)
     correct_threshold: float = _c(
         "correct_threshold", "A completion counts as correct when its reward >= this (the curriculum's one rule): "
-        "the built-in math checker's reward (1 or 0) when the data has reference answers, else the total reward.")
+        "the built-in math checker's reward (1 or 0) when the data has reference answers, else the total reward.",
+        valid="any")
 
     # --- loss and optimiser ----------------------------------------------------------------
     prompts_per_step: int = _f(8, "Prompts per rollout batch (x G completions); one optimiser update per batch "
-                               "and iteration.", L)
-    micro_batch_size: int = _f(8, "Sequences per forward/backward; gradients accumulate over the batch.", L)
-    num_iterations: int = _f(1, "Optimiser updates per rollout batch (GRPO's mu; >1 uses the clipped ratio).", L)
+                               "and iteration.", L, valid=">= 1")
+    micro_batch_size: int = _f(8, "Sequences per forward/backward; gradients accumulate over the batch.", L,
+                               valid=">= 1")
+    num_iterations: int = _f(1, "Optimiser updates per rollout batch (GRPO's mu; >1 uses the clipped ratio).", L,
+                             valid=">= 1")
     loss_type: str = _f("grpo", "grpo (mean per sequence), dapo/bnpo (mean per token over the batch), dr_grpo "
                         "(sum / (B * max-new-tokens)).", L)
     scale_rewards: str = _f("group", "group: advantage = (r - mean) / std within the group; none: r - mean (Dr. GRPO).", L)
-    epsilon: float = _f(0.2, "Lower clip range of the ratio.", L)
-    epsilon_high: float | None = _f(None, "Upper clip range (default: --epsilon; DAPO uses 0.28).", L)
+    epsilon: float = _f(0.2, "Lower clip range of the ratio.", L, valid=">= 0")
+    epsilon_high: float | None = _f(None, "Upper clip range (default: --epsilon; DAPO uses 0.28).", L, valid=">= 0")
     beta: float = _f(0.0, "KL penalty to the frozen initial policy (k3). 0 loads no reference model; the authors "
-                     "used 0.005.", L)
-    lr: float = _f(1e-6, "Peak learning rate (authors: 1e-6).", L)
+                     "used 0.005.", L, valid=">= 0")
+    lr: float = _f(1e-6, "Peak learning rate (authors: 1e-6).", L, valid="> 0")
     lr_schedule: str = _f("constant", "constant or cosine (after warm-up).", L)
-    warmup_steps: int = _f(0, "Linear warm-up over this many optimiser updates.", L)
-    min_lr_ratio: float = _f(0.0, "Cosine: final lr as a fraction of --lr.", L)
-    weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases).", L)
-    adam_beta1: float = _f(0.9, "AdamW beta1.", L)
-    adam_beta2: float = _f(0.99, "AdamW beta2.", L)
-    adam_eps: float = _f(1e-8, "AdamW epsilon.", L)
-    max_grad_norm: float = _f(0.1, "Clip the global gradient norm (0 = no clipping).", L)
+    warmup_steps: int = _f(0, "Linear warm-up over this many optimiser updates.", L, valid=">= 0")
+    min_lr_ratio: float = _f(0.0, "Cosine: final lr as a fraction of --lr.", L, valid="[0, 1]")
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases).", L, valid=">= 0")
+    adam_beta1: float = _f(0.9, "AdamW beta1.", L, valid="[0, 1)")
+    adam_beta2: float = _f(0.99, "AdamW beta2.", L, valid="[0, 1)")
+    adam_eps: float = _f(1e-8, "AdamW epsilon.", L, valid="> 0")
+    max_grad_norm: float = _f(0.1, "Clip the global gradient norm (0 = no clipping).", L, valid=">= 0")
 
     # --- GAIN-RL ------------------------------------------------------------------------
-    epochs: int = _f(10, "Epochs; one epoch is one sampled subset of --subset-size prompts.", G)
-    subset_size: int = _c("subset_size")
+    epochs: int = _f(10, "Epochs; one epoch is one sampled subset of --subset-size prompts.", G, valid=">= 0")
+    subset_size: int = _c("subset_size", valid=">= 1")
     sampler: str = _c("sampler")
-    mu0: float = _c("mu0")
-    sigma: float = _c("sigma")
-    step: float = _c("step")
-    alpha: float = _c("alpha")
-    beta_acc: float = _c("beta_acc")
-    adj_min: float = _c("adj_min")
-    adj_max: float = _c("adj_max")
+    mu0: float = _c("mu0", valid="any")
+    sigma: float = _c("sigma", valid="> 0")
+    step: float = _c("step", valid="any")
+    alpha: float = _c("alpha", valid="any")
+    beta_acc: float = _c("beta_acc", valid="[0, 1]")
+    adj_min: float = _c("adj_min", valid="any")
+    adj_max: float = _c("adj_max", valid="any")
     wrap: bool = _c("wrap")
     keep_order: bool = _f(False, "Train an epoch's prompts in rank order instead of shuffled.", G)
     ranking: str = _c("ranking")
     rescore_every: float = _f(
         0.5, "Re-score prompts with the live policy after every this many prompts trained: an integer is prompts, "
         "a float in (0, 1] a fraction of the pool (0.5: twice per pass over the data; 0: only the initial "
-        "scoring). Only the angle ranking follows the policy; the others are never re-scored.", G)
+        "scoring). Only the angle ranking follows the policy; the others are never re-scored.", G, valid=">= 0")
     rescore_scope: str = _f("reachable", "reachable: re-score only the ranks the window can reach before the next "
                             "re-scoring and re-order them among themselves; all: every prompt.", G)
     staleness_every: int = _f(0, "Diagnostic: every N epochs score every prompt with the live policy without using "
                               "it and log how far the ranking in use has drifted (Spearman; its time is logged "
-                              "apart, as staleness_s). 0 = never.", G)
+                              "apart, as staleness_s). 0 = never.", G, valid=">= 0")
     site: str = _f("mlp-input", "Hook site for scores and the angle term (as in `score`).", G)
-    layer: int = _f(-1, "Decoder layer for scores and the angle term.", G)
+    layer: int = _f(-1, "Decoder layer for scores and the angle term.", G, valid="any")
     estimator: str = _f("paper", "Score estimator (as in `score`).", G)
-    score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: 16384 on GPUs; on CPUs 4096 with AMX, else 1024).", G)
+    score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: 16384 on GPUs; on CPUs 4096 with AMX, else 1024).", G,
+                                        valid=">= 1")
 
     # --- run ----------------------------------------------------------------------------
-    eval_every: int = _f(1, "Evaluate every N epochs (and before the first and after the last; 0 = never).", O)
-    eval_max_new_tokens: int | None = _f(None, "Eval completion limit (default: --max-new-tokens).", O)
-    eval_batch_size: int = _f(32, "Prompts per greedy eval `generate` call.", O)
+    eval_every: int = _f(1, "Evaluate every N epochs (and before the first and after the last; 0 = never).", O,
+                         valid=">= 0")
+    eval_max_new_tokens: int | None = _f(None, "Eval completion limit (default: --max-new-tokens).", O, valid=">= 1")
+    eval_batch_size: int = _f(32, "Prompts per greedy eval `generate` call.", O, valid=">= 1")
     eval_by: str | None = _f("data_source", "Also report eval accuracy per value of this column (verl's per "
                              "data_source validation metrics; skipped when the default column is absent).", O)
-    save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O)
-    keep_checkpoints: int = _f(2, "Checkpoints to keep (oldest deleted first).", O)
+    save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O, valid=">= 1")
+    keep_checkpoints: int = _f(2, "Checkpoints to keep (oldest deleted first).", O, valid=">= 1")
     save_only_model: bool = _f(False, "Checkpoints without the optimiser state (weights, tokenizer, sampler and RNG "
                                "states): a third of the size; a resume then starts AdamW afresh.", O)
-    seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O)
+    seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O, valid="[0, 2**63)")
     report_to: list = _f(None, "Experiment trackers, as TRL's option: none, tensorboard (RUN_DIR/tensorboard), wandb "
                          "(offline under RUN_DIR/wandb unless WANDB_MODE says otherwise) or trackio; repeat for "
                          "several. metrics.jsonl is always written.", O, factory=lambda: ["none"])
@@ -194,39 +214,14 @@ class TrainConfig:
         self.train_data = [str(x) for x in self.train_data or []]
         self.eval_data = [str(x) for x in self.eval_data] if self.eval_data else None
         self.reward = [str(x) for x in self.reward or []]
-        for name in ("num_generations", "max_new_tokens", "generation_batch_size", "prompts_per_step",
-                     "micro_batch_size", "num_iterations", "subset_size", "eval_batch_size", "max_prompt_length"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1,
-                 f"--{_flag(name)} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("epochs", "warmup_steps", "staleness_every", "eval_every", "save_every", "top_k"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 0,
-                 f"--{_flag(name)} must be a non-negative integer, got {getattr(self, name)!r}")
-        need(self.num_generations >= 2, "--num-generations must be at least 2: a group of one completion has no "
-             "relative advantage, so GRPO would learn nothing")
-        need(self.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
-        for name in ("limit", "eval_limit", "eval_max_new_tokens", "threads"):
-            v = getattr(self, name)
-            need(v is None or (isinstance(v, int) and v >= 1), f"--{_flag(name)} must be a positive integer")
+        need(not isinstance(self.num_generations, int) or self.num_generations >= 2, "--num-generations must be "
+             "at least 2: a group of one completion has no relative advantage, so GRPO would learn nothing")
+        _check_ranges(self)
         from anglerank.train.grpo import LOSS_TYPES
 
         need(self.loss_type in LOSS_TYPES, f"unknown --loss-type {self.loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
         need(self.scale_rewards in ("group", "none"), "--scale-rewards must be group or none")
         need(self.lr_schedule in ("constant", "cosine"), "--lr-schedule must be constant or cosine")
-        need(self.temperature > 0, "--temperature must be > 0 (use eval for greedy decoding)")
-        need(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
-        need(self.epsilon >= 0 and (self.epsilon_high is None or self.epsilon_high >= 0), "--epsilon must be >= 0")
-        need(self.beta >= 0, "--beta must be >= 0")
-        need(self.lr > 0, "--lr must be > 0")
-        need(0 <= self.min_lr_ratio <= 1, "--min-lr-ratio must be in [0, 1]")
-        need(self.max_grad_norm >= 0, "--max-grad-norm must be >= 0")
-        need(isinstance(self.lora_r, int) and self.lora_r >= 0, f"--lora-r must be a non-negative integer, got "
-             f"{self.lora_r!r}")
-        need(self.lora_alpha > 0 and 0 <= self.lora_dropout < 1, "--lora-alpha must be > 0 and --lora-dropout in [0, 1)")
-        for name in UNIT_FIELDS:
-            v = getattr(self, name)
-            need(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v),
-                 f"--{_flag(name)} must be a finite number, got {v!r}")
-        need(self.rescore_every >= 0, f"--rescore-every must be >= 0, got {self.rescore_every!r}")
         need(self.rescore_scope in ("reachable", "all"), "--rescore-scope must be reachable or all")
         need(self.adj_min <= self.adj_max or _mixed_units(self.adj_min, self.adj_max),
              f"--adj-min ({self.adj_min}) > --adj-max ({self.adj_max})")
@@ -277,6 +272,45 @@ def _mixed_units(a, b) -> bool:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    """Every numeric setting against the range declared with its field: a finite number (an integer where
+    the field is one) in range, else one error naming the option, before any work starts."""
+    for f in fields(cfg):
+        valid = f.metadata.get("valid")
+        if valid is None:
+            continue
+        integer = _base_type(f.type) is int
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if v is None:  # an unset optional setting
+                continue
+            if (isinstance(v, bool) or not isinstance(v, int if integer else numbers.Real)
+                    or not math.isfinite(v) or not _within(v, valid)):
+                raise UserError(f"--{_flag(f.name)} must be {_describe(valid, integer)}, got {v!r}")
+
+
+def _within(v, valid: str) -> bool:
+    if valid == "any":
+        return True
+    if valid[0] in "[(":
+        lo, hi = (_number(x) for x in valid[1:-1].split(","))
+        return (lo <= v if valid[0] == "[" else lo < v) and (v <= hi if valid[-1] == "]" else v < hi)
+    op, bound = valid.split()
+    return v >= _number(bound) if op == ">=" else v > _number(bound)
+
+
+def _number(text: str):
+    base, _, power = text.strip().partition("**")
+    return int(base) ** int(power) if power else float(base)
+
+
+def _describe(valid: str, integer: bool) -> str:
+    if integer and valid in (">= 0", ">= 1"):
+        return "a positive integer" if valid == ">= 1" else "a non-negative integer"
+    kind = "an integer" if integer else "a finite number"
+    return kind if valid == "any" else f"{kind} in {valid}" if valid[0] in "[(" else f"{kind} {valid}"
 
 
 # --- TOML ------------------------------------------------------------------------------

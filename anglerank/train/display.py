@@ -63,6 +63,8 @@ class Display:
             info = (f"ep {rec['epoch']} loss {rec['loss']:+.4f} reward {rec['reward_mean']:.3f} "
                     f"acc {rec['accuracy']:.2f} kl {rec['kl']:.4f} len {rec['completion_len_mean']:.0f} "
                     f"{rec['tokens_per_s']:.0f} tok/s")
+            if "groups_kept" in rec:  # --filter-groups: informative groups of those rolled out
+                info += f" kept {rec['groups_kept']}/{rec['groups_kept'] + rec['groups_dropped']}"
             self.prog.update(self.task, completed=rec["step"], info=info)
         elif kind == "epoch":
             self._print(f"epoch {rec['epoch']}: acc {_fmt(rec['accuracy'])}  angle {_fmt(rec['angle'], '.4f')}  "

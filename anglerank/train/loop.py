@@ -19,6 +19,8 @@ Run directory::
     RUN_DIR/metrics.jsonl         one JSON object per line, "type": step|epoch|eval|score|staleness;
                                   "epoch" counts from 1 (eval/score: epochs completed, 0 = before training)
     RUN_DIR/subsets.jsonl         each epoch's drawn prompts (ranks, rows, ids)
+    RUN_DIR/prompts.jsonl         one record per drawn prompt per step (see ``records.py``); with
+                                  --filter-groups also the prompts drawn past an epoch's subset
     RUN_DIR/checkpoints/step-N/   model.safetensors + config + tokenizer (from_pretrained),
                                   optimizer.pt, rng.pt, trainer_state.json
     RUN_DIR/checkpoints/LATEST    name of the newest complete checkpoint
@@ -35,6 +37,7 @@ caller's global RNG state is left as it was.
 from __future__ import annotations
 
 import math
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +52,9 @@ from anglerank.errors import Interrupted, UserError
 from anglerank.signals import StopOnSignal
 from anglerank.train import checkpoint, ranking, step, tracking
 from anglerank.train.checkpoint import EpochMetrics, RunState
-from anglerank.train.config import TrainConfig, dump_toml
+from anglerank.train.config import TrainConfig
 from anglerank.train.metrics import Jsonl
+from anglerank.train.records import RECORDS_FILE, Records, step_lines
 
 __all__ = ["train"]
 
@@ -77,6 +81,7 @@ class _Run:
     t_start: float = field(default_factory=time.perf_counter)
     saved: tuple | None = None  # (epoch, step, path) of the last checkpoint
     tracker: tracking.Tracker | None = None  # --report-to
+    prompt_records: Records | None = None  # prompts.jsonl
 
     @property
     def steps_per_epoch(self) -> int:
@@ -112,20 +117,40 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, fo
     cfg = cfg.with_absolute_paths()
     emit = on_event or (lambda kind, rec: None)
     trackers = tracking.check_report_to(cfg.report_to)  # a missing tracker fails now, not mid-run
-    with output_lock(Path(cfg.output_dir), what="train run"):  # one process per run directory
-        ckpt = checkpoint.prepare_run_dir(Path(cfg.output_dir), resume, overwrite)
-        if ckpt is not None:
-            checkpoint.check_inputs(Path(cfg.output_dir), cfg, force)
-        elif resume:
-            emit("log", {"message": f"{cfg.output_dir} has no checkpoint yet: starting the run afresh with its "
-                                    "saved config"})
-        run = _run(cfg, ckpt, emit, trackers)
+    run_dir = Path(cfg.output_dir)
+    checkpoint.refuse_links(run_dir, resume)
+    # Until the step loop takes signals over (stop after the step, save), a signal stops at once: nothing is
+    # trained yet, and the way out releases the lock.
+    guard = StopOnSignal(_stop_now)
+    try:
+        with guard, output_lock(run_dir, what="train run"):  # one process per run directory
+            ckpt = checkpoint.prepare_run_dir(run_dir, resume, overwrite)
+            if ckpt is not None:
+                checkpoint.check_inputs(run_dir, cfg, force)
+            else:
+                checkpoint.start_run(run_dir, cfg)
+                if resume:
+                    emit("log", {"message": f"{cfg.output_dir} has no checkpoint yet: starting the run afresh with "
+                                            "its saved config"})
+            run = _run(cfg, ckpt, emit, trackers)
+    except KeyboardInterrupt:
+        if not guard.requested:  # a second Ctrl-C in the step loop: abort without saving
+            raise
+        raise Interrupted(guard.exit_code, f"interrupted outside the training steps, so no training was lost; "
+                                           f"continue with: anglerank train --resume {run_dir}") from None
     summary = {"run_dir": str(run.run_dir), "epochs": run.st.epoch, "steps": run.st.global_step,
                "elapsed_s": run.elapsed(),
                "final_eval_accuracy": run.st.last_eval["eval_accuracy"] if run.st.last_eval else None,
                "checkpoint": str(checkpoint.latest_checkpoint(run.run_dir))}
     run.emit("end", summary)
     return summary
+
+
+def _stop_now() -> None:
+    """A signal before the step loop: unwind at once; later signals are ignored on the way out."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def _run(cfg: TrainConfig, ckpt: Path | None, emit: Event, trackers: list[str]) -> "_Run":
@@ -167,7 +192,7 @@ def _loop(run: _Run) -> None:
                 rows = cur.rows if cur.open else _draw(run)
                 while st.step_in_epoch < run.steps_per_epoch:
                     s = st.step_in_epoch * cfg.prompts_per_step
-                    _step(run, [int(i) for i in rows[s: s + cfg.prompts_per_step]])
+                    _step(run, [int(i) for i in rows[s: s + cfg.prompts_per_step]], rows)
                     if stop.requested:
                         raise _Stop
                 window = cur.end_epoch()
@@ -201,6 +226,7 @@ def _draw(run: _Run) -> np.ndarray:
     """Open the next epoch: draw its prompts and log them."""
     cur, st, pool = run.curriculum, run.st, run.ctx.pool
     rows = cur.begin_epoch()
+    st.epoch_cursor, st.epoch_extra = 0, []
     scores = [st.scores[i] for i in rows if st.scores[i] is not None] if st.scores is not None else []
     st.subset_info = {"subset_mean_rank": float(np.mean(cur.positions)) if cur.sampler.uses_ranking else None,
                       "subset_mean_score": float(np.mean(scores)) if scores else None}
@@ -209,15 +235,31 @@ def _draw(run: _Run) -> np.ndarray:
     return rows
 
 
-def _step(run: _Run, batch: list[int]) -> None:
-    """One training step; its rewards and angles go to the curriculum, its metrics to the log."""
-    st = run.st
+def _step(run: _Run, batch: list[int], rows) -> None:
+    """One training step; its rewards and angles go to the curriculum, its metrics and per-prompt records to
+    the logs.
+
+    With --filter-groups the step takes its prompts from the epoch's cursor instead (refills of earlier steps
+    may have used part of the subset) and may take more, past the subset from further draws of the sampler
+    (``step.Refill``). The curriculum observes every group, dropped ones too: the window then moves on the
+    accuracy and angle of everything drawn, not of the informative groups alone (whose accuracy is never 0 or 1).
+    """
+    st, cfg = run.st, run.cfg
     rng_before = run.ctx.generator.get_state()
+    refill = None
+    if cfg.filter_groups:
+        refill = step.Refill(run.curriculum, rows, st.epoch_cursor, st.epoch_extra, len(batch),
+                             cfg.max_num_gen_batches)
+        batch = refill.take(len(batch)) or batch  # every prompt of the pool used this epoch: the subset again
     try:
-        res = step.train_step(run.ctx, batch, st.updates)
+        res = step.train_step(run.ctx, batch, st.updates, refill)
     except step.StepAborted:
         run.ctx.generator.set_state(rng_before)  # redo this very step on resume
+        if refill is not None:
+            refill.rollback()
         raise _Stop from None
+    if refill is not None:
+        st.epoch_cursor, st.epoch_extra = refill.cursor, refill.extra
     st.nonfinite_streak = st.nonfinite_streak + 1 if res.record["skipped_updates"] else 0
     if st.nonfinite_streak >= _MAX_NONFINITE_STEPS:
         raise UserError(f"training diverged: {st.nonfinite_streak} steps in a row had a non-finite loss or gradient "
@@ -230,7 +272,16 @@ def _step(run: _Run, batch: list[int]) -> None:
     m.reward_sum += float(sum(res.rewards))
     m.rollout_s += res.rollout_s
     m.update_s += res.update_s
-    run.log("step", {**res.record, "epoch": st.epoch + 1, "step": st.global_step})
+    st.rollouts += len(res.rewards)
+    run.prompt_records.write_lines(step_lines(res, step=st.global_step, epoch=st.epoch + 1, ids=run.ctx.pool.ids,
+                                              order=run.curriculum.order, num_generations=cfg.num_generations,
+                                              threshold=cfg.correct_threshold))
+    if res.record.get("filter_cap_hit"):
+        run.emit("log", {"message": f"step {st.global_step}: --max-num-gen-batches {cfg.max_num_gen_batches} "
+                                    f"reached with {res.record['groups_kept']} of {len(batch)} groups informative; "
+                                    "trained on those"})
+    run.log("step", {**res.record, "epoch": st.epoch + 1, "step": st.global_step, "rollouts_total": st.rollouts,
+                     "optimizer_steps": st.updates})
 
 
 def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
@@ -283,7 +334,7 @@ def _epoch_record(run: _Run, window: dict, rescore_s: float, eval_acc: float | N
 def _checkpoint(run: _Run) -> Path:
     st, ctx = run.st, run.ctx
     st.elapsed_base, run.t_start = run.elapsed(), time.perf_counter()
-    sizes = {"metrics": run.metrics.size(), "subsets": run.subsets.size()}
+    sizes = {"metrics": run.metrics.size(), "subsets": run.subsets.size(), "records": run.prompt_records.size()}
     optimizer = None if run.cfg.save_only_model else ctx.optimizer
     path = checkpoint.save_checkpoint(run.run_dir, ctx.peft or ctx.model, ctx.tok, optimizer, ctx.generator, st,
                                       run.curriculum, ctx.pool.rows, sizes, run.cfg.keep_checkpoints)
@@ -308,12 +359,19 @@ def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
     parts = build(cfg, ckpt)
     run_dir = Path(cfg.output_dir)
     metrics, subsets = Jsonl(run_dir / "metrics.jsonl"), Jsonl(run_dir / "subsets.jsonl")
+    prompt_records = Records(run_dir / RECORDS_FILE)
+    n_prompts = len(parts.ctx.pool.rows)
     st = RunState()
     if ckpt:
         st, sizes = checkpoint.load_checkpoint(ckpt, parts.ctx.optimizer, parts.ctx.generator, parts.curriculum,
                                                parts.ctx.pool.rows)
-        metrics.truncate(sizes["metrics"])
-        subsets.truncate(sizes["subsets"])
+        for log, size in ((metrics, sizes["metrics"]), (subsets, sizes["subsets"]),
+                          (prompt_records, sizes.get("records", 0))):
+            cut = log.truncate(size)  # back to what the checkpoint had seen; never padded
+            if cut:
+                emit("log", {"message": f"warning: {cut}"})
+        if not prompt_records.size():  # a run from before per-prompt records: they start here
+            prompt_records.start(n_prompts, cfg.num_generations, cfg.filter_groups)
         fresh_adam = "" if (ckpt / "optimizer.pt").exists() else " with a fresh optimiser (saved with --save-only-model)"
         emit("log", {"message": f"resumed from {ckpt} at epoch {st.epoch}, step {st.global_step}{fresh_adam}"})
         # A longer run (--epochs raised on resume) keeps the schedule it started with: a cosine under way
@@ -325,9 +383,8 @@ def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
                                     f"the added epochs train at its final LR ({cfg.min_lr_ratio:g} x --lr)"})
     else:
         st.lr_horizon = parts.ctx.total_updates
-        (run_dir / "config.toml").write_text(dump_toml(cfg))
-        checkpoint.record_inputs(run_dir, cfg)
         metrics.reset()
         subsets.reset()
+        prompt_records.start(n_prompts, cfg.num_generations, cfg.filter_groups)
     return _Run(cfg, run_dir, parts.ctx, parts.curriculum, parts.scorer, parts.eval_pool, st, metrics, subsets,
-                emit, parts.info)
+                emit, parts.info, prompt_records=prompt_records)

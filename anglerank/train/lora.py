@@ -13,14 +13,18 @@ second copy of the model), and merging it into full weights
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
-from anglerank.errors import MissingExtra
+from anglerank.errors import MissingExtra, UserError
 
-__all__ = ["attach", "is_adapter_checkpoint", "export_merged", "DEFAULT_TARGETS"]
+__all__ = ["attach", "is_adapter_checkpoint", "export_run", "export_merged", "DEFAULT_TARGETS"]
 
 # peft's shorthand for every linear layer but the output head: the attention and MLP projections
 DEFAULT_TARGETS = "all-linear"
+# checkpoint files an export does not need (the optimiser is the biggest of all)
+_NOT_EXPORTED = ("optimizer.pt", "rng.pt")
 
 
 def _peft():
@@ -46,20 +50,140 @@ def is_adapter_checkpoint(path: Path) -> bool:
     return (Path(path) / "adapter_config.json").exists()
 
 
-def export_merged(checkpoint: Path, output: Path, base_model: str | None) -> Path:
-    """Full weights loadable with ``from_pretrained``: the adapter merged into its base (or the checkpoint's
-    weights as they are, for a full fine-tune), with the tokenizer."""
-    from anglerank import models
+def export_run(run: Path, output: Path, overwrite: bool = False) -> Path:
+    """Export ``run`` (a run directory's latest checkpoint, or one checkpoint folder) with :func:`export_merged`.
 
-    if is_adapter_checkpoint(checkpoint):
-        loaded = models.load(base_model, "cpu", "float32")
-        merged = _peft().PeftModel.from_pretrained(loaded.model, str(checkpoint)).merge_and_unload()
-    else:
-        loaded = models.load(str(checkpoint), "cpu", "float32")
-        merged = loaded.model
+    A run still training may delete its latest checkpoint while it is read (it keeps only
+    ``--keep-checkpoints``): the export then starts again once from the checkpoint that replaced it.
+    """
+    run = Path(run)
+    one_checkpoint = (run / "trainer_state.json").exists()
+    try:
+        return _export_one(run, output, overwrite)
+    except CheckpointGone:
+        if one_checkpoint:  # that very checkpoint was asked for
+            raise
+        return _export_one(run, output, overwrite)
+
+
+def _export_one(run: Path, output: Path, overwrite: bool) -> Path:
+    from anglerank.train.checkpoint import latest_checkpoint
+    from anglerank.train.config import load_toml
+
+    ck = run if (run / "trainer_state.json").exists() else latest_checkpoint(run)
+    if ck is None:
+        raise UserError(f"{run} is neither a checkpoint nor a run directory with one")
+    config = ck.parent.parent / "config.toml"
+    base = load_toml(config).get("model") if config.exists() else None
+    return export_merged(ck, output, base, overwrite=overwrite)
+
+
+class CheckpointGone(UserError):
+    """The checkpoint being exported was deleted while it was read."""
+
+
+def export_merged(checkpoint: Path, output: Path, base_model: str | None, overwrite: bool = False) -> Path:
+    """Full weights loadable with ``from_pretrained``: the adapter merged into its base (or the checkpoint's
+    weights as they are, for a full fine-tune), with the tokenizer.
+
+    The folder is built aside (``.NAME.<pid>.tmp`` next to ``output``) and renamed into place, so an
+    interrupted or failed export leaves no half-written folder; a non-empty ``output`` is replaced only
+    with ``overwrite``.
+    """
+    from anglerank.data.lock import lock_path, output_lock, stale_temps
+
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    with models.quiet_hf_loading():
-        merged.save_pretrained(output, safe_serialization=True)
-        models.load_tokenizer(checkpoint).save_pretrained(output)
+    if lock_path(output, directory=False).is_symlink():
+        raise UserError(f"{lock_path(output, directory=False)} is a symbolic link; export locks a file of its own "
+                        "there (remove the link)")
+    with output_lock(output, what="export output", directory=False):
+        _check_output(output, overwrite)
+        for old in stale_temps(output):  # what a killed export left
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
+        tmp = output.parent / f".{output.name}.{os.getpid()}.tmp"
+        try:
+            tmp.mkdir()
+            _build(Path(checkpoint), tmp, base_model, output)
+            _place(tmp, output)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return output
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.is_symlink():
+        raise UserError(f"{output} is a symbolic link; export writes a folder of its own there, never through a "
+                        "link (remove the link, or choose another --output)")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output} exists and is not a folder")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"{output} is not empty; pass --overwrite to replace it, or choose another --output")
+
+
+def _build(checkpoint: Path, tmp: Path, base_model: str | None, output: Path) -> None:
+    """The merged weights and the tokenizer into ``tmp``, read from a snapshot of ``checkpoint``."""
+    from anglerank import models
+    from anglerank.train.checkpoint import share_weights, write_failure
+
+    snap = tmp / ".checkpoint"
+    _snapshot(checkpoint, snap)
+    try:
+        if is_adapter_checkpoint(snap):
+            loaded = models.load(base_model, "cpu", "float32")
+            merged = _peft().PeftModel.from_pretrained(loaded.model, str(snap)).merge_and_unload()
+        else:
+            merged = models.load(str(snap), "cpu", "float32").model
+        tok = models.load_tokenizer(snap)
+    except UserError as exc:  # name the checkpoint, not its snapshot
+        raise UserError(str(exc).replace(str(snap), str(checkpoint))) from None
+    shutil.rmtree(snap)
+    with models.quiet_hf_loading():
+        for name, write in (("model.safetensors", lambda: merged.save_pretrained(tmp, safe_serialization=True)),
+                            ("tokenizer.json", lambda: tok.save_pretrained(tmp))):
+            try:
+                write()
+            except Exception as exc:
+                reason = write_failure(exc, output / name, tmp)
+                if reason is None:
+                    raise
+                raise UserError(f"cannot write export file {reason}; {output} was left as it was") from None
+    share_weights(tmp, tmp / "config.json")
+
+
+def _snapshot(checkpoint: Path, snap: Path) -> None:
+    """Hard links (else copies) of the checkpoint's files: a run still training may delete the checkpoint
+    while it is read, and the links keep every file whole; a file already gone is one error."""
+    snap.mkdir()
+    gone = CheckpointGone(f"checkpoint {checkpoint} was deleted while it was read (a run still training keeps "
+                          "only its newest --keep-checkpoints); export again")
+    try:
+        names = sorted(p.name for p in checkpoint.iterdir() if p.name not in _NOT_EXPORTED)
+        for name in names:
+            src = checkpoint / name
+            if src.is_symlink():
+                raise UserError(f"{src} is a symbolic link; a checkpoint holds its own files")
+            try:
+                os.link(src, snap / name)
+            except FileNotFoundError:
+                raise
+            except OSError:  # another file system, or links not allowed
+                shutil.copyfile(src, snap / name)
+        if sorted(p.name for p in checkpoint.iterdir() if p.name not in _NOT_EXPORTED) != names:
+            raise gone
+    except FileNotFoundError:
+        raise gone from None
+    if "trainer_state.json" not in names:
+        raise UserError(f"{checkpoint} is not a complete checkpoint (no trainer_state.json)")
+
+
+def _place(tmp: Path, output: Path) -> None:
+    """Rename the finished folder into place; an existing one (empty, or replaced with --overwrite) is
+    moved aside first and deleted after."""
+    if not output.exists():
+        os.rename(tmp, output)
+        return
+    old = output.parent / f".{output.name}.{os.getpid()}.old.tmp"
+    os.rename(output, old)
+    os.rename(tmp, output)
+    shutil.rmtree(old, ignore_errors=True)

@@ -2,8 +2,12 @@
 
 :func:`train_step` changes the model and the optimiser (that is what a step is
 for) and nothing else: the counters, the curriculum and the logs are the
-loop's business, fed from the returned :class:`StepResult`. The GRPO math
-itself is pure and lives in ``grpo.py``; the token layout in ``rollout.py``.
+loop's business, fed from the returned :class:`StepResult`. With
+``--filter-groups`` a step may need more prompts than its batch; the loop lends
+it a :class:`Refill`, which draws them from the open epoch (and, past the
+epoch's subset, from the curriculum's sampler) and can undo those draws. The
+GRPO math itself is pure and lives in ``grpo.py``; the token layout in
+``rollout.py``.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ from anglerank import angles, hooks
 from anglerank.curriculum import correct
 from anglerank.train import grpo, rollout
 
-__all__ = ["StepContext", "StepResult", "StepAborted", "train_step", "sequence_angles", "micro_batch_weight",
-           "judge_rewards", "float32_head"]
+__all__ = ["StepContext", "StepResult", "StepAborted", "Refill", "train_step", "sequence_angles",
+           "micro_batch_weight", "judge_rewards", "float32_head"]
 
 
 @dataclass
@@ -60,6 +64,9 @@ class StepResult:
     updates: int  # optimiser updates made
     rollout_s: float
     update_s: float
+    prompts: list[int]  # per group, in rollout order: its pool index (G consecutive completions each)
+    lengths: list[int]  # per completion: its length in tokens
+    dropped: list[bool]  # per group: dropped by --filter-groups (its rewards were all equal)
 
 
 class StepAborted(Exception):
@@ -82,13 +89,84 @@ def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float]
     return check([pool.prompts[i] for i in seq_idx], texts, answer=[pool.answers[i] for i in seq_idx])
 
 
-def train_step(ctx: StepContext, batch: list[int], updates_done: int) -> StepResult:
-    """Roll out, reward, and run ``num_iterations`` GRPO updates on the prompts ``batch`` (pool indices)."""
+def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: "Refill | None" = None) -> StepResult:
+    """Roll out, reward, and run ``num_iterations`` GRPO updates on the prompts ``batch`` (pool indices).
+
+    With ``refill`` (``--filter-groups``, DAPO's dynamic sampling) groups whose G rewards
+    are all equal are dropped and further prompts are rolled out until ``refill.target``
+    groups are informative, the prompts run out or ``refill.max_rounds`` rollout
+    batches were made; only the informative groups are trained on.
+    """
+    cfg, G = ctx.cfg, ctx.cfg.num_generations
+    t0 = time.perf_counter()
+    if refill is None:
+        groups, info = _roll(ctx, batch), {}
+        train = list(range(len(groups.prompts)))
+    else:
+        groups, info = _dynamic_sampling(ctx, batch, refill)
+        train = [g for g, u in enumerate(groups.uniform(G)) if not u]
+        # nothing informative: the update sees the whole zero-advantage batch, as it would without filtering
+        train = train or list(range(len(groups.prompts)))
+    kept = groups if len(train) == len(groups.prompts) else groups.select(train, G)
+    adv_N = grpo.group_advantages(torch.tensor(kept.total, dtype=torch.float32), G, cfg.scale_rewards)
+    t_roll = time.perf_counter() - t0
+    upd = _policy_update(ctx, kept.ro, adv_N, updates_done)
+    angle_B = _angles_of_all(ctx, groups, train, upd["angle_B"])
+    t_total = time.perf_counter() - t0
+    record = _step_record(ctx, groups.ro, torch.tensor(groups.total, dtype=torch.float32), groups.judged, upd,
+                          angle_B, t_roll, t_total)
+    record.update(info)
+    per_func = groups.per_func
+    if len(per_func) > 1 or list(per_func)[0] not in ("math_reward", "math_reward_any"):
+        for name, vals in per_func.items():
+            v = [x for x in vals if not math.isnan(x)]
+            record[f"reward/{name}"] = float(np.mean(v)) if v else None
+    dropped = [refill is not None and u for u in groups.uniform(G)]
+    return StepResult(record, list(groups.judged), angle_B.tolist(), list(groups.total), upd["updates"], t_roll,
+                      t_total - t_roll, list(groups.prompts), [len(c) for c in groups.ro.completion_ids], dropped)
+
+
+@dataclass
+class Groups:
+    """Rewarded rollouts of some prompts: G consecutive completions per prompt."""
+
+    prompts: list[int]  # pool index of each group
+    ro: object  # generation.Rollouts
+    total: list[float]  # per completion: total reward
+    judged: list[float]  # per completion: the reward that decides correctness
+    per_func: dict  # reward function name -> per-completion rewards
+
+    def uniform(self, G: int) -> list[bool]:
+        """Per group: all G rewards equal (zero advantage, so no gradient)."""
+        r = np.asarray(self.total, dtype=np.float64).reshape(-1, G)
+        return [bool(x) for x in np.ptp(r, axis=1) == 0] if r.size else []
+
+    def select(self, groups: list[int], G: int) -> "Groups":
+        from anglerank.generation import Rollouts
+
+        seqs = [g * G + k for g in groups for k in range(G)]
+        pick = lambda xs: [xs[b] for b in seqs]  # noqa: E731
+        ro = Rollouts(pick(self.ro.prompt_ids), pick(self.ro.completion_ids), pick(self.ro.texts),
+                      pick(self.ro.finished), self.ro.seconds)
+        return Groups([self.prompts[g] for g in groups], ro, pick(self.total), pick(self.judged),
+                      {k: pick(v) for k, v in self.per_func.items()})
+
+    def __add__(self, other: "Groups") -> "Groups":
+        from anglerank.generation import Rollouts
+
+        a, b = self.ro, other.ro
+        ro = Rollouts(a.prompt_ids + b.prompt_ids, a.completion_ids + b.completion_ids, a.texts + b.texts,
+                      a.finished + b.finished, a.seconds + b.seconds)
+        return Groups(self.prompts + other.prompts, ro, self.total + other.total, self.judged + other.judged,
+                      {k: v + other.per_func[k] for k, v in self.per_func.items()})
+
+
+def _roll(ctx: StepContext, batch: list[int]) -> Groups:
+    """G completions of each prompt of ``batch``, rewarded and judged."""
     from anglerank import rewards
     from anglerank.generation import generate
 
     cfg, pool, G = ctx.cfg, ctx.pool, ctx.cfg.num_generations
-    t0 = time.perf_counter()
     seq_idx = [i for i in batch for _ in range(G)]
     ro = generate(ctx.model, ctx.tok, [pool.prompt_ids[i] for i in seq_idx], max_new_tokens=cfg.max_new_tokens,
                   temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, batch_size=cfg.generation_batch_size,
@@ -106,18 +184,88 @@ def train_step(ctx: StepContext, batch: list[int], updates_done: int) -> StepRes
         raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
                                   f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers (return None for 'no reward')") from None
     judged = judge_rewards(pool, seq_idx, ro.texts, total, cfg)
-    rewards_N = torch.tensor(total, dtype=torch.float32)
-    adv_N = grpo.group_advantages(rewards_N, G, cfg.scale_rewards)
-    t_roll = time.perf_counter() - t0
-    upd = _policy_update(ctx, ro, adv_N, updates_done)
-    t_total = time.perf_counter() - t0
-    record = _step_record(ctx, ro, rewards_N, judged, upd, t_roll, t_total)
-    if len(per_func) > 1 or list(per_func)[0] not in ("math_reward", "math_reward_any"):
-        for name, vals in per_func.items():
-            v = [x for x in vals if not math.isnan(x)]
-            record[f"reward/{name}"] = float(np.mean(v)) if v else None
-    return StepResult(record, list(judged), upd["angle_B"].tolist(), list(total), upd["updates"], t_roll,
-                      t_total - t_roll)
+    return Groups(list(batch), ro, list(total), list(judged), {k: list(v) for k, v in per_func.items()})
+
+
+def _dynamic_sampling(ctx: StepContext, batch: list[int], refill: "Refill") -> tuple[Groups, dict]:
+    """Roll out ``batch``, then further prompts from ``refill`` while fewer than ``refill.target`` groups are
+    informative; returns every group rolled out and the step's filter metrics."""
+    G = ctx.cfg.num_generations
+    groups, rounds, cap_hit, exhausted = _roll(ctx, batch), 1, False, False
+    while (kept := groups.uniform(G).count(False)) < refill.target:
+        if refill.max_rounds and rounds >= refill.max_rounds:
+            cap_hit = True
+            break
+        more = refill.take(refill.target - kept)
+        if not more:
+            exhausted = True
+            break
+        groups, rounds = groups + _roll(ctx, more), rounds + 1
+    n_uniform = groups.uniform(G).count(True)
+    return groups, {"groups_kept": len(groups.prompts) - n_uniform, "groups_dropped": n_uniform,
+                    "gen_batches": rounds, "filter_cap_hit": cap_hit, "filter_exhausted": exhausted}
+
+
+def _angles_of_all(ctx: StepContext, groups: Groups, train: list[int], angle_trained: torch.Tensor) -> torch.Tensor:
+    """Angles of every rolled-out sequence: those of the trained groups from the update, the dropped groups'
+    measured apart, so the curriculum's epoch angle covers every draw as it does without filtering."""
+    G, B = ctx.cfg.num_generations, len(groups.total)
+    if len(train) * G == B:
+        return angle_trained
+    trained = [g * G + k for g in train for k in range(G)]
+    rest = sorted(set(range(B)) - set(trained))
+    angle_B = torch.full((B,), math.nan, dtype=torch.float64)
+    angle_B[trained] = angle_trained
+    ro = groups.ro
+    angle_B[rest] = _angles_only(ctx, [ro.prompt_ids[b] + ro.completion_ids[b] for b in rest])
+    return angle_B
+
+
+# A random window (gainrl, sweep) can repeat a draw by chance: only this many draws in a row without a new
+# prompt mean the window has no more for this epoch.
+_EMPTY_DRAWS = 4
+
+
+class Refill:
+    """Where a ``--filter-groups`` step finds further prompts: the open epoch's subset from the epoch's
+    cursor on, then further draws of the curriculum's sampler (rows the epoch already holds are skipped, so
+    an epoch never trains a prompt twice), until every prompt of the pool is in the epoch or the sampler's
+    draws bring no new one (a narrow window holds no more).
+
+    ``cursor`` and ``extra`` (the rows drawn beyond the subset) are the epoch's position, for the loop
+    to keep after the step; a step that is aborted calls :meth:`rollback` to undo its sampler draws.
+    """
+
+    def __init__(self, curriculum, rows, cursor: int, extra: list[int], target: int, max_rounds: int):
+        self.curriculum, self.target, self.max_rounds = curriculum, target, max_rounds
+        self.queue = [int(r) for r in rows] + [int(r) for r in extra]
+        self.n_subset, self.cursor = len(rows), cursor
+        self._sampler_state = None
+
+    @property
+    def extra(self) -> list[int]:
+        return self.queue[self.n_subset:]
+
+    def take(self, n: int) -> list[int]:
+        """The epoch's next ``n`` prompts (fewer when the pool has no more for this epoch)."""
+        self._extend(n)
+        out = self.queue[self.cursor: self.cursor + n]
+        self.cursor += len(out)
+        return out
+
+    def _extend(self, n: int) -> None:
+        cur, seen, misses = self.curriculum, set(self.queue), 0
+        while len(self.queue) - self.cursor < n and len(seen) < cur.n_items and misses < _EMPTY_DRAWS:
+            if self._sampler_state is None:
+                self._sampler_state = cur.sampler.state_dict()
+            new = [r for r in dict.fromkeys(int(x) for x in cur.order[cur.sampler.draw()]) if r not in seen]
+            misses = 0 if new else misses + 1
+            self.queue += new
+            seen.update(new)
+
+    def rollback(self) -> None:
+        if self._sampler_state is not None:
+            self.curriculum.sampler.load_state_dict(self._sampler_state)
 
 
 def _policy_update(ctx: StepContext, ro, adv_N: torch.Tensor, updates_done: int) -> dict:
@@ -214,11 +362,11 @@ def _optimizer_step(ctx: StepContext, update_index: int, has_grads: bool,
     return grad_norm, lr, True
 
 
-def _step_record(ctx: StepContext, ro, rewards_N: torch.Tensor, judged: list, upd: dict, t_roll: float,
-                 t_total: float) -> dict:
+def _step_record(ctx: StepContext, ro, rewards_N: torch.Tensor, judged: list, upd: dict, angle_B: torch.Tensor,
+                 t_roll: float, t_total: float) -> dict:
     B, G = len(ro.completion_ids), ctx.cfg.num_generations
     r_PG = rewards_N.reshape(B // G, G)
-    ang = upd["angle_B"][~torch.isnan(upd["angle_B"])]
+    ang = angle_B[~torch.isnan(angle_B)]
     comp_len = [len(c) for c in ro.completion_ids]
     n_tokens = sum(len(p) + len(c) for p, c in zip(ro.prompt_ids, ro.completion_ids))
     acc = correct(judged, ctx.cfg.correct_threshold)
@@ -231,7 +379,7 @@ def _step_record(ctx: StepContext, ro, rewards_N: torch.Tensor, judged: list, up
             "trained_sequences": upd["trained_sequences"], "skipped_updates": upd["skipped_updates"],
             "angle": float(ang.mean()) if ang.numel() else None, "lr": upd["lr"], "grad_norm": upd["grad_norm"],
             "tokens_per_s": round(n_tokens / t_total, 1), "rollout_s": round(t_roll, 3),
-            "update_s": round(t_total - t_roll, 3)}
+            "update_s": round(t_total - t_roll, 3), "rollouts": B}
 
 
 def sequence_angles(hidden_BLD: torch.Tensor, mask_BL: torch.Tensor) -> torch.Tensor:
