@@ -187,7 +187,9 @@ def sample_cmd(
 
 
 def inspect_cmd(
-    scores_dir: ScoresDirArg,
+    scores_dir: Annotated[Path, typer.Argument(
+        help="Score directory written by `anglerank score` (scores-*.arrow + manifest.json), or a training run "
+        "directory (its per-prompt records, prompts.jsonl, are summarised).", show_default=False)],
     data: Annotated[Optional[list[str]], typer.Option(
         "--data", help="The scored Parquet input(s), to show the top and bottom questions' text. Default: the "
         "inputs recorded in the score directory, when they still exist.")] = None,
@@ -200,9 +202,16 @@ def inspect_cmd(
     force: ForceOpt = False,
     json_out: JsonOpt = False,
 ):
-    """Summarise a score directory: counts, nulls, statistics, length correlation, histogram, extremes."""
+    """Summarise a score directory: counts, nulls, statistics, length correlation, histogram, extremes; or a
+    training run: prompts drawn, re-draws, zero-variance groups, accuracy by rank decile."""
     from anglerank.curation.inspect import inspect
+    from anglerank.train.records import is_run_dir
 
+    if is_run_dir(scores_dir):
+        if data or layer is not None:
+            raise UserError(f"--data and --layer apply to score directories; {scores_dir} is a training run")
+        _inspect_run(scores_dir, plot, json_out)
+        return
     if not data:  # the recorded inputs, when they are still there, give the questions' text
         paths, gone = _recorded_inputs(scores_dir)
         data = paths if paths and not gone else None
@@ -211,6 +220,34 @@ def inspect_cmd(
         typer.echo(json.dumps(r, indent=2))
         return
     _show_inspect(r, scores_dir, with_questions=bool(data))
+
+
+def _inspect_run(run_dir: Path, plot: Path | None, json_out: bool) -> None:
+    """``inspect`` of a training run: its per-prompt records summarised (and drawn with --plot)."""
+    import warnings
+
+    from rich import box
+
+    from anglerank.curation.inspect import inspect_run
+    from anglerank.train.records import decile_rows, summary_rows
+
+    with warnings.catch_warnings(record=True) as caught:  # a torn last line: say so in one line
+        warnings.simplefilter("always")
+        s = inspect_run(run_dir, plot)
+    for w in caught:
+        err.print(f"warning: {w.message}", soft_wrap=True, highlight=False)
+    if json_out:
+        typer.echo(json.dumps(s, indent=2))
+        return
+    _table(f"anglerank inspect: {run_dir} (training run)", summary_rows(s))
+    t = Table(title="accuracy by rank decile (0 = the first ranked tenth)", title_justify="left", box=box.SIMPLE)
+    for c in ("training", *map(str, range(10))):
+        t.add_column(c, justify="right", no_wrap=True)
+    for label, cells in decile_rows(s):
+        t.add_row(label, *cells)
+    err.print(t)
+    if s.get("plot"):
+        err.print(f"plot written to {s['plot']}", highlight=False)
 
 
 def _show_inspect(r: dict, scores_dir: Path, with_questions: bool) -> None:

@@ -15,7 +15,7 @@ from anglerank.data.reader import ParquetFiles, field_type
 from anglerank.data.values import finite_or_none
 from anglerank.errors import UserError
 
-__all__ = ["inspect", "text_histogram", "QUANTILES"]
+__all__ = ["inspect", "inspect_run", "text_histogram", "QUANTILES"]
 
 QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
 _TERMS = ("intra", "inter", "score")
@@ -74,6 +74,21 @@ def inspect(
     if plot is not None:
         columns = {c: _col(ls.frame, c) for c in (*_TERMS, "n_question")}
         res["plot"] = str(plot_scores(columns, plot, title=_plot_title(res)))
+    return res
+
+
+def inspect_run(run_dir, plot=None) -> dict:
+    """Summary of a training run's per-prompt records (``anglerank.train.records.summary``); ``plot`` writes
+    their figures to a PNG (needs matplotlib)."""
+    from anglerank.plots import plot_prompts, require_matplotlib
+    from anglerank.train.records import read_records, summary
+
+    if plot is not None:
+        require_matplotlib()
+    header, recs = read_records(run_dir)
+    res = {"run_dir": str(run_dir), **summary(header, recs)}
+    if plot is not None:
+        res["plot"] = str(plot_prompts(header, recs, plot, title=str(run_dir)))
     return res
 
 

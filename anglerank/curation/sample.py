@@ -36,7 +36,7 @@ from anglerank.data.parquet_out import (
 )
 from anglerank.data.reader import InputError, ParquetFiles
 from anglerank.data.lock import output_lock, stale_temps
-from anglerank.data.writer import OutputError, _fsync_dir, write_json_atomic
+from anglerank.data.writer import OutputError, _fsync_dir, cannot_write, write_json_atomic
 from anglerank.errors import UserError
 from anglerank.signals import abort_on_signal
 
@@ -93,6 +93,8 @@ def sample(
     t0 = time.perf_counter()
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
         raise UserError(f"--epochs must be a positive integer, got {epochs!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise UserError(f"--seed must be an integer >= 0, got {seed!r}")
     check_memory_mb(memory_mb)
     files = open_data(data)
     out = Path(output)
@@ -129,9 +131,12 @@ def sample(
             return {**summary, "elapsed_s": round(time.perf_counter() - t0, 3)}
         # built beside the output and renamed into place: a curriculum is there whole or not at all
         with _staging_dir(out) as tmp:
-            summary["files"] = _write(files, table, draws, schema, tmp, concat=False, window=window)
+            summary["files"] = _write(files, table, draws, schema, tmp, concat=False, window=window, shown=out)
             summary["elapsed_s"] = round(time.perf_counter() - t0, 3)
-            write_json_atomic(tmp / SAMPLE_JSON, {**summary, "provenance": prov})
+            try:
+                write_json_atomic(tmp / SAMPLE_JSON, {**summary, "provenance": prov})
+            except OSError as exc:
+                raise cannot_write(out / SAMPLE_JSON, exc) from None
             _publish(tmp, out)
     return summary
 
@@ -169,9 +174,9 @@ def _schedule(n: int, subset, epochs: int, *, mu0, sigma, step, seed: int, shuff
 
 
 def _write(files: ParquetFiles, table, draws: list[np.ndarray], schema: pa.Schema, out: Path, *, concat: bool,
-           window: int) -> list[str]:
+           window: int, shown: Path | None = None) -> list[str]:
     """Write the epochs into the directory ``out`` (or the file, with ``concat``), ``window`` rows of data
-    at a time; return the file names written."""
+    at a time; return the file names written. Errors name the files under ``shown`` (where they are going)."""
     ranked = table.to_arrow()  # rank -> row and angle columns
     row_of_rank = table[ROW].to_numpy()
     names: list[str] = []
@@ -188,7 +193,7 @@ def _write(files: ParquetFiles, table, draws: list[np.ndarray], schema: pa.Schem
             offset = 0
             for t in group:
                 name = f"epoch_{t:04d}.parquet"
-                with AtomicParquet(out / name, schema) as w:
+                with AtomicParquet(out / name, schema, shown=(shown or out) / name) as w:
                     w.write(rows.slice(offset, len(draws[t])))
                 offset += len(draws[t])
                 names.append(name)
@@ -228,7 +233,7 @@ def _check_sample_dir(out: Path, overwrite: bool) -> None:
 def _staging_dir(out: Path) -> Iterator[Path]:
     """An empty directory next to ``out`` for the new curriculum; gone afterwards unless published."""
     for stale in stale_temps(out):  # we hold the output's lock
-        if stale.is_dir():
+        if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     try:

@@ -14,9 +14,11 @@ The lock is ``fcntl.flock`` on a small file, so the operating system releases it
 when the process ends in any way (kill -9 included): a lock file left behind is
 never stale, the next command simply takes it. The holder writes its pid, host and
 command line into the file, so a second process can say who is using the output
-(one line, exit 2). Locks are re-entrant within one process (a command may call
-another that locks the same output). Where ``fcntl`` does not exist (Windows), or
-the file system refuses ``flock``, outputs are not locked.
+(one line, exit 2). The lock file is opened with ``O_NOFOLLOW``: a symbolic link
+planted under its name is refused, never written through. Locks are re-entrant
+within one process (a command may call another that locks the same output). Where
+``fcntl`` does not exist (Windows), or the file system refuses ``flock``, outputs
+are not locked.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from anglerank.data.writer import OutputError
+from anglerank.data.writer import OutputError, open_own
 
 try:
     import fcntl
@@ -55,8 +57,9 @@ def lock_path(path, directory: bool = True) -> Path:
     An output that is replaced as a whole by a rename (a file, or a directory built
     elsewhere and renamed into place) must be locked from outside, hence ``directory=False``.
     """
-    target = Path(path).resolve()
-    return target / LOCK_NAME if directory else target.parent / f".{target.name}.lock"
+    target = Path(path)
+    # a file output is replaced by a rename at the name given, so its lock sits beside that name
+    return target.resolve() / LOCK_NAME if directory else target.parent.resolve() / f".{target.name}.lock"
 
 
 @contextlib.contextmanager
@@ -70,7 +73,7 @@ def output_lock(path, what: str = "output", *, directory: bool = True) -> Iterat
     target = Path(path).resolve()
     if directory and target.exists() and not target.is_dir():
         raise OutputError(f"output {path} exists and is not a directory")
-    lock = lock_path(target, directory)
+    lock = lock_path(path, directory)
     key = str(lock)
     if fcntl is None or key in _held:
         _held[key] = _held.get(key, 0) + 1
@@ -125,7 +128,7 @@ def _acquire(lock: Path, what: str, shown) -> int | None:
     """The locked descriptor of ``lock`` with our details written in, or None where locks are unsupported."""
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_own(lock, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise OutputError(f"cannot write {what} {shown}: {exc.strerror or exc} ({lock})") from None
         try:
@@ -147,7 +150,7 @@ def _acquire(lock: Path, what: str, shown) -> int | None:
 
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        a, b = os.fstat(fd), os.stat(path)
+        a, b = os.fstat(fd), os.lstat(path)
     except FileNotFoundError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
@@ -158,7 +161,10 @@ def _write_holder(fd: int) -> None:
     info = {"pid": os.getpid(), "host": socket.gethostname(), "command": shlex.join(argv),
             "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    try:
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+    except OSError:
+        pass  # a full disk must not keep a command from locking: a waiter then names "another process"
 
 
 def _holder(fd: int) -> str:

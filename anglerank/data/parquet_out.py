@@ -15,6 +15,7 @@ and are written with ``pyarrow``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from anglerank.data.lock import stale_temps
 from anglerank.data.reader import InputError
-from anglerank.data.writer import OutputError
+from anglerank.data.writer import OutputError, cannot_write, open_own
 
 __all__ = [
     "ANGLE_FIELDS", "ANGLE_COLUMNS", "EPOCH_FIELD", "ROW_GROUP_ROWS", "AtomicParquet", "assemble",
@@ -92,23 +93,42 @@ class AtomicParquet:
     """ParquetWriter to a temporary sibling, renamed over ``path`` only on success.
 
     The caller holds ``path``'s output lock, so temporaries a killed run left are removed.
+    The temporary is created with ``O_EXCL | O_NOFOLLOW`` (never through a link planted
+    under its name) and removed on any failure; a failed write (a full disk) is one
+    :class:`OutputError` naming ``shown`` (default ``path``), and ``path`` stays as it was.
     """
 
-    def __init__(self, path: Path, schema: pa.Schema):
+    def __init__(self, path: Path, schema: pa.Schema, shown: Path | None = None):
         self.path = Path(path)
+        self.shown = shown or self.path
         self.schema = schema
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self._fh = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for stale in stale_temps(self.path):
-                if stale.is_file():
+                if stale.is_file() and not stale.is_symlink():
                     stale.unlink()
-            self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            self._fh = os.fdopen(open_own(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb")
+            self.writer = pq.ParquetWriter(self._fh, schema, compression="zstd")
+        except (OSError, pa.ArrowException) as exc:
+            self._discard()
+            raise self._failed(exc) from None
         self.rows = 0
         self._buffer: list[pa.Table] = []
         self._buffered = 0
+
+    def _failed(self, exc: Exception) -> OutputError:
+        if isinstance(exc, OSError):
+            return cannot_write(self.shown, exc)
+        return OutputError(f"cannot write {self.shown}: {str(exc).splitlines()[0][:200]}")
+
+    def _discard(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._fh.close()
+            self.tmp.unlink(missing_ok=True)
+            self._fh = None
 
     def write(self, table: pa.Table) -> None:
         """Append rows; small tables are buffered so row groups are not tiny."""
@@ -120,24 +140,33 @@ class AtomicParquet:
 
     def _flush(self) -> None:
         if self._buffer:
-            self.writer.write_table(pa.concat_tables(self._buffer), row_group_size=ROW_GROUP_ROWS)
+            try:
+                self.writer.write_table(pa.concat_tables(self._buffer), row_group_size=ROW_GROUP_ROWS)
+            except (OSError, pa.ArrowException) as exc:
+                raise self._failed(exc) from None
             self._buffer, self._buffered = [], 0
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        try:
-            if exc_type is None:
-                self._flush()
-            self.writer.close()
-        except Exception:
-            if exc_type is None:
-                raise
         if exc_type is not None:
-            self.tmp.unlink(missing_ok=True)
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self._discard()
             return False
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
+        try:
+            self._flush()
+            self.writer.close()
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self.tmp, self.path)
+        except BaseException as failure:
+            with contextlib.suppress(Exception):
+                self.writer.close()
+            self._discard()
+            if isinstance(failure, (OSError, pa.ArrowException)):
+                raise self._failed(failure) from None
+            raise
         return False

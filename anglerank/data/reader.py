@@ -5,6 +5,10 @@ files, schema mismatches, unusable prompt columns), so a bad input fails in one 
 instead of after an hour of scoring. Rows are numbered 0.. over the files in order.
 :class:`ParquetFiles` is the files themselves (``column``, ``take``); :class:`ParquetSource`
 adds the prompt and id columns and streams :class:`Record` s for scoring and training.
+
+View columns (``string_view``, ``binary_view``, also inside structs and lists) are read
+as ``large_string`` / ``large_binary``: Arrow's row selection has no kernel for views,
+and every command then sees one of the string types it handles.
 """
 
 from __future__ import annotations
@@ -106,6 +110,29 @@ def _is_string(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
 
 
+def _plain_type(t: pa.DataType) -> pa.DataType:
+    """``t`` with every view type replaced by its large equivalent (the same values)."""
+    if pa.types.is_string_view(t):
+        return pa.large_string()
+    if pa.types.is_binary_view(t):
+        return pa.large_binary()
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_plain_type(f.type)) for f in t])
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        item = t.value_field.with_type(_plain_type(t.value_type))
+        if pa.types.is_fixed_size_list(t):
+            return pa.list_(item, t.list_size)
+        return pa.large_list(item) if pa.types.is_large_list(t) else pa.list_(item)
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_plain_type(t.key_type)),
+                       t.item_field.with_type(_plain_type(t.item_type)), t.keys_sorted)
+    return t
+
+
+def _plain_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(_plain_type(f.type)) for f in schema], metadata=schema.metadata)
+
+
 def _all_columns(schema: pa.Schema) -> list[str]:
     out = []
     for f in schema:
@@ -136,11 +163,12 @@ class ParquetFiles:
             schema = pf.schema_arrow.remove_metadata()
             if schema0 is None:
                 schema0 = schema
-                self.metadata_schema: pa.Schema = pf.schema_arrow
+                self.metadata_schema: pa.Schema = _plain_schema(pf.schema_arrow)
             elif not schema.equals(schema0):
                 raise InputError(f"{f} has a different schema from {self.files[0]}; {self.SCHEMA_HINT}")
             self._pf.append(pf)
-        self.schema: pa.Schema = schema0
+        self.schema: pa.Schema = _plain_schema(schema0)
+        self._views = not self.schema.equals(schema0)  # cast what is read (see the module docstring)
         self.rows_per_file = [pf.metadata.num_rows for pf in self._pf]
         self.total_rows = sum(self.rows_per_file)
 
@@ -167,12 +195,18 @@ class ParquetFiles:
                 n = pf.metadata.row_group(rg).num_rows
                 lo, hi = np.searchsorted(wanted, [base, base + n])
                 if hi > lo:
-                    group = pf.read_row_group(rg).replace_schema_metadata(None)
+                    group = self._plain(pf.read_row_group(rg).replace_schema_metadata(None))
                     pieces.append(group.take(pa.array(wanted[lo:hi] - base)))
                 base += n
         table = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
         pos = np.searchsorted(wanted, rows)
         return table if np.array_equal(pos, np.arange(len(wanted))) else table.take(pa.array(pos))
+
+    def _plain(self, table: pa.Table) -> pa.Table:
+        """``table`` as read, with view columns cast to the plain types of ``schema``."""
+        if not self._views:
+            return table
+        return table.cast(pa.schema([self.schema.field(n) for n in table.column_names]))
 
     def fingerprints(self) -> list[dict]:
         return [
@@ -193,7 +227,7 @@ class ParquetFiles:
         for pf, n in zip(self._pf, self.rows_per_file):
             local = None if rows is None else sorted({r - base for r in rows if base <= r < base + n})
             if local is None or local:
-                col = pf.read(columns=[top]).column(top)
+                col = self._plain(pf.read(columns=[top])).column(top)
                 if local is None:
                     out.extend(get_dotted(v, inner) for v in _values(col))
                 else:
@@ -239,6 +273,18 @@ def _batch_rows(batch: pa.RecordBatch) -> list[dict]:
                 bad.append(name)
         rows.append({**item, _UNREADABLE: bad} if bad else item)
     return rows
+
+
+def _id_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t  # dictionary ids are copied as plain values
+
+
+def _skipped_note(skipped: list[str], outcome: str) -> str | None:
+    if not skipped:
+        return None
+    what = (f"column {skipped[0]} is not an integer or string id and was" if len(skipped) == 1 else
+            f"columns {' and '.join(skipped)} are not integer or string ids and were")
+    return f"{what} skipped; {outcome} (choose the id column with --id-column)"
 
 
 class ParquetSource(ParquetFiles):
@@ -288,23 +334,28 @@ class ParquetSource(ParquetFiles):
         return found[0], "string"
 
     def _resolve_id(self, name: str | None) -> tuple[str | None, pa.DataType]:
+        """The id column and its type. Ids are integers or strings: a named column of another type is
+        refused; an auto-detected candidate of another type is skipped, and ``id_note`` says so."""
+        self.id_note = None
         if name is not None:
             t = field_type(self.schema, name)
             if t is None:
                 raise InputError(f"id column {name!r} not found; columns: {', '.join(_all_columns(self.schema))}")
-            if pa.types.is_dictionary(t):
-                t = t.value_type  # the ids are copied as plain values
-            if pa.types.is_nested(t) or pa.types.is_null(t):
+            t = _id_type(t)
+            if not (pa.types.is_integer(t) or _is_string(t)):
                 # checked here, before scoring: the duplicate-id check at the end cannot compare such values
-                raise InputError(
-                    f"id column {name!r} has type {t}; expected one value per row (an integer or a string), "
-                    "e.g. a field inside it such as extra_info.index"
-                )
+                hint = ", e.g. a field inside it such as extra_info.index" if pa.types.is_nested(t) else ""
+                raise InputError(f"id column {name!r} has type {t}; expected an integer or a string column{hint}")
             return name, t
+        skipped = []
         for cand in AUTO_ID_COLUMNS:
             t = field_type(self.schema, cand)
-            if t is not None and (pa.types.is_integer(t) or _is_string(t)):
-                return cand, t
+            if t is not None and (pa.types.is_integer(_id_type(t)) or _is_string(_id_type(t))):
+                self.id_note = _skipped_note(skipped, f"the ids are taken from {cand!r}")
+                return cand, _id_type(t)
+            if t is not None:
+                skipped.append(f"{cand!r} ({t})")
+        self.id_note = _skipped_note(skipped, "no ids are copied")
         return None, pa.int64()
 
     # -- iteration -------------------------------------------------------------------

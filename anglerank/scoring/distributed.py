@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,11 +20,15 @@ import pyarrow.ipc as ipc
 
 from anglerank.data import manifest
 from anglerank.data.lock import output_lock
-from anglerank.data.writer import DONE, MANIFEST, OutputError, read_manifest, verify_parts, write_json_atomic
+from anglerank.data.writer import (
+    DONE, MANIFEST, OutputError, _fsync_dir, cannot_write, is_part_name, json_bytes, own_files, read_manifest,
+    refuse_links, stage, verify_parts, write_own,
+)
 from anglerank.errors import UserError
 from anglerank.signals import abort_on_signal
 
 _SHARD_RE = re.compile(r"shard-(\d{5})-of-(\d{5})$")
+_SHARD_FIELDS = ("layers", "row_start", "row_stop", "rows_expected", "elapsed_s", "tokens")  # what merge reads
 
 
 def auto_window_rows(total: int) -> int:
@@ -61,6 +64,24 @@ def distributed_env() -> tuple[int, int, int] | None:
     return None
 
 
+def local_world_size() -> int:
+    """Processes on this machine under torchrun (LOCAL_WORLD_SIZE; else all of them)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE") or 1)
+
+
+def gpu_share(local_rank: int, local_world_size: int, visible: int) -> list[int]:
+    """The GPUs (indices among the ``visible`` ones) that one local rank spreads its model over.
+
+    Contiguous, disjoint and together all of them: 8 GPUs and 2 ranks give [0..3] and [4..7];
+    8 and 3 give 2, 3 and 3 GPUs. With more ranks than GPUs, ranks share one GPU each.
+    """
+    if not 0 <= local_rank < local_world_size or visible < 1:
+        raise UserError(f"local rank {local_rank} of {local_world_size} has no GPU among {visible} visible")
+    if local_world_size >= visible:
+        return [local_rank * visible // local_world_size]
+    return list(range(local_rank * visible // local_world_size, (local_rank + 1) * visible // local_world_size))
+
+
 # --- merge ------------------------------------------------------------------------------
 
 def _shard_dirs(out: Path) -> list[Path]:
@@ -90,6 +111,10 @@ def _finished_manifest(i: int, shard: Path) -> dict:
             f"incomplete: shard {i} stopped at row {m.get('next_row')} of {m.get('row_start')}..{m.get('row_stop')}; "
             "rerun it with --resume"
         )
+    missing = [k for k in _SHARD_FIELDS if m.get(k) is None]
+    if missing:
+        raise OutputError(f"{shard / MANIFEST} lacks the field(s) {', '.join(missing)} of a finished shard; "
+                          f"rescore shard {i}")
     verify_parts(shard, m, f"rerun shard {i} with --resume (it re-scores damaged or missing parts)")
     return m
 
@@ -128,24 +153,42 @@ def _check_coverage(shards: list[Path], ms: list[dict]) -> None:
         raise OutputError(f"rows {expected}..{ms[0]['rows_expected'] - 1} are not covered by any shard")
 
 
-def _copy_parts(out: Path, shards: list[Path], ms: list[dict]) -> list[dict]:
-    """Copy every shard's parts, in row order, as the top-level parts (each one renamed into place)."""
+def _chunks(path: Path, size: int = 1 << 20):
+    with open(path, "rb") as fh:
+        while chunk := fh.read(size):
+            yield chunk
+
+
+def _write_merged(out: Path, sources: list[tuple[Path, dict]], merged: dict) -> None:
+    """Copy each (shard part, merged part record) into ``out`` and write the merged manifest.
+
+    Everything is first written to temporaries beside the final names; only then are they
+    renamed into place (renames need no space). A failure before that (a full disk) removes
+    the temporaries and names the file that could not be written, leaving ``out`` as it was.
+    """
+    staged: list[Path] = []
+    target = out / MANIFEST
+    try:
+        for src, part in sources:
+            target = out / part["file"]
+            staged.append(target.with_name(f".{target.name}.tmp"))
+            write_own(staged[-1], _chunks(src))
+        target = out / MANIFEST
+        staged.append(stage(target, json_bytes(merged)))
+    except BaseException as exc:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise cannot_write(target, exc) from None
+        raise
     (out / MANIFEST).unlink(missing_ok=True)  # first: a merge cut short must not look like a merged result
-    for f in out.glob("scores-*.arrow"):
-        f.unlink()
-    parts = []
-    for shard, m in zip(shards, ms):
-        for part in m["parts"]:
-            name = f"scores-{len(parts):05d}.arrow"
-            tmp = out / f".{name}.tmp"
-            try:
-                shutil.copyfile(shard / part["file"], tmp)
-                os.replace(tmp, out / name)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            parts.append({**part, "file": name})  # the same bytes: row count, size and checksum carry over
-    return parts
+    new = {part["file"] for _, part in sources}
+    for f in own_files(out, temporaries=False):
+        if is_part_name(f.name) and f.name not in new:
+            f.unlink()
+    for tmp in staged:
+        os.replace(tmp, tmp.with_name(tmp.name[1:-len(".tmp")]))
+    _fsync_dir(out)
 
 
 def merge(output: Path | str, overwrite: bool = False) -> dict:
@@ -165,13 +208,16 @@ def _merge_locked(out: Path, shards: list[Path], overwrite: bool) -> dict:
     ms = [_finished_manifest(i, shard) for i, shard in enumerate(shards)]
     manifest.check_shards(ms)
     _check_coverage(shards, ms)
-    if read_manifest(out) is not None and not overwrite:
+    if (out / MANIFEST).exists() and not overwrite:
         raise OutputError(f"{out} already holds a merged result; pass --overwrite to redo the merge")
-    parts = _copy_parts(out, shards, ms)
+    refuse_links(out)
+    # the same bytes under new names: row count, size and checksum carry over
+    sources = [(shard / part["file"], part) for shard, m in zip(shards, ms) for part in m["parts"]]
+    sources = [(src, {**part, "file": f"scores-{i:05d}.arrow"}) for i, (src, part) in enumerate(sources)]
     ref = ms[0]
     merged = {k: v for k, v in ref.items() if k not in ("shard_index", "row_start", "row_stop", "parts")}
     merged.update(
-        parts=parts, complete=True, num_shards=len(shards), next_row=ref["rows_expected"],
+        parts=[part for _, part in sources], complete=True, num_shards=len(shards), next_row=ref["rows_expected"],
         elapsed_s=round(max(m["elapsed_s"] for m in ms), 3),
         tokens=sum(m["tokens"] for m in ms),
         shards=[{"dir": shard.name, "rows": m["row_stop"] - m["row_start"], "elapsed_s": m["elapsed_s"]}
@@ -179,5 +225,5 @@ def _merge_locked(out: Path, shards: list[Path], overwrite: bool) -> dict:
         merged_at=time.time(),
     )
     merged["tokens_per_s"] = round(merged["tokens"] / merged["elapsed_s"], 1) if merged["elapsed_s"] else None
-    write_json_atomic(out / MANIFEST, merged)
+    _write_merged(out, sources, merged)
     return merged
