@@ -42,7 +42,8 @@ from anglerank.data.lock import output_lock
 from anglerank.data.parquet_out import ROW_GROUP_ROWS, AtomicParquet, assemble, check_added_columns, output_schema
 from anglerank.data.reader import InputError, ParquetSource, field_type
 from anglerank.data.writer import (
-    MANIFEST, OutputError, ScoreWriter, load_scores, part_problem, prepare_output_dir, read_manifest,
+    MANIFEST, OutputError, ScoreWriter, load_scores, own_files, part_problem, prepare_output_dir, read_manifest,
+    refuse_links,
 )
 from anglerank.errors import Interrupted, UserError
 from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade, reference_answer
@@ -145,6 +146,11 @@ def _resume_or_start(out: Path, new: dict, resume: bool, overwrite: bool,
         if not overwrite and (out / MANIFEST).is_file():
             raise OutputError(f"output directory {out} already holds results; pass --resume to continue an "
                               "interrupted run or --overwrite to replace them")
+        ours = (out / MANIFEST).is_file()  # only --overwrite gets here with one
+        foreign = [n for n in (RATES_FILE, DATA_FILE) if not ours and (out / n).exists()]
+        if foreign:
+            raise OutputError(f"output directory {out} holds a {foreign[0]} that anglerank did not write; "
+                              "choose another output directory")
         prepare_output_dir(out, overwrite)
         for name in (RATES_FILE, DATA_FILE):
             (out / name).unlink(missing_ok=True)
@@ -166,9 +172,10 @@ def _resume_or_start(out: Path, new: dict, resume: bool, overwrite: bool,
         next_row += part["rows"]
     else:
         next_row = int(previous.get("next_row", next_row))
-    recorded = {p["file"] for p in parts}
-    for f in [*out.glob("scores-*.arrow"), *out.glob(".*.tmp")]:  # never committed, or damaged
-        if f.name not in recorded:
+    refuse_links(out)
+    recorded = {p["file"] for p in parts} | {MANIFEST}
+    for f in own_files(out):  # never committed, or damaged; only names anglerank writes
+        if f.name not in recorded and f.name != "DONE":
             f.unlink()
     new.update(parts=parts, started_at=previous.get("started_at"), elapsed_s=previous.get("elapsed_s", 0.0))
     return new, next_row, previous

@@ -281,3 +281,51 @@ def test_agreement_within_groups_and_with_a_covariate_partialled_out():
     ex, ey = resid(rx, rz), resid(ry, rz)
     assert p["spearman"] == pytest.approx(float(ex @ ey / np.sqrt((ex @ ex) * (ey @ ey))))
     assert p["n"] == 24 and p["ci95"][0] < p["spearman"] < p["ci95"][1]
+
+
+# ------------------------------------------------------------------ our files only
+
+
+def test_resume_removes_only_our_own_files(tmp_path, tiny_model_dir, questions_parquet, monkeypatch):
+    """An interrupted output holding a user's files: --resume continues and leaves them byte-identical."""
+    sopt = ScoreOptions(model=str(tiny_model_dir), dtype="float32", device="cpu")
+    opt = passrate.PassRateOptions(rollouts=2, max_new_tokens=4, seed=1)
+    out = tmp_path / "pr"
+    real, calls = generation.generate, []
+
+    def stop_at_third(*a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(generation, "generate", stop_at_third)
+    with pytest.raises(Interrupted):
+        passrate.run_passrate(questions_parquet, out, options=opt, score_options=sopt, limit=6, commit_every=2)
+    monkeypatch.setattr(generation, "generate", real)
+    foreign = {"scores-final.arrow": b"mine", ".draft.tmp": b"draft", "notes.txt": b"keep"}
+    for name, data in foreign.items():
+        (out / name).write_bytes(data)
+    passrate.run_passrate(questions_parquet, out, options=opt, score_options=sopt, limit=6, commit_every=2,
+                          resume=True)
+    assert {n: (out / n).read_bytes() for n in foreign} == foreign
+    assert (out / passrate.RATES_FILE).is_file()
+
+
+def test_a_foreign_data_file_is_never_replaced(tmp_path, tiny_model_dir, questions_parquet):
+    from hostile import one_error_line
+
+    out = tmp_path / "pr"
+    out.mkdir()
+    (out / passrate.DATA_FILE).write_bytes(b"the user's own data")
+    res = cli("passrate", questions_parquet, "-o", out, "--rollouts", 1, "--max-new-tokens", 2, "--limit", 2,
+              *model_args(tiny_model_dir))
+    one_error_line(res, "data.parquet", "did not write")
+    assert (out / passrate.DATA_FILE).read_bytes() == b"the user's own data"
+
+
+def test_rank_refuses_a_pass_rate_directory_in_one_line(measured, questions_parquet):
+    from hostile import one_error_line
+
+    res = cli("rank", measured, "--data", questions_parquet, "-o", measured.parent / "r.parquet")
+    one_error_line(res, "not angle scores")

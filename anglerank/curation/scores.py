@@ -122,6 +122,9 @@ def open_manifest(scores_dir, force: bool) -> dict:
         if any(d.glob("shard-*-of-*")):
             raise InputError(f"{d} holds unmerged shards; run `anglerank merge {d}` first")
         raise InputError(f"{d} has no {MANIFEST}; is it an anglerank score directory?")
+    if manifest.get("kind", "score") != "score":
+        raise InputError(f"{d} holds {manifest['kind']} results, not angle scores; pass an `anglerank score` "
+                         "output directory")
     if not manifest.get("complete") and not force:
         done = sum(p.get("rows", 0) for p in manifest.get("parts", []))
         raise InputError(
