@@ -1,7 +1,7 @@
 """Angle-concentration math for GAIN-RL, kept apart from any model or I/O code.
 
 GAIN-RL ranks prompts by how tightly the token hidden states of a prompt
-cluster in angle (METHOD.md sections 1 and 4). This module holds only the
+cluster in angle (docs/method.md, "The signal" and "What the released code does"). This module holds only the
 numbers: the paper-intent segment concentrations (exact ``O(L d)`` closed
 forms plus a naive ``O(L^2 d)`` reference), a bug-compatible reproduction of
 the authors' released scoring estimator ("gainrl-code", also in ``O(L d)``

@@ -14,7 +14,7 @@ from anglerank.errors import UserError
 
 PRESETS = ("none", "gainrl")
 
-# The authors' scoring prompt (METHOD.md section 4), as data.
+# The authors' scoring prompt (docs/method.md, "What the released code does"), as data.
 GAINRL_SYSTEM = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it.\n"
     "The assistant first thinks about the reasoning process in the mind and then provides the user with "

@@ -1,6 +1,6 @@
 """Benchmark `anglerank score` against the authors' scoring algorithm, in one process.
 
-Reference (METHOD.md section 4): one prompt per forward pass, float32, the full model
+Reference (docs/method.md, "What the released code does"): one prompt per forward pass, float32, the full model
 including the LM head, activations kept until the end, then the full L x L cosine
 matrix per prompt. Here the reference matrix is reduced with the correct segment spans
 (the paper-intent means), so its numbers are the float32 ground truth for ours.

@@ -251,7 +251,7 @@ def build_report() -> tuple[dict, str]:
                "released script's `torch.argsort(descending=True)` does (null scores kept in row order among "
                "themselves); position 0 comes first, so a positive ρ with total tokens means shorter prompts first. "
                "Null `gainrl-code` scores: the hard-coded 110-token prefix and 6-token suffix leave no intra rows "
-               "for prompts of 232 tokens or fewer (METHOD.md section 4).", ""]
+               "for prompts of 232 tokens or fewer (docs/method.md, section \"What the released code does\").", ""]
         md += ["**Stability across layers**: Spearman ρ between the last layer's (29) score and layer k's, same prompts.",
                "", "| dataset | estimator | " + " | ".join(f"k={k}" for k in STABILITY_LAYERS) + " |",
                "| --- | --- | " + " | ".join("---" for _ in STABILITY_LAYERS) + " |"]

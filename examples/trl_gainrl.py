@@ -8,8 +8,8 @@ Rank the training data once, then train::
 
 The data is the verl layout that `anglerank rank` keeps (``prompt`` = chat
 messages, ``reward_model.ground_truth`` = the final answer) plus the
-``angle_*`` columns. Training settings default to the authors' (METHOD.md
-section 3; bf16 on a GPU); the GAIN-RL rank-unit options accept ranks or
+``angle_*`` columns. Training settings default to the authors' (docs/method.md,
+"The training loop"; bf16 on a GPU); the GAIN-RL rank-unit options accept ranks or
 fractions of the data set size. ``--resume`` continues from the last
 checkpoint in ``--output-dir``, curriculum included.
 

@@ -3,7 +3,7 @@
 They pin the rank-unit rule, the sampling distribution (including without
 replacement), the mu update against hand-computed numbers, the window kept on
 the data (clamped, or wrapped into a new pass), exact resume from a JSON
-checkpoint (the fixes listed in METHOD.md section 4), the one definition of a
+checkpoint (the fixes listed in docs/method.md, "What the released code does"), the one definition of a
 correct completion, and that a new sampler needs no file but its own.
 """
 

@@ -1,4 +1,4 @@
-"""METHOD.md section 2: ||X^T G||_F^2 = sum_ij (x_i . x_j)(g_i . g_j)."""
+"""docs/method.md, "Why it should matter": ||X^T G||_F^2 = sum_ij (x_i . x_j)(g_i . g_j)."""
 
 from __future__ import annotations
 

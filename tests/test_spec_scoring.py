@@ -3,7 +3,7 @@
 - the hook sites against what the model itself reports (``output_hidden_states``,
   the post-attention norm's output), for several families, without ``hooks.site_module``;
 - the ``gainrl-code`` estimator against a literal transcription of the authors'
-  released scoring script (METHOD.md section 4) on the embedded model's real
+  released scoring script (docs/method.md, "What the released code does") on the embedded model's real
   hidden states;
 - the default (bf16) scoring precision against float32 on real prompts.
 """

@@ -5,7 +5,7 @@
   temperature, the loss (ratio 1 on the first pass), its gradient and one AdamW update, computed with plain torch and no
   anglerank code, compared with what ``train_step`` did to the weights;
 - the window of a real ``anglerank train`` run checked against the GAIN-RL
-  formula (METHOD.md section 3) from the accuracy and angle the run logged,
+  formula (docs/method.md, "The training loop") from the accuracy and angle the run logged,
   with the window kept on the data.
 """
 

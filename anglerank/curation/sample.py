@@ -1,7 +1,7 @@
 """``anglerank sample``: an open-loop GAIN-RL curriculum written ahead of training.
 
 For trainers that cannot call back into anglerank: the curriculum package's sweep
-(METHOD.md section 3 without the feedback term; the window centre moves a fixed step
+(docs/method.md, "The training loop" without the feedback term; the window centre moves a fixed step
 per epoch and stays on the data) draws every epoch's ranks, and this module writes
 them as one Parquet file per epoch (or one file with all epochs in order), each row
 the input row with its ``angle_*`` columns and ``epoch``.

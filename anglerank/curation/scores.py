@@ -11,7 +11,7 @@ Null scores. A row whose ranking value (``by``) is null (unscored, question too
 short, no prefix, or beyond ``--limit``) is ranked after every scored row, in input
 order: its ``angle_rank`` continues the sequence (so ``angle_rank`` is always the
 row's position in the ranking) and its ``angle_pct`` is null. NaN is treated as
-null. The authors' released code sorts NaN first (METHOD.md section 4); anglerank
+null. The authors' released code sorts NaN first (docs/method.md, "What the released code does"); anglerank
 does not, on purpose: an unscorable prompt is no evidence of high concentration.
 """
 

@@ -1,4 +1,4 @@
-"""GAIN-RL sampling for TRL's ``GRPOTrainer`` (METHOD.md section 3).
+"""GAIN-RL sampling for TRL's ``GRPOTrainer`` (docs/method.md, "The training loop").
 
 This module exists so a TRL user swaps one class to train with GAIN-RL::
 

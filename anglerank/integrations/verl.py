@@ -1,4 +1,4 @@
-"""GAIN-RL curriculum sampler for verl's PPO/GRPO trainer (METHOD.md section 3).
+"""GAIN-RL curriculum sampler for verl's PPO/GRPO trainer (docs/method.md, "The training loop").
 
 This module exists so a verl user gets GAIN-RL sampling from command-line
 flags alone::

@@ -4,7 +4,7 @@ This module exists so the pieces of the GRPO update (group-relative advantages,
 the clipped surrogate, the k3 KL penalty, token log-probs and the LR schedule)
 can be tested against hand-worked numbers without a model, a tokenizer or a
 particular TRL release. The formulas follow TRL's ``GRPOTrainer`` (the variant
-the GAIN-RL authors trained with, METHOD.md section 3) so results stay
+the GAIN-RL authors trained with, docs/method.md, "The training loop") so results stay
 comparable; nothing here does I/O or knows about models.
 
 Shape suffixes: ``B`` sequences (prompt x generation rows), ``T`` completion

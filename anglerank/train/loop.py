@@ -1,7 +1,7 @@
 """The closed GAIN-RL loop: score -> draw a subset -> GRPO on it -> move the window
 -> re-score with the live policy -> evaluate -> checkpoint -> next subset.
 
-This module exists so a whole GAIN-RL run (METHOD.md section 3, with the
+This module exists so a whole GAIN-RL run (docs/method.md, "The training loop", with the
 section-4 flaws fixed) reads top to bottom in one place: :func:`train` is the
 algorithm; the helpers below it do one thing each. Which prompts an epoch
 trains on is the curriculum's business (``anglerank.curriculum``), the
