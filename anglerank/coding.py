@@ -1,13 +1,17 @@
 """Judging code completions: the last fenced Python block against the row's tests, in the sandbox.
 
 Tests come in the two shapes datasets use: a list of Python ``assert``
-statements (HumanEval / MBPP style), or stdin/stdout pairs (APPS / CodeContests
-style) as a list of ``{"input": ..., "output": ...}`` or one
-``{"inputs": [...], "outputs": [...]}``; either may arrive as a JSON string.
-Every test is a separate program run (:mod:`anglerank.sandbox`), so a program
-cannot report its own results: an assert test passes when the program exits 0,
-an stdin/stdout test when it exits 0 and prints the expected output (compared
-line by line, trailing whitespace ignored).
+statements (HumanEval / MBPP style; a string may hold several statements, such
+as HumanEval's ``def check(candidate): ...`` followed by ``check(f)``), or
+stdin/stdout pairs (APPS / CodeContests style) as a list of
+``{"input": ..., "output": ...}`` or one ``{"inputs": [...], "outputs": [...]}``;
+either may arrive as a JSON string.
+
+The tests never enter the program's process (:mod:`anglerank.sandbox`): an
+assert test runs in the judge against the program's functions, which answer
+with plain values only, and passes when it runs to its end; an stdin/stdout
+test passes when the program exits 0 and prints the expected output (compared
+line by line, trailing whitespace ignored). See ``docs/rewards.md``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import re
 from typing import Any
 
-from anglerank.sandbox import Limits, run_many
+from anglerank.sandbox import Limits, check, judge_many
 
 __all__ = ["extract_code", "normalise_tests", "pass_fractions"]
 
@@ -51,25 +55,17 @@ def normalise_tests(tests: Any) -> list[tuple[str, Any]]:
     return out
 
 
-def _same_output(got: str, want: str) -> bool:
-    lines = lambda s: [x.rstrip() for x in s.strip().splitlines()]  # noqa: E731
-    return lines(got) == lines(want)
-
-
 def pass_fractions(completions: list[str], tests: list[Any], limits: Limits = Limits(),
                    workers: int | None = None) -> list[float]:
-    """Per completion: the share of its row's tests passed (0 without a code block or without tests)."""
-    jobs, owners = [], []
+    """Per completion: the share of its row's tests passed (0 without a code block or without tests).
+
+    Raises :class:`anglerank.sandbox.SandboxUnavailable` where programs cannot be isolated (unless waived),
+    whether or not a completion holds code."""
     cases = [normalise_tests(t) for t in tests]
-    for i, (text, case) in enumerate(zip(completions, cases)):
-        code = extract_code(text)
-        if code is None:
-            continue
-        for kind, t in case:
-            jobs.append((code + "\n\n" + t, "") if kind == "assert" else (code, t[0]))
-            owners.append((i, kind, t))
+    check(limits)
+    jobs = [(i, extract_code(text)) for i, text in enumerate(completions)]
+    jobs = [(i, code) for i, code in jobs if code is not None and cases[i]]
     passed = [0] * len(completions)
-    for (i, kind, t), res in zip(owners, run_many(jobs, limits, workers)):
-        ok = res.returncode == 0 and not res.timed_out
-        passed[i] += ok and (kind == "assert" or _same_output(res.stdout, t[1]))
+    for (i, _), verdicts in zip(jobs, judge_many([(code, cases[i]) for i, code in jobs], limits, workers)):
+        passed[i] = sum(verdicts)
     return [p / len(c) if c else 0.0 for p, c in zip(passed, cases)]

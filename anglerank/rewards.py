@@ -110,8 +110,12 @@ def code_reward(prompts, completions, tests=None, **kwargs) -> list[float]:
 
     TRL reward-function signature; ``tests`` is the data column (a list of
     ``assert`` statements, or of ``{"input", "output"}`` stdin/stdout pairs, per
-    row; see :mod:`anglerank.coding`). Every test runs in :mod:`anglerank.sandbox`
-    (timeout, memory and output limits, no network, read-only file system).
+    row; see :mod:`anglerank.coding`). The program runs in :mod:`anglerank.sandbox`
+    (a private root with nothing of the machine but the Python installation, no
+    network, limits); the tests run outside it and count only plain results, so
+    exiting early or returning an object that equals anything earns nothing.
+    :class:`anglerank.sandbox.SandboxUnavailable` (a RewardError here) where
+    programs cannot be isolated; see ``docs/rewards.md``.
     """
     from anglerank.coding import pass_fractions
 

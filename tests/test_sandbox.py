@@ -89,7 +89,9 @@ def test_no_write_outside_and_no_network(tmp_path):
     finally:
         server.close()
     assert not target.exists()
-    if isolation().get("read_only"):
+    if isolation().get("private_root"):  # the directory is not even there
+        assert write.returncode != 0 and "No such file or directory" in write.stderr
+    elif isolation().get("read_only"):
         assert write.returncode != 0 and "Read-only" in write.stderr
     if isolation().get("namespaces"):
         assert net.returncode != 0
