@@ -18,9 +18,9 @@ from rich.table import Table
 
 from anglerank.cli_common import (
     BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
-    LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
+    DeviceMapOpt, LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
     PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, freeze_at_exit,
-    pause_gc_for_startup, score_options, startup_over, user_errors,
+    pause_gc_for_startup, readable_help, score_options, startup_over, user_errors, warning_line,
 )
 from anglerank.errors import UserError
 
@@ -30,6 +30,24 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from anglerank import __version__
+
+        typer.echo(f"anglerank {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+):
+    """GAIN-RL angle-concentration scoring and curricula for RL fine-tuning of LLMs."""
+
+
 def _progress(quiet: bool):
     """A rich progress bar (rows, rows/s, tokens/s, ETA) as a callback plus its context."""
     from contextlib import nullcontext
@@ -63,7 +81,7 @@ def _progress(quiet: bool):
     return prog, cb
 
 
-def _summary(manifest: dict, out: Path) -> None:
+def _summary(manifest: dict, out: Path, title: str = "anglerank score") -> None:
     from anglerank.data.writer import load_scores
 
     t = load_scores(out)
@@ -71,7 +89,7 @@ def _summary(manifest: dict, out: Path) -> None:
 
     score = t.column("score")
     valid = pc.drop_null(score)
-    tab = Table(title="anglerank score", show_header=False, title_justify="left")
+    tab = Table(title=title, show_header=False, title_justify="left")
     tab.add_row("output", str(out))
     tab.add_row("model", f"{manifest['model']} ({manifest['dtype']}, {manifest['device']})")
     tab.add_row("preset / site / layers", f"{manifest['preset']} / {manifest['site']} / {manifest['layers']}")
@@ -108,6 +126,7 @@ def score(
     max_length: MaxLengthOpt = 4096,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
     batch_tokens: BatchTokensOpt = None,
     prefix_cache: PrefixCacheOpt = True,
     limit: LimitOpt = None,
@@ -147,6 +166,18 @@ def score(
         from anglerank.data.writer import read_manifest
 
         _summary(read_manifest(output), output)
+    if rank0:
+        _warn_if_mostly_null(output)
+
+
+def _warn_if_mostly_null(output: Path) -> None:
+    """A finished run whose scores are mostly null exits 0 like any other: say so, and why."""
+    from anglerank.curation.inspect import null_warning
+    from anglerank.data.writer import load_scores
+
+    msg = null_warning(load_scores(output), output)
+    if msg:
+        warning_line(msg)
 
 
 def _merge_after_torchrun(output: Path, rank0: bool, overwrite: bool) -> None:
@@ -180,7 +211,8 @@ def merge_cmd(
 
     m = merge(output, overwrite=overwrite)
     if not quiet:
-        _summary(m, output)
+        _summary(m, output, title="anglerank merge")
+    _warn_if_mostly_null(output)
 
 
 @app.command()
@@ -193,9 +225,9 @@ def info(model: ModelOpt = None, json_out: JsonOpt = False):
     d = {"model": model or models.DEFAULT_MODEL, "path": str(path), **models.describe(path)}
     try:
         import torch
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
 
-        cfg = AutoConfig.from_pretrained(path)
+        cfg = models.load_config(path)  # one line for configs it cannot read (custom model code)
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(cfg)
         d["hook_sites"] = hooks.hook_sites(skeleton)
@@ -244,8 +276,10 @@ def main():
 
     _tune_allocator()
     pause_gc_for_startup()
+    command = typer.main.get_command(app)
+    readable_help(command)
     try:
-        code = app(standalone_mode=False)
+        code = command(standalone_mode=False)
     except cx.NoArgsIsHelpError as exc:
         err.print(exc.format_message())
         sys.exit(2)

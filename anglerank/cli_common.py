@@ -7,6 +7,7 @@ consistent across `score`, `validate`, `train`, `rank` and the rest.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import os
@@ -52,7 +53,9 @@ PromptColumnOpt = Annotated[Optional[str], typer.Option(
     "--prompt-column", help="Column with the question: a string or a list of {role, content} messages; "
     "dotted paths reach into structs (extra_info.question). Default: auto-detect prompt, question, problem, text.")]
 IdColumnOpt = Annotated[Optional[str], typer.Option(
-    "--id-column", help="Column copied to the output `id`. Default: extra_info.index, id or index when present.")]
+    "--id-column", help="Column copied to the output `id`: integer or string values (another type is refused). "
+    "Default: the first of extra_info.index, id or index that holds integers or strings; a candidate of another "
+    "type (e.g. double) is skipped with a warning.")]
 PresetOpt = Annotated[str, typer.Option(
     "--preset", help="none: the row's messages through the chat template; gainrl: the authors' four-message prompt around the question.")]
 SystemOpt = Annotated[Optional[str], typer.Option("--system", help="Set or replace the system message.")]
@@ -73,7 +76,8 @@ CodeSuffixOpt = Annotated[int, typer.Option("--code-suffix-tokens", help="gainrl
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longer prompts are truncated at the end and flagged `truncated`.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto|bfloat16|float16|float32. auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else float32.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.")]
-BatchTokensOpt = Annotated[Optional[int], typer.Option("--batch-tokens", help="Token budget per forward batch, padding included. Default: 16384 on GPUs; on CPUs 4096 with AMX, else 1024 (small batches stay in cache); recorded in the manifest, and a --resume keeps it. A cached shared prefix counts for every row (each row attends to its keys/values).")]
+BatchTokensOpt = Annotated[Optional[int], typer.Option("--batch-tokens", help="Token budget per forward batch, padding included. Default: on CUDA, what the free GPU memory holds for this model's shape (docs/gpu.md); on CPUs 4096 with AMX, else 1024 (small batches stay in cache); recorded in the manifest with its reasons, and a --resume keeps it. A batch that runs out of GPU memory is split and the budget halved (recorded as batch_tokens_backoff). A cached shared prefix counts for every row (each row attends to its keys/values).")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Spread the model's layers over several devices (accelerate): auto (every visible GPU; under torchrun each rank takes its share), balanced, sequential, or an explicit map of module name -> device as inline JSON or a JSON file, e.g. '{\"model.embed_tokens\": 0, \"model.layers.0\": 0, \"model.layers.1\": 1}'. Only the layers up to the deepest hooked one are loaded either way.")]
 PrefixCacheOpt = Annotated[bool, typer.Option("--prefix-cache/--no-prefix-cache", help="Run a token prefix that rows share (system prompt, few-shot turns, template header) once and reuse its key/value cache, so only each row's own tokens run: the same scores up to rounding, about 2x faster with --preset gainrl. Used for Llama, Qwen2/3, Mistral, Gemma2, GPT-2 and GPT-NeoX models.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (quick runs).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
@@ -145,6 +149,59 @@ def score_options(params: dict):
     from anglerank.scoring.engine import ScoreOptions
 
     names = [f.name for f in fields(ScoreOptions) if f.name != "layers"]
-    return ScoreOptions(layers=layers_arg(params["layer"], params["layers"]), **{k: params[k] for k in names})
+    # an option a command does not offer (validate has no --device-map) keeps its default
+    return ScoreOptions(layers=layers_arg(params["layer"], params["layers"]),
+                        **{k: params[k] for k in names if k in params})
 
 
+
+
+def warning_line(msg: str) -> None:
+    from rich.markup import escape
+
+    err.print(f"[yellow]warning:[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def curriculum_warnings():
+    """Show the curriculum's warnings (a subset size that covers every row) as one ``warning:`` line each,
+    when they happen; every other warning is shown as before."""
+    import warnings
+
+    from anglerank.curriculum import CurriculumWarning
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, CurriculumWarning):
+                warning_line(str(message))
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        warnings.simplefilter("always", CurriculumWarning)
+        yield
+
+
+# Below this width rich's option tables squeeze the option names ("--code-prefix-t…"); click's plain
+# two-column help wraps the descriptions instead and keeps every name whole.
+RICH_HELP_MIN_COLUMNS = 120
+
+
+def readable_help(command) -> None:
+    """Tidy the click command tree built from the Typer app: flags (--help too) show no ``<bool>`` type,
+    and where rich would draw the help narrower than RICH_HELP_MIN_COLUMNS (a terminal, or COLUMNS when
+    the output is not one) ``--help`` is click's plain layout."""
+    narrow = Console().width < RICH_HELP_MIN_COLUMNS
+    todo = [command]
+    while todo:
+        c = todo.pop()
+        todo.extend(getattr(c, "commands", {}).values())
+        if narrow and hasattr(c, "rich_markup_mode"):
+            c.rich_markup_mode = None
+        flags = [p for p in c.params if getattr(p, "is_flag", False)]
+        flags.append(c.get_help_option(c.context_class(c)))  # created once per command, then reused
+        for p in flags:
+            if p is not None and p.metavar is None:
+                p.metavar = ""

@@ -2,7 +2,8 @@
 
 Scoring only needs one (or a few) layers' activations, so running the later layers,
 the final norm and the LM head is wasted work: a hook on the deepest requested site
-raises ``_StopForward`` once everything has been captured.
+raises ``_StopForward`` once everything has been captured (and ``models.load`` with
+``keep_layers`` does not even load them).
 """
 
 from __future__ import annotations
@@ -54,20 +55,31 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 
 def resolve_layer(model, layer: int) -> int:
-    n = len(decoder_layers(model))
+    return _resolve(len(decoder_layers(model)), layer)
+
+
+def _resolve(n: int, layer: int) -> int:
     idx = layer + n if layer < 0 else layer
     if not 0 <= idx < n:
         raise HookError(f"layer {layer} is out of range for a model with {n} layers (use -{n}..{n - 1})")
     return idx
 
 
-def parse_layers(model, layers) -> list[int]:
-    """Absolute layer indices from ints (negative from the end), 'all', or 'A:B' ranges."""
-    n = len(decoder_layers(model))
+def parse_layers(model, layers, num_layers: int | None = None) -> list[int]:
+    """Absolute layer indices from ints (negative from the end), 'all', or 'A:B' ranges.
+
+    ``num_layers`` is the depth of the full model when ``model`` was loaded without the
+    layers after the deepest one needed: indices count from the end of the full model.
+    """
+    return layer_indices(num_layers or len(decoder_layers(model)), layers)
+
+
+def layer_indices(n: int, layers) -> list[int]:
+    """:func:`parse_layers` for a model of ``n`` decoder layers, without the model."""
     out: list[int] = []
     for spec in layers if isinstance(layers, (list, tuple)) else [layers]:
         if isinstance(spec, int):
-            out.append(resolve_layer(model, spec))
+            out.append(_resolve(n, spec))
             continue
         spec = str(spec).strip()
         if spec == "all":
@@ -83,7 +95,7 @@ def parse_layers(model, layers) -> list[int]:
             out.extend(rng)
         else:
             try:
-                out.append(resolve_layer(model, int(spec)))
+                out.append(_resolve(n, int(spec)))
             except ValueError:
                 raise HookError(f"bad layer {spec!r}; use an integer, A:B or all") from None
     return sorted(set(out))

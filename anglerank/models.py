@@ -20,6 +20,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from anglerank.errors import UserError, one_line
 
@@ -123,6 +124,8 @@ def resolve_model_path(model: str | None) -> Path:
         return p.resolve()
     if not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", model):
         raise ModelError(f"model {model!r} is neither an existing folder nor a Hugging Face id")
+    if model.startswith("."):  # ./my-model has the shape of a hub id, but hub ids never start with "."
+        raise ModelError(f"model folder {model} does not exist")
     try:
         from huggingface_hub import snapshot_download
 
@@ -141,27 +144,168 @@ def resolve_model_path(model: str | None) -> Path:
 
 @dataclass
 class LoadedModel:
-    model: object  # transformers PreTrainedModel (CausalLM)
+    model: object  # transformers PreTrainedModel: the CausalLM, or its base model when truncated
     tokenizer: object
     path: Path
     name: str
+    num_layers: int | None = None  # decoder layers of the checkpoint (more than loaded when truncated)
 
 
-def load(model: str | None, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+def load(model: str | None, device: str = "cpu", dtype: str = "float32", *,
+         keep_layers: Callable[[int], int] | None = None, device_map=None) -> LoadedModel:
+    """Load a model for inference.
+
+    ``keep_layers(depth)`` gives how many decoder layers of a checkpoint of ``depth`` layers
+    are needed; with it only those and the base model are loaded: no LM head, and no
+    weight after them is read, so hooking a middle layer of a 70B model needs about half
+    its weights. ``device_map`` (``--device-map``, see :func:`parse_device_map`) places the
+    layers over several devices; under torchrun a strategy such as "auto" uses only this
+    rank's share of the GPUs.
+    """
     import torch
-    from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(model)
-    _read_config(path)  # a broken config.json is named as such
+    cfg = load_config(path)
+    depth = config_depth(cfg)
     tok = load_tokenizer(path)
+    base_only = keep_layers is not None and depth is not None
+    if base_only:
+        truncate_config(cfg, keep_layers(depth))
+    cls = _model_class(cfg, base_only)
+    kwargs = {"config": cfg, "dtype": getattr(torch, dtype), "trust_remote_code": False}
+    device_map = parse_device_map(device_map)
+    if device_map is not None:
+        kwargs["device_map"] = fit_device_map(device_map, cls, cfg)
+        kwargs.update(_rank_share(device_map))
     try:
         with quiet_hf_loading():
-            mdl = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+            mdl = cls.from_pretrained(path, **kwargs)
     except Exception as exc:
         raise ModelError(f"could not load the model from {path}: {one_line(exc)}") from None
-    mdl.to(device)
+    if device_map is None:
+        mdl.to(device)
     mdl.eval()
-    return LoadedModel(mdl, tok, path, model or DEFAULT_MODEL)
+    return LoadedModel(mdl, tok, path, model or DEFAULT_MODEL, depth)
+
+
+def load_config(path):
+    """The transformers config of a model folder or hub id; one line naming the folder when it cannot be
+    read, also for models that need their own Python code (``auto_map``), which anglerank never runs."""
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    raw = _read_config(path)  # a broken config.json is named as such
+    model_type = raw.get("model_type")
+    if raw.get("auto_map") and model_type not in CONFIG_MAPPING:
+        raise ModelError(f"{path} needs custom model code (config.json has an auto_map, model type "
+                         f"{model_type!r} is not built into transformers); anglerank does not run code shipped "
+                         "with a model")
+    try:
+        with quiet_hf_loading():
+            return AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except Exception as exc:
+        raise ModelError(f"could not read the model config in {path}: {one_line(exc)}") from None
+
+
+def config_depth(cfg) -> int | None:
+    """Decoder layers of a config (GPT-2's n_layer too, through the config's attribute map)."""
+    depth = getattr(cfg, "num_hidden_layers", None)
+    return depth if isinstance(depth, int) and depth > 0 else None
+
+
+def truncate_config(cfg, keep: int) -> None:
+    """Make ``cfg`` describe only the first ``keep`` decoder layers.
+
+    Per-layer lists (``layer_types`` of sliding/full attention, ``no_rope_layers``, ...)
+    are cut with it, so every kept layer is built exactly as in the full model.
+    """
+    full = cfg.num_hidden_layers
+    if not 0 < keep <= full:
+        raise ValueError(f"cannot keep {keep} of {full} layers")
+    for name, value in list(vars(cfg).items()):
+        if "layer" in name and isinstance(value, (list, tuple)) and len(value) == full:
+            setattr(cfg, name, type(value)(value[:keep]))
+    cfg.num_hidden_layers = keep
+
+
+def _model_class(cfg, base_only: bool):
+    """The base model class (no LM head) when only hidden states are needed and transformers maps
+    this config to one; else the CausalLM."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    return AutoModel if base_only and type(cfg) in AutoModel._model_mapping else AutoModelForCausalLM
+
+
+# --- device maps --------------------------------------------------------------------------------
+
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_DEVICE_MAP_HINT = "give auto, a JSON object such as '{\"model.layers.0\": 0, ...}', or a JSON file of one"
+
+
+def parse_device_map(spec):
+    """``--device-map``: an accelerate strategy (auto, balanced, ...), inline JSON, or a JSON file, as a
+    strategy name or a dict of module name -> device (GPU number, "cpu", "cuda:N")."""
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        return _check_device_map(spec, "--device-map")
+    text = str(spec).strip()
+    if text in DEVICE_MAP_STRATEGIES:
+        return text
+    source, raw = "--device-map", text
+    if not text.startswith(("{", "[")):
+        file = Path(text).expanduser()
+        if not file.is_file():
+            raise ModelError(f"--device-map {spec!r} is neither a strategy nor a JSON file; {_DEVICE_MAP_HINT}")
+        source, raw = str(file), file.read_text(errors="replace")
+    try:
+        mapping = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{source} is not valid JSON: {one_line(exc)}; {_DEVICE_MAP_HINT}") from None
+    return _check_device_map(mapping, source)
+
+
+def _check_device_map(mapping, source: str) -> dict:
+    ok = isinstance(mapping, dict) and mapping and all(
+        isinstance(k, str) and isinstance(v, (int, str)) and not isinstance(v, bool) for k, v in mapping.items())
+    if not ok:
+        raise ModelError(f"{source}: a device map is a JSON object of module name -> device "
+                         "(a GPU number, \"cpu\" or \"cuda:N\")")
+    return mapping
+
+
+def _rank_share(device_map) -> dict:
+    """Under torchrun, ``max_memory`` limiting a strategy such as "auto" to this rank's GPUs."""
+    import torch
+
+    from anglerank.scoring.distributed import distributed_env, gpu_share, local_world_size
+
+    env = distributed_env()
+    if not isinstance(device_map, str) or env is None or not torch.cuda.is_available():
+        return {}
+    gpus = gpu_share(env[2], local_world_size(), torch.cuda.device_count())
+    return {"max_memory": {g: torch.cuda.mem_get_info(g)[0] for g in gpus}}
+
+
+def fit_device_map(device_map, cls, cfg):
+    """A map written for the whole CausalLM (``model.layers.3``, ``lm_head``), fitted to the modules
+    of what is loaded: the base model's names lose their prefix, modules not loaded are dropped."""
+    if not isinstance(device_map, dict):
+        return device_map
+    import torch
+
+    with torch.device("meta"):
+        skeleton = cls.from_config(cfg)
+    names = {name for name, _ in skeleton.named_modules()}
+    prefix = f"{skeleton.base_model_prefix}."
+    fitted = {}
+    for key, device in device_map.items():
+        name = key[len(prefix):] if key not in names and key.startswith(prefix) else key
+        if name in names:
+            fitted[name] = device
+    if not fitted:
+        raise ModelError(f"--device-map names none of the model's modules (such as {prefix}layers.0)")
+    return fitted
 
 
 def weights_fingerprint(path: Path) -> str:
@@ -214,7 +358,7 @@ def load_tokenizer(path):
                          "weights with tokenizer.save_pretrained")
     try:
         with quiet_hf_loading():
-            return AutoTokenizer.from_pretrained(path)
+            return AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except Exception as exc:
         raise ModelError(f"could not load the tokenizer from {path}: {one_line(exc)}") from None
 

@@ -13,6 +13,10 @@ Two stages:
              - the authors' loop (benchmarks/bench_score.py: bs1, float32, full model + LM head,
                L x L matrix) on a subset: tokens/s and the speed-up of ours over it;
              - Spearman of the default (bf16) scores against float32 scores and the authors';
+             - memory (gpu_check_memory.py): the budget `anglerank score` picks from the free
+               memory against the peak it measures, a back-off forced by capping the
+               process's memory, and a load up to a middle layer against a full one
+               (parameters, memory, identical scores), also with --device-map auto;
              - a sweep of --batch-tokens (in process, through the library) plus one point
                without the prefix cache.
            Results: gpu_check.json and gpu_check.md in --out (default $OUT).
@@ -57,6 +61,7 @@ if str(HERE) not in sys.path:
 
 from gpu_check_measure import (SHAPES, build_model, environment, free_memory, load_model,  # noqa: E402
                                run_authors, run_cli, score_inprocess)
+from gpu_check_memory import run_memory  # noqa: E402
 from gpu_check_report import markdown, problems, summarise, targets  # noqa: E402
 
 ROOT = HERE.parent
@@ -319,6 +324,8 @@ def run_shape(shape: str, ctx) -> None:
     print(f"[{shape}] authors' loop and float32", file=sys.stderr, flush=True)
     run_float32(res, built["path"], ctx, scores)
     summarise(res, scores, ctx.env)
+    print(f"[{shape}] memory: budget against peak, forced back-off, truncated loading", file=sys.stderr, flush=True)
+    run_memory(res, built["path"], ctx, cli.get("dtype") or ctx.default_dtype, guarded)
     if budget.left() > 2 * args.min_section_s + args.reserve_s:
         print(f"[{shape}] --batch-tokens sweep", file=sys.stderr, flush=True)
         dtype = cli.get("dtype") or ctx.default_dtype
@@ -338,11 +345,11 @@ def run_shape(shape: str, ctx) -> None:
 # --- run: main -------------------------------------------------------------------------------------
 
 MODE_DEFAULTS = {
-    "gpu": dict(device="auto", shapes="1.5b,0.5b", n=0, n_authors=512, n_fp32=2048, n_sweep=2048,
+    "gpu": dict(device="auto", shapes="1.5b,0.5b", n=0, n_authors=512, n_fp32=2048, n_sweep=2048, n_memory=1024,
                 sweep="4096,8192,16384,32768,65536", nocache_batch_tokens=16384, authors_cap_s=40.0,
                 authors_chunk=32, budget_s=400.0, reserve_s=20.0, min_section_s=15.0, block_imports=False,
                 cli_extra=""),
-    "smoke": dict(device="cpu", shapes="tiny,tiny2", n=64, n_authors=16, n_fp32=64, n_sweep=64,
+    "smoke": dict(device="cpu", shapes="tiny,tiny2", n=64, n_authors=16, n_fp32=64, n_sweep=64, n_memory=32,
                   sweep="1024,4096", nocache_batch_tokens=1024, authors_cap_s=20.0, authors_chunk=8,
                   budget_s=240.0, reserve_s=5.0, min_section_s=3.0, block_imports=True,
                   cli_extra="--device cpu --dtype bfloat16"),
@@ -451,6 +458,8 @@ def parse_args():
     r.add_argument("--authors-chunk", type=int, default=None, help="prompts per authors' call (time checks) [32 / 8]")
     r.add_argument("--n-fp32", type=int, default=None, help="prompts scored in float32 for Spearman [2048 / 64]")
     r.add_argument("--n-sweep", type=int, default=None, help="prompts per --batch-tokens point [2048 / 64]")
+    r.add_argument("--n-memory", type=int, default=None, help="prompts per memory section (budget against peak, "
+                                                                 "forced back-off, truncated loading) [1024 / 32]")
     r.add_argument("--sweep", default=None, help="comma list of --batch-tokens values [4096..65536 / 1024,4096]")
     r.add_argument("--nocache-batch-tokens", type=int, default=None,
                    help="--batch-tokens of the extra --no-prefix-cache point [16384 / 1024]")

@@ -243,6 +243,8 @@ def run_cli(model_dir: str, prompts: Path, n: int, out: Path, block_imports: boo
               "loop_s": manifest["elapsed_s"], "startup_s": round(wall - manifest["elapsed_s"], 3),
               "rows": table.num_rows, "tokens": manifest["tokens"], "dtype": manifest["dtype"],
               "device": manifest["device"], "batch_tokens": manifest["batch_tokens"],
+              "batch_tokens_basis": manifest.get("batch_tokens_basis"),
+              "batch_tokens_backoff": manifest.get("batch_tokens_backoff"),
               "prefix_cache": manifest["prefix_cache"], "window_rows": manifest["window_rows"],
               "ran_tokens_estimate": executed_tokens(table.column("n_tokens").to_pylist(),
                                                      table.column("n_prefix").to_pylist(), manifest["prefix_cache"])}

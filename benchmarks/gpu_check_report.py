@@ -153,6 +153,32 @@ def markdown_agreement(data: dict) -> list[str]:
     return lines
 
 
+def markdown_memory(data: dict) -> list[str]:
+    lines = ["| shape | check | result |", "|---|---|---|"]
+    for shape, res in data["shapes"].items():
+        mem = res.get("memory") or {}
+        lines += [f"| {shape} | {name} | {_problem(sec)} |" for name, sec in mem.items() if _problem(sec)]
+        b, f, t = (mem.get(k) or {} for k in ("budget_vs_peak", "forced_backoff", "truncated_loading"))
+        if "batch_tokens" in b:
+            lines.append(
+                f"| {shape} | chosen budget | {b['batch_tokens']:,} tokens ({(b.get('basis') or {}).get('source')}); "
+                f"largest batch {b['largest_batch_tokens']:,}; activations predicted "
+                f"{_f(b.get('predicted_activation_mib'))} MiB, measured {_f(b.get('measured_activation_mib'))} MiB "
+                f"(x{_f(b.get('measured_over_predicted'), '{:.2f}')}); peak {_f(b.get('peak_gpu_mib'))} MiB |")
+        if "backoff" in f:
+            steps = " -> ".join(f"{s['to']:,}" for s in f["backoff"]) or "none"
+            lines.append(f"| {shape} | forced back-off | {f['start_batch_tokens']:,} -> {steps}; max abs diff "
+                         f"{_f(f.get('max_abs_diff'), '{:.1e}')} against an unconstrained run |")
+        if "full" in t:
+            part, full = t["truncated"], t["full"]
+            lines.append(
+                f"| {shape} | truncated loading (layer {t['layer']} of {t['num_layers']}) | {part['params']:,} of "
+                f"{full['params']:,} parameters ({t['params_ratio']:.0%}), GPU {_f(part.get('gpu_mib'))} of "
+                f"{_f(full.get('gpu_mib'))} MiB; max abs diff {_f(t.get('max_abs_diff_truncated'), '{:.1e}')}, "
+                f"with --device-map auto {_f(t.get('max_abs_diff_device_map'), '{:.1e}')} |")
+    return lines
+
+
 def markdown(data: dict) -> str:
     env = data.get("environment") or {}
     head = [f"# anglerank GPU check{' (smoke)' if data['settings'].get('smoke') else ''}", "",
@@ -161,7 +187,8 @@ def markdown(data: dict) -> str:
             f"{env.get('bf16_matmul_tflops_measured', '?')}). Random-weight Qwen2 shapes, GSM8K prompts, "
             "`--preset gainrl`.", ""]
     body = markdown_main(data) + ["", "`--batch-tokens` sweep (in process, library API, scoring loop):", ""]
-    body += markdown_sweep(data) + ["", "Rank agreement (random weights):", ""] + markdown_agreement(data)
+    body += markdown_sweep(data) + ["", "Memory:", ""] + markdown_memory(data)
+    body += ["", "Rank agreement (random weights):", ""] + markdown_agreement(data)
     goals = (data.get("targets") or {}).items()
     body += ["", "Targets: " + ", ".join(f"{k}: {_f(v, '{}', 'n/a')}" for k, v in goals),
              "", f"Elapsed {data.get('elapsed_s', '?')} s, complete: {data.get('complete', False)}."]

@@ -1,8 +1,10 @@
-"""benchmarks/gpu_check_measure.py: the FLOP and token counts behind gpu_check's MFU, checked by hand."""
+"""benchmarks/gpu_check_measure.py: the FLOP and token counts behind gpu_check's MFU, checked by hand;
+benchmarks/gpu_check_memory.py: its memory sections, run as --smoke runs them."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,40 @@ def test_rates_and_mfu():
 ])
 def test_peak_table(name, peak):
     assert measure.table_peak_tflops(name) == peak
+
+
+def test_memory_sections_run_on_cpu(tmp_path, tiny_tokenizer, questions_parquet, one_thread):
+    """The memory sections as --smoke runs them: the back-off forced (simulated on a CPU), the
+    truncated load and --device-map auto scoring like a full load, and their markdown rows."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(_PATH.parent))  # gpu_check_memory imports its siblings by name
+    try:
+        memory_check = importlib.import_module("gpu_check_memory")
+        report = importlib.import_module("gpu_check_report")
+    finally:
+        sys.path.remove(str(_PATH.parent))
+    bundle = tmp_path / "bundle"
+    tiny_tokenizer.save_pretrained(bundle)
+    config = json.loads((bundle / "tokenizer_config.json").read_text())  # as `prepare` writes it: the template
+    config["chat_template"] = tiny_tokenizer.chat_template                # inside, the bundle copies only this file
+    (bundle / "tokenizer_config.json").write_text(json.dumps(config))
+    shutil.copy(questions_parquet, bundle / "gsm8k_prompts.parquet")
+    built = measure.build_model("tiny2", bundle, tmp_path, "cpu", 0)
+    prompts = bundle / "gsm8k_prompts.parquet"
+    budget = memory_check.budget_vs_peak(built["path"], prompts, 16, "float32", "cpu", tmp_path)
+    assert budget["batch_tokens"] in (1024, 4096)  # the CPU default, recorded with its reason
+    assert budget["basis"]["source"] == "CPU default" and budget["largest_batch_tokens"] > 0
+    backoff = memory_check.forced_backoff(built["path"], prompts, 16, "float32", "cpu")
+    assert backoff["backoff"][0]["from"] == memory_check.BACKOFF_START and len(backoff["warnings"]) == 1
+    assert backoff["rows_equal"] and backoff["max_abs_diff"] < 1e-6
+    loading = memory_check.truncated_loading(built["path"], prompts, 16, "float32", "cpu")
+    # tiny2: 3 layers, the middle one is layer 0: one layer of three and no LM head (tied) are loaded
+    assert loading["layer"] == 0 and loading["params_match"]
+    assert loading["truncated"]["params"] < loading["full"]["params"]
+    assert loading["max_abs_diff_truncated"] == 0.0 and loading["max_abs_diff_device_map"] == 0.0
+    data = {"shapes": {"tiny2": {"memory": {"budget_vs_peak": budget, "forced_backoff": backoff,
+                                            "truncated_loading": loading}}}}
+    rows = report.markdown_memory(data)
+    assert any("forced back-off" in r for r in rows) and any("truncated loading (layer 0 of 3)" in r for r in rows)

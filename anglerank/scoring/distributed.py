@@ -160,7 +160,7 @@ def _chunks(path: Path, size: int = 1 << 20):
 
 
 def _write_merged(out: Path, sources: list[tuple[Path, dict]], merged: dict) -> None:
-    """Copy each (shard part, merged part record) into ``out`` and write the merged manifest.
+    """Copy each (shard part, merged part record) into ``out`` and write the merged manifest and ``DONE``.
 
     Everything is first written to temporaries beside the final names; only then are they
     renamed into place (renames need no space). A failure before that (a full disk) removes
@@ -175,13 +175,16 @@ def _write_merged(out: Path, sources: list[tuple[Path, dict]], merged: dict) -> 
             write_own(staged[-1], _chunks(src))
         target = out / MANIFEST
         staged.append(stage(target, json_bytes(merged)))
+        target = out / DONE  # renamed in last: it marks a finished run, as after a single run
+        staged.append(stage(target, f"{merged['rows_expected']}\n".encode()))
     except BaseException as exc:
         for tmp in staged:
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise cannot_write(target, exc) from None
         raise
-    (out / MANIFEST).unlink(missing_ok=True)  # first: a merge cut short must not look like a merged result
+    (out / DONE).unlink(missing_ok=True)  # first: a merge cut short must not look like a merged result
+    (out / MANIFEST).unlink(missing_ok=True)
     new = {part["file"] for _, part in sources}
     for f in own_files(out, temporaries=False):
         if is_part_name(f.name) and f.name not in new:

@@ -8,9 +8,10 @@ output parts and resume, and the trainer uses it directly to re-score with live 
 from __future__ import annotations
 
 import functools
-
+import gc
 import math
 import platform
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -21,8 +22,11 @@ from anglerank.data.reader import Record
 from anglerank.data.values import finite_or_none
 from anglerank.errors import UserError
 from anglerank.render import Renderer
+from anglerank.scoring import memory
 
 ESTIMATORS = ("paper", "gainrl-code")
+# torch < 2.5 has the class only under torch.cuda (the same class in later versions)
+OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 @dataclass
@@ -43,8 +47,9 @@ class ScoreOptions:
     max_length: int = 4096
     dtype: str = "auto"
     device: str = "auto"
-    batch_tokens: int | None = None  # None: default_batch_tokens(device)
+    batch_tokens: int | None = None  # None: default_batch_tokens(device), or from free memory on CUDA
     prefix_cache: bool = True  # run a prefix shared by rows once and reuse its key/value cache
+    device_map: str | dict | None = None  # accelerate placement over several devices (models.parse_device_map)
 
     def __post_init__(self):
         if self.estimator not in ESTIMATORS:
@@ -111,7 +116,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def default_batch_tokens(device: str) -> int:
-    """The token budget per forward batch when none is given; recorded in the manifest.
+    """The token budget per forward batch when none is given (on CUDA: when the model's shape or the
+    free memory is unknown, see :func:`anglerank.scoring.memory.cuda_budget`); recorded in the manifest.
 
     GPUs want large batches (16384). CPUs want small ones that stay in cache: 1024 was
     measured best on AVX512-BF16 without AMX (bench_score.py); AMX's tile units want
@@ -121,6 +127,13 @@ def default_batch_tokens(device: str) -> int:
     if str(device) != "cpu":
         return 16384
     return 4096 if "amx_bf16" in cpu_flags() else 1024
+
+
+def _release_device_memory() -> None:
+    """What a failed batch held goes back to the device (reference cycles included)."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 # --- batching ---------------------------------------------------------------------------
@@ -221,18 +234,21 @@ class Scorer:
     """Scores records with a loaded model; independent of files and CLI.
 
     ``options`` is copied, never changed: the copy in :attr:`opt` has ``batch_tokens``
-    resolved for ``device``.
+    resolved for ``device`` (:attr:`budget_basis` says how). A batch that runs out of
+    device memory is scored again in smaller batches, and the smaller budget
+    (:attr:`batch_tokens`) stays; :attr:`backoffs` records each step and ``warn`` is told
+    once. ``num_layers`` is the checkpoint's depth when ``model`` holds fewer layers
+    (negative layer indices count from its end).
     """
 
-    def __init__(self, model, tokenizer, renderer: Renderer, options: ScoreOptions, device: str):
+    def __init__(self, model, tokenizer, renderer: Renderer, options: ScoreOptions, device: str,
+                 num_layers: int | None = None, warn: Callable[[str], None] | None = None):
         self.model = model
         self.tok = tokenizer
         self.renderer = renderer
-        if options.batch_tokens is None:
-            options = replace(options, batch_tokens=default_batch_tokens(device))
-        self.opt = options
         self.device = device
-        self.layer_idx = hooks.parse_layers(model, options.layers)
+        self.num_layers = num_layers or len(hooks.decoder_layers(model))
+        self.layer_idx = hooks.parse_layers(model, options.layers, self.num_layers)
         for idx in self.layer_idx:
             hooks.site_module(model, idx, options.site)  # fail early on unsupported layouts
         pad = tokenizer.pad_token_id
@@ -243,6 +259,30 @@ class Scorer:
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         use_cache = options.prefix_cache and model_type in PREFIX_CACHE_TYPES
         self.prefix_cache = PrefixCache(model, self._run_prefix) if use_cache else None
+        budget, self.budget_basis = self._budget(options)
+        self.opt = replace(options, batch_tokens=budget)
+        self.batch_tokens = budget
+        self.backoffs: list[dict] = []
+        self.warn = warn or (lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=2))
+        self._warned = False
+
+    def _budget(self, options: ScoreOptions) -> tuple[int, dict]:
+        """The batch budget and why it was chosen (recorded in the manifest)."""
+        if options.batch_tokens is not None:
+            return options.batch_tokens, {"source": "given"}
+        if str(self.device).startswith("cuda"):
+            budget = memory.cuda_budget(self.model, self.layer_idx, options.max_length, self.prefix_cache is not None)
+            unknown = {"source": "GPU default (model shape or free memory unknown)"}
+            return budget or (default_batch_tokens(self.device), unknown)
+        if self.device == "cpu":
+            return default_batch_tokens("cpu"), {"source": "CPU default", "cpu": cpu_description()}
+        return default_batch_tokens(self.device), {"source": "default"}
+
+    def continue_backoffs(self, backoffs: list[dict]) -> None:
+        """Go on from an earlier run's back-offs (a resumed run): their smallest budget, their record."""
+        self.backoffs = [dict(b) for b in backoffs]
+        if self.backoffs:
+            self.batch_tokens = min(self.batch_tokens, min(b["to"] for b in self.backoffs))
 
     @property
     def use_prefix_cache(self) -> bool:
@@ -364,38 +404,96 @@ class Scorer:
         for i, r in enumerate(rendered):
             if not r.ids:
                 out.extend(self._row(records[i], r, l, math.nan, math.nan) for l in self.layer_idx)
-        groups = [(None, live)] if self.prefix_cache is None else self.prefix_cache.groups(live, rendered)
-        for prefix, members in groups:
-            # the budget counts the prefix too: each row attends to (and holds a copy of) its keys/values
-            for batch in make_batches([len(rendered[i].ids) for i in members], self.opt.batch_tokens):
-                idx = [members[j] for j in batch]
-                items = [rendered[i] for i in idx]
-                ids = [r.ids for r in items]
-                # the paper estimator needs P only as a sum, computed once from the prefix's own
-                # hidden states; gainrl-code reads whole rows, prefix included
-                split = prefix is not None and self.opt.estimator == "paper"
-                hidden = self._forward_new(ids, prefix) if split else self.forward_hidden(ids, prefix)
-                self.tokens_seen += sum(len(r.ids) for r in items)
-                for layer in self.layer_idx:
-                    intra, inter = self._terms(hidden[layer], items, prefix if split else None, layer)
-                    for k, i in enumerate(idx):
-                        out.append(self._row(records[i], items[k], layer, intra[k], inter[k]))
-                if on_batch:
-                    on_batch(len(idx))
+        for prefix, members in self._groups(live, rendered):
+            self._score_group(prefix, members, records, rendered, out, on_batch)
         out.sort(key=lambda d: (d["row"], d["layer"]))
         return out
 
+    def _groups(self, live: list[int], rendered: list) -> list[tuple[Prefix | None, list[int]]]:
+        if self.prefix_cache is None:
+            return [(None, live)]
+        try:
+            return self.prefix_cache.groups(live, rendered)
+        except OUT_OF_MEMORY:
+            pass  # out of the handler: the traceback and the activations it holds are gone
+        _release_device_memory()
+        raise UserError(f"out of memory running a prompt prefix shared by rows on {self.device}; lower "
+                        f"--max-length (now {self.opt.max_length}) or score with --no-prefix-cache")
 
-def build_scorer(opt: ScoreOptions, loaded=None):
+    def _score_group(self, prefix: Prefix | None, members: list[int], records: list[Record], rendered: list,
+                     out: list[dict], on_batch: Callable[[int], None] | None) -> None:
+        """Score rows sharing ``prefix`` batch by batch; after a back-off the rows not yet scored are
+        batched again under the smaller budget."""
+        # the paper estimator needs P only as a sum, computed once from the prefix's own
+        # hidden states; gainrl-code reads whole rows, prefix included
+        split = prefix is not None and self.opt.estimator == "paper"
+        left = list(members)
+        while left:
+            done = set()
+            # the budget counts the prefix too: each row attends to (and holds a copy of) its keys/values
+            for batch in make_batches([len(rendered[i].ids) for i in left], self.batch_tokens):
+                idx = [left[j] for j in batch]
+                items = [rendered[i] for i in idx]
+                terms = self._batch_terms(items, prefix, split)
+                if terms is None:
+                    self._back_off(items, [records[i] for i in idx])
+                    break
+                self.tokens_seen += sum(len(r.ids) for r in items)
+                for layer, (intra, inter) in terms.items():
+                    for k, i in enumerate(idx):
+                        out.append(self._row(records[i], items[k], layer, intra[k], inter[k]))
+                done.update(idx)
+                if on_batch:
+                    on_batch(len(idx))
+            left = [i for i in left if i not in done]
+
+    def _batch_terms(self, items: list, prefix: Prefix | None, split: bool) -> dict | None:
+        """{layer: (intra, inter)} of one batch, or None when the device ran out of memory."""
+        try:
+            ids = [r.ids for r in items]
+            hidden = self._forward_new(ids, prefix) if split else self.forward_hidden(ids, prefix)
+            return {l: self._terms(hidden[l], items, prefix if split else None, l) for l in self.layer_idx}
+        except OUT_OF_MEMORY:
+            return None  # out of the handler: the traceback and the activations it holds are gone
+
+    def _back_off(self, items: list, recs: list[Record]) -> None:
+        """After a batch ran out of memory: free what it held and halve the budget below its size; a
+        single row that does not fit is the user's to fix."""
+        _release_device_memory()
+        padded = max(len(r.ids) for r in items) * len(items)
+        if len(items) == 1:
+            raise UserError(f"out of memory scoring row {recs[0].row} ({padded} tokens) on its own on {self.device}; "
+                            f"lower --max-length (now {self.opt.max_length}) or spread the model over more GPUs "
+                            "with --device-map auto")
+        smaller = max(1, min(self.batch_tokens, padded) // 2)
+        self.backoffs.append({"from": self.batch_tokens, "to": smaller, "rows": len(items),
+                              "first_row": min(r.row for r in recs), "padded_tokens": padded})
+        if not self._warned:
+            self._warned = True
+            self.warn(f"out of memory on a batch of {len(items)} rows ({padded} tokens with padding) at "
+                      f"{self.batch_tokens} tokens per batch; scoring on with {smaller} (the manifest records "
+                      "each step as batch_tokens_backoff)")
+        self.batch_tokens = smaller
+
+
+def build_scorer(opt: ScoreOptions, loaded=None, *, truncate: bool = False,
+                 warn: Callable[[str], None] | None = None):
     """Resolve device and dtype, load the model unless given, and build its Scorer.
 
-    Returns ``(scorer, loaded, device, dtype)``; ``opt`` is left as it was given.
+    With ``truncate`` a model loaded here holds only the decoder layers up to the deepest
+    hooked one and no LM head (for callers that only score). ``warn`` hears about
+    out-of-memory back-offs. Returns ``(scorer, loaded, device, dtype)``; ``opt`` is left
+    as it was given.
     """
     from anglerank import models
 
     device = resolve_device(opt.device)
     dtype = resolve_dtype(opt.dtype, device)
     if loaded is None:
-        loaded = models.load(opt.model, device=device, dtype=dtype)
+        keep = (lambda depth: max(hooks.layer_indices(depth, opt.layers)) + 1) if truncate else None
+        loaded = models.load(opt.model, device=device, dtype=dtype, keep_layers=keep, device_map=opt.device_map)
+    if opt.device_map is not None:  # the ids go where the embedding is; accelerate moves the rest
+        device = str(loaded.model.get_input_embeddings().weight.device)
     renderer = Renderer(loaded.tokenizer, opt.preset, opt.system, opt.prefix, opt.max_length)
-    return Scorer(loaded.model, loaded.tokenizer, renderer, opt, device), loaded, device, dtype
+    scorer = Scorer(loaded.model, loaded.tokenizer, renderer, opt, device, num_layers=loaded.num_layers, warn=warn)
+    return scorer, loaded, device, dtype

@@ -19,13 +19,12 @@ from typing import Callable
 import pyarrow as pa
 import torch
 
-from anglerank import hooks
 from anglerank.data import manifest as manifests
 from anglerank.data.lock import output_lock
 from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.data.writer import (
-    MANIFEST, OutputError, ScoreWriter, own_files, part_problem, prepare_output_dir, read_manifest, score_schema,
-    write_json_atomic,
+    DONE, MANIFEST, OutputError, ScoreWriter, own_files, part_problem, prepare_output_dir, read_manifest,
+    refuse_links, score_schema, write_json_atomic,
 )
 from anglerank.errors import Interrupted, UserError
 from anglerank.scoring.distributed import auto_window_rows, distributed_env, shard_dir, shard_range
@@ -66,18 +65,26 @@ def run_score(
     opt = options or ScoreOptions(**option_kwargs)
     if limit is not None and limit < 0:
         raise UserError("--limit must be >= 0")
+    for name in ("code_prefix_tokens", "code_suffix_tokens"):
+        if getattr(opt, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(opt, name)}")
     opt, num_shards, shard_index = _shard_and_device(opt, num_shards, shard_index)
     plan = _plan(inputs, output, prompt_column, id_column, limit, window_rows, commit_every, num_shards, shard_index)
+    if plan.source.id_note and warn:
+        warn(plan.source.id_note)
     # one writer per directory for the whole run: a second score, merge or --overwrite is refused
     with output_lock(plan.out, what="score output"):
-        scorer, loaded, device, dtype = build_scorer(_recorded_budget(opt, plan.out, resume), loaded)
+        scorer, loaded, device, dtype = build_scorer(_recorded_budget(opt, plan.out, resume), loaded, truncate=True,
+                                                     warn=warn)
         new = manifests.build(
-            scorer.opt, loaded, layers=scorer.layer_idx, num_layers=len(hooks.decoder_layers(loaded.model)),
+            scorer.opt, loaded, layers=scorer.layer_idx, num_layers=scorer.num_layers,
             dtype=dtype, device=device, source=plan.source, limit=limit, window_rows=plan.window_rows,
             commit_every=plan.commit_every, rows_expected=plan.total, num_shards=num_shards, shard_index=shard_index,
             row_start=plan.row_start, row_stop=plan.row_stop,
         )
+        new["batch_tokens_basis"] = scorer.budget_basis
         manifest, start_row, previous = _resume_or_start(plan, new, resume, overwrite, warn)
+        scorer.continue_backoffs(manifest.get("batch_tokens_backoff") or [])
         writer = ScoreWriter(plan.out, score_schema(plan.source.id_type, with_layer=True), manifest)
         if previous is not None and previous.get("complete"):
             return writer.finish(plan.row_stop, finished_at=previous.get("finished_at"))
@@ -116,7 +123,7 @@ def _shard_and_device(opt: ScoreOptions, num_shards, shard_index) -> tuple[Score
         shard_index, num_shards = dist_env[0], dist_env[1]
         if opt.device == "auto" and torch.cuda.is_available():
             opt = replace(opt, device=f"cuda:{dist_env[2]}")
-    num_shards = num_shards or 1
+    num_shards = 1 if num_shards is None else num_shards
     shard_index = shard_index or 0
     if num_shards < 1:
         raise UserError("--num-shards must be >= 1")
@@ -158,14 +165,16 @@ def _resume_or_start(plan: _Plan, new: dict, resume: bool, overwrite: bool,
         if warn:
             warn(f"{problem}; scoring again from row {next_row}")
     recorded = {p["file"] for p in parts}
-    for f in plan.out.glob("scores-*.arrow"):  # written but never committed (killed mid-rename), or damaged
-        if f.name not in recorded:
+    refuse_links(plan.out)
+    for f in own_files(plan.out):  # parts written but never committed (killed mid-rename) or damaged; temporaries
+        if f.name not in recorded and f.name not in (MANIFEST, DONE):
             f.unlink()
-    for f in plan.out.glob(".*.tmp"):
-        f.unlink()
     new["parts"] = parts
     for k in ("started_at", "elapsed_s", "tokens"):
         new[k] = previous.get(k, 0)
+    for k in ("batch_tokens_basis", "batch_tokens_backoff"):  # how the recorded budget came about, kept
+        if k in previous:
+            new[k] = previous[k]
     return new, next_row, previous
 
 
@@ -218,7 +227,10 @@ class _WindowLoop:
         """Time and tokens so far, counting what an interrupted run already did."""
         el = self._base_elapsed + time.perf_counter() - self._t0
         tokens = self.tokens()
-        return {"elapsed_s": round(el, 3), "tokens": tokens, "tokens_per_s": round(tokens / el, 1) if el > 0 else None}
+        stats = {"elapsed_s": round(el, 3), "tokens": tokens, "tokens_per_s": round(tokens / el, 1) if el > 0 else None}
+        if self.scorer.backoffs:  # out-of-memory steps down of the batch budget
+            stats["batch_tokens_backoff"] = self.scorer.backoffs
+        return stats
 
     def _report(self, row: int) -> None:
         if self.progress:
