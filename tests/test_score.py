@@ -245,9 +245,10 @@ def test_public_python_api_score(tmp_path, tiny_model_dir, questions_parquet):
 
     for name in ("anglerank.cli", "anglerank.validate", "anglerank.train.setup"):
         importlib.import_module(name)
-    m = anglerank.score([str(questions_parquet)], tmp_path / "s", model=str(tiny_model_dir), dtype="float32",
-                        device="cpu", limit=4)
-    assert m["complete"] and load_scores(tmp_path / "s").num_rows == 4
+    table = anglerank.score([str(questions_parquet)], tmp_path / "s", model=str(tiny_model_dir), dtype="float32",
+                            device="cpu", limit=4)
+    assert anglerank.api.manifest_of(table)["complete"] and table.num_rows == 4
+    assert table.equals(load_scores(tmp_path / "s"))  # the returned table is what the directory holds
 
 
 def test_make_batches_respects_budget():

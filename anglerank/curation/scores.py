@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from anglerank.data.parquet_out import ANGLE_COLUMNS, check_added_columns
-from anglerank.data.reader import InputError, ParquetFiles, file_fingerprint
+from anglerank.data.reader import InputError, ParquetFiles
 from anglerank.data.writer import MANIFEST, read_manifest, verify_parts
 from anglerank.errors import UserError
 
@@ -41,12 +41,13 @@ _SCORE_COLUMNS = {"row": "Int64", "id": "Int64", "n_tokens": "Int32", "n_prefix"
 # --------------------------------------------------------------------------- the data
 
 def open_data(data) -> ParquetFiles:
-    """The scored Parquet input(s), checked to share one schema and to hold no ``angle_*`` column."""
+    """The scored input(s) (paths or in-memory tables), checked to share one schema and to hold no
+    ``angle_*`` column."""
     if data is None or (isinstance(data, (list, tuple)) and not data):
-        raise InputError("no --data given: pass the Parquet input(s) that were scored")
-    files = ParquetFiles(list(data) if isinstance(data, (list, tuple)) else [str(data)])
+        raise InputError("no --data given: pass the input(s) that were scored")
+    files = ParquetFiles(data)
     check_added_columns(files.schema, ANGLE_COLUMNS,
-                        "is it an anglerank output? Pass the original Parquet files that were scored")
+                        "is it an anglerank output? Pass the original input(s) that were scored")
     return files
 
 
@@ -76,13 +77,14 @@ def verify_inputs(manifest: dict, files: ParquetFiles, force: bool) -> list[str]
     """
     scored = manifest.get("inputs") or []
     problems: list[str] = []
-    prints = [file_fingerprint(f) for f in files.files]
-    if len(scored) != len(files.files):
-        problems.append(f"{len(scored)} file(s) were scored but --data names {len(files.files)}")
-    for i, (s, f, fp) in enumerate(zip(scored, files.files, prints)):
+    entries = files.fingerprints()
+    prints = [e["fingerprint"] for e in entries]
+    if len(scored) != len(entries):
+        problems.append(f"{len(scored)} file(s) were scored but --data names {len(entries)}")
+    for i, (s, e, fp) in enumerate(zip(scored, entries, prints)):
         if fp != s.get("fingerprint"):
             problems.append(
-                f"{f.name} is not the file scored as input {i} ({Path(s.get('path', '?')).name}; "
+                f"{Path(e['path']).name} is not the file scored as input {i} ({Path(s.get('path', '?')).name}; "
                 f"fingerprint {fp} != {s.get('fingerprint')})"
             )
     if problems and sorted(prints) == sorted(s.get("fingerprint") for s in scored):

@@ -1,10 +1,14 @@
-"""The one Parquet reader: records, one column, or rows by number, over checked inputs.
+"""The one input reader: records, one column, or rows by number, over checked inputs.
 
-All inputs are opened and checked before any work starts (missing paths, non-Parquet
-files, schema mismatches, unusable prompt columns), so a bad input fails in one line
-instead of after an hour of scoring. Rows are numbered 0.. over the files in order.
-:class:`ParquetFiles` is the files themselves (``column``, ``take``); :class:`ParquetSource`
-adds the prompt and id columns and streams :class:`Record` s for scoring and training.
+Inputs are Parquet, JSON Lines, JSON, Arrow files (``datasets`` folders and caches),
+Hub datasets or in-memory tables (:mod:`anglerank.data.locate` finds the files,
+:mod:`anglerank.data.fragments` reads each format as chunks of Arrow rows); everything
+after this module sees one kind of input. All inputs are opened and checked before
+any work starts (missing paths, unreadable files, schema mismatches, unusable prompt
+columns), so a bad input fails in one line instead of after an hour of scoring. Rows
+are numbered 0.. over the inputs in order. :class:`InputFiles` is the inputs themselves
+(``column``, ``take``); :class:`InputSource` adds the prompt and id columns and streams
+:class:`Record` s for scoring and training.
 
 View columns (``string_view``, ``binary_view``, also inside structs and lists) are read
 as ``large_string`` / ``large_binary``: Arrow's row selection has no kernel for views,
@@ -13,8 +17,6 @@ and every command then sees one of the string types it handles.
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +24,17 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from anglerank.data.fragments import InputError, file_fingerprint, from_memory, open_file
+from anglerank.data.locate import locate
 from anglerank.data.values import get_dotted
-from anglerank.errors import UserError
 from anglerank.render import question_from_messages
+
+__all__ = ["InputError", "InputFiles", "InputSource", "ParquetFiles", "ParquetSource", "Record", "field_type",
+           "file_fingerprint", "open_inputs"]
 
 AUTO_PROMPT_COLUMNS = ("question", "problem", "text")
 AUTO_ID_COLUMNS = ("extra_info.index", "id", "index")
-
-
-class InputError(UserError):
-    """A user-facing input problem; the CLI prints it in one line and exits 2."""
 
 
 @dataclass
@@ -45,46 +46,29 @@ class Record:
     note: str | None = None
 
 
-def resolve_inputs(inputs: list[str] | str) -> list[Path]:
-    if isinstance(inputs, (str, Path)):
-        inputs = [str(inputs)]
-    files: list[Path] = []
-    for spec in inputs:
-        p = Path(spec).expanduser()
-        if p.is_dir():
-            found = sorted(p.glob("*.parquet"))
-            if not found:
-                raise InputError(f"directory {p} contains no .parquet files")
-            files.extend(found)
-        elif p.exists():
-            files.append(p)
-        elif any(ch in str(spec) for ch in "*?["):
-            found = sorted(Path(x) for x in glob.glob(os.path.expanduser(str(spec))))
-            if not found:
-                raise InputError(f"no files match {spec}")
-            files.extend(found)
-        else:
-            raise InputError(f"input not found: {spec}")
-    seen, unique = set(), []
-    for f in files:
-        key = f.resolve()
-        if key not in seen:
-            seen.add(key)
-            unique.append(f)
-    return unique
-
-
-def file_fingerprint(path: Path) -> str:
-    """Hash of the Parquet footer (schema, row groups, sizes, statistics) plus file size."""
-    size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as fh:
-        fh.seek(max(0, size - 8))
-        tail = fh.read(8)
-        footer_len = int.from_bytes(tail[:4], "little") if len(tail) == 8 else 0
-        fh.seek(max(0, size - 8 - footer_len))
-        h.update(fh.read(footer_len + 8))
-    return h.hexdigest()[:16]
+def open_inputs(inputs) -> list:
+    """The fragments of ``inputs``: a path, an in-memory table, or a list of them; files read once each."""
+    rows = isinstance(inputs, (list, tuple)) and inputs and all(isinstance(r, dict) for r in inputs)
+    items = list(inputs) if isinstance(inputs, (list, tuple)) and not rows else [inputs]
+    fragments, seen = [], set()
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            for path, recorded in locate(os.fspath(item)):
+                key = path.resolve()
+                if key not in seen:
+                    seen.add(key)
+                    fragments.append(open_file(path, recorded))
+            continue
+        fragment = from_memory(item)
+        if fragment is None:
+            what = f"{type(item).__module__.split('.')[0]}.{type(item).__name__}"
+            raise InputError(f"cannot read a {what} as data; pass a path "
+                             "(Parquet, JSON Lines, JSON, Arrow, a datasets folder, hf://datasets/...), a "
+                             "datasets.Dataset, a pyarrow.Table or a polars or pandas DataFrame")
+        fragments.append(fragment)
+    if not fragments:
+        raise InputError("no input given")
+    return fragments
 
 
 def field_type(schema: pa.Schema, dotted: str) -> pa.DataType | None:
@@ -142,60 +126,54 @@ def _all_columns(schema: pa.Schema) -> list[str]:
     return out
 
 
-class ParquetFiles:
-    """Parquet inputs checked to share one schema; rows numbered 0.. across the files.
+class InputFiles:
+    """Inputs checked to share one schema; rows numbered 0.. across them.
 
     ``schema`` is the shared schema without metadata; ``metadata_schema`` is the first
-    file's, metadata (Hugging Face ``features``) included, for writers that copy it.
+    input's, metadata (Hugging Face ``features``) included, for writers that copy it.
     """
 
     SCHEMA_HINT = "all inputs must share one schema"
 
     def __init__(self, inputs):
-        self.files = resolve_inputs(inputs)
-        self._pf: list[pq.ParquetFile] = []
-        schema0 = None
-        for f in self.files:
-            try:
-                pf = pq.ParquetFile(f)
-            except Exception as exc:
-                raise InputError(f"{f} is not a readable Parquet file ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
-            schema = pf.schema_arrow.remove_metadata()
-            if schema0 is None:
-                schema0 = schema
-                self.metadata_schema: pa.Schema = _plain_schema(pf.schema_arrow)
-            elif not schema.equals(schema0):
-                raise InputError(f"{f} has a different schema from {self.files[0]}; {self.SCHEMA_HINT}")
-            self._pf.append(pf)
+        self.fragments = open_inputs(inputs)
+        first = self.fragments[0]
+        schema0 = first.schema.remove_metadata()
+        for frag in self.fragments[1:]:
+            if not frag.schema.remove_metadata().equals(schema0):
+                raise InputError(f"{frag.name} has a different schema from {first.name}; {self.SCHEMA_HINT}")
+        self.metadata_schema: pa.Schema = _plain_schema(first.schema)
         self.schema: pa.Schema = _plain_schema(schema0)
         self._views = not self.schema.equals(schema0)  # cast what is read (see the module docstring)
-        self.rows_per_file = [pf.metadata.num_rows for pf in self._pf]
+        self.rows_per_file = [f.num_rows for f in self.fragments]
         self.total_rows = sum(self.rows_per_file)
 
     @property
+    def files(self) -> list[Path]:
+        """The local files read (in-memory inputs have none)."""
+        return [f.file for f in self.fragments if f.file is not None]
+
+    @property
     def bytes_per_row(self) -> float:
-        """Mean uncompressed size of a row (from the footers), to size passes over the data."""
-        nbytes = sum(md.row_group(i).total_byte_size for md in (pf.metadata for pf in self._pf)
-                     for i in range(md.num_row_groups))
-        return nbytes / self.total_rows if self.total_rows else 0.0
+        """Mean uncompressed size of a row, to size passes over the data."""
+        return sum(f.nbytes for f in self.fragments) / self.total_rows if self.total_rows else 0.0
 
     def take(self, rows) -> pa.Table:
         """The global ``rows`` (in that order, repeats allowed), every column in its exact input type.
 
-        Reads only the row groups that hold a wanted row, one at a time, so memory is
-        the result plus one row group.
+        Reads only the chunks (row groups) that hold a wanted row, one at a time, so memory
+        is the result plus one chunk.
         """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size and (rows.min() < 0 or rows.max() >= self.total_rows):
             raise IndexError(f"row out of range [0, {self.total_rows})")
         wanted = np.unique(rows)
         pieces, base = [], 0
-        for pf in self._pf:
-            for rg in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(rg).num_rows
+        for frag in self.fragments:
+            for i, n in enumerate(frag.chunk_rows):
                 lo, hi = np.searchsorted(wanted, [base, base + n])
                 if hi > lo:
-                    group = self._plain(pf.read_row_group(rg).replace_schema_metadata(None))
+                    group = self._plain(frag.read_chunk(i).replace_schema_metadata(None))
                     pieces.append(group.take(pa.array(wanted[lo:hi] - base)))
                 base += n
         table = pa.concat_tables(pieces) if pieces else self.schema.empty_table()
@@ -209,10 +187,8 @@ class ParquetFiles:
         return table.cast(pa.schema([self.schema.field(n) for n in table.column_names]))
 
     def fingerprints(self) -> list[dict]:
-        return [
-            {"path": str(f.resolve()), "size": f.stat().st_size, "rows": n, "fingerprint": file_fingerprint(f)}
-            for f, n in zip(self.files, self.rows_per_file)
-        ]
+        """What the manifest records of each input (path, size, rows, fingerprint; the format unless Parquet)."""
+        return [f.entry() for f in self.fragments]
 
     def column(self, name: str, rows: list[int] | None = None) -> list:
         """Python values of the (dotted) column ``name`` at the global ``rows`` (in that order), or at every row."""
@@ -224,10 +200,10 @@ class ParquetFiles:
         values: dict[int, Any] = {}
         out: list = []
         base = 0
-        for pf, n in zip(self._pf, self.rows_per_file):
+        for frag, n in zip(self.fragments, self.rows_per_file):
             local = None if rows is None else sorted({r - base for r in rows if base <= r < base + n})
             if local is None or local:
-                col = self._plain(pf.read(columns=[top])).column(top)
+                col = self._plain(frag.read([top])).column(top)
                 if local is None:
                     out.extend(get_dotted(v, inner) for v in _values(col))
                 else:
@@ -287,8 +263,8 @@ def _skipped_note(skipped: list[str], outcome: str) -> str | None:
     return f"{what} skipped; {outcome} (choose the id column with --id-column)"
 
 
-class ParquetSource(ParquetFiles):
-    """Validated Parquet inputs with a resolved prompt column and id column, streamed as records."""
+class InputSource(InputFiles):
+    """Validated inputs with a resolved prompt column and id column, streamed as records."""
 
     SCHEMA_HINT = "score files with different schemas in separate runs"
 
@@ -360,15 +336,14 @@ class ParquetSource(ParquetFiles):
 
     # -- iteration -------------------------------------------------------------------
     def iter_records(self, start_row: int = 0, stop_row: int | None = None, batch_size: int = 512) -> Iterator[Record]:
-        """Records for global rows [start_row, stop_row), skipping whole row groups before start."""
+        """Records for global rows [start_row, stop_row), skipping whole chunks (row groups) before start."""
         stop_row = self.total_rows if stop_row is None else min(stop_row, self.total_rows)
         top = sorted({c.split(".")[0] for c in [self.prompt_column, self.id_column] if c})
         p_parts = self.prompt_column.split(".")
         id_parts = self.id_column.split(".") if self.id_column else None
         base = 0
-        for pf in self._pf:
-            for rg in range(pf.metadata.num_row_groups):
-                n = pf.metadata.row_group(rg).num_rows
+        for frag in self.fragments:
+            for chunk, n in enumerate(frag.chunk_rows):
                 lo, hi = base, base + n
                 base = hi
                 if hi <= start_row or n == 0:
@@ -376,7 +351,7 @@ class ParquetSource(ParquetFiles):
                 if lo >= stop_row:
                     return
                 row = lo
-                for batch in pf.iter_batches(batch_size=batch_size, row_groups=[rg], columns=top):
+                for batch in frag.batches(chunk, top, batch_size):
                     for item in _batch_rows(batch):
                         if start_row <= row < stop_row:
                             yield self._record(row, item, p_parts, id_parts)
@@ -396,3 +371,8 @@ class ParquetSource(ParquetFiles):
             return Record(row, rid, None, None, "null prompt")
         history, question, note = question_from_messages(value)
         return Record(row, rid, question, history, note)
+
+
+# the names the rest of anglerank has always imported (Parquet was once the only format)
+ParquetFiles = InputFiles
+ParquetSource = InputSource
