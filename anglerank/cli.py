@@ -20,11 +20,12 @@ from anglerank.cli_common import (
     BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
     DeviceMapOpt, LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
     PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, freeze_at_exit,
-    pause_gc_for_startup, readable_help, score_options, startup_over, user_errors, warning_line,
+    ReadableHelpGroup, pause_gc_for_startup, score_options, startup_over, user_errors, warning_line,
 )
 from anglerank.errors import UserError
 
 app = typer.Typer(
+    cls=ReadableHelpGroup,
     help="GAIN-RL angle-concentration scoring and curricula for RL fine-tuning of LLMs.",
     no_args_is_help=True,
     add_completion=False,
@@ -107,7 +108,7 @@ def _summary(manifest: dict, out: Path, title: str = "anglerank score") -> None:
 @app.command()
 @user_errors
 def score(
-    inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Parquet, JSON Lines (.jsonl, .jsonl.gz), JSON or Arrow files, directories or globs of them, datasets save_to_disk folders, or hf://datasets/OWNER/NAME or hf://datasets/OWNER/NAME/PATH paths.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory for scores-*.arrow and manifest.json.")],
     model: ModelOpt = None,
     prompt_column: PromptColumnOpt = None,
@@ -276,10 +277,8 @@ def main():
 
     _tune_allocator()
     pause_gc_for_startup()
-    command = typer.main.get_command(app)
-    readable_help(command)
     try:
-        code = command(standalone_mode=False)
+        code = app(standalone_mode=False)
     except cx.NoArgsIsHelpError as exc:
         err.print(exc.format_message())
         sys.exit(2)

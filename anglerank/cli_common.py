@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from anglerank.errors import Interrupted, UserError
+from anglerank.scoring import estimators
 
 err = Console(stderr=True)
 
@@ -67,10 +68,22 @@ LayerOpt = Annotated[Optional[list[int]], typer.Option(
     "--layer", help="Decoder layer to hook; negative counts from the end. Repeat for several layers. Default -1.")]
 LayersOpt = Annotated[Optional[str], typer.Option(
     "--layers", help="Several layers at once: 'all' or a Python-style range 'A:B' (e.g. 10:30). One forward pass serves all.")]
-EstimatorOpt = Annotated[str, typer.Option(
-    "--estimator", help="paper: exact segment means (closed form); gainrl-code: the number the authors' released script computes.")]
+
+
+def _estimator_help() -> str:
+    """--estimator's help, one clause per registered estimator."""
+    return "; ".join(f"{n}: {estimators.get(n).help}" for n in estimators.names()) + "."
+
+
+def _w_inter_help() -> str:
+    defaults = [f"{estimators.get(n).default_w_inter:g} ({n})" for n in estimators.names()]
+    listed = f"{', '.join(defaults[:-1])} or {defaults[-1]}" if len(defaults) > 1 else defaults[0]
+    return f"Weight of C_inter in score. Default {listed}."
+
+
+EstimatorOpt = Annotated[str, typer.Option("--estimator", help=_estimator_help())]
 WIntraOpt = Annotated[float, typer.Option("--w-intra", help="Weight of C_intra in score.")]
-WInterOpt = Annotated[Optional[float], typer.Option("--w-inter", help="Weight of C_inter in score. Default 1 (paper) or 8 (gainrl-code).")]
+WInterOpt = Annotated[Optional[float], typer.Option("--w-inter", help=_w_inter_help())]
 CodePrefixOpt = Annotated[int, typer.Option("--code-prefix-tokens", help="gainrl-code: fixed prefix length in tokens (authors: 110).")]
 CodeSuffixOpt = Annotated[int, typer.Option("--code-suffix-tokens", help="gainrl-code: fixed suffix length in tokens (authors: 6).")]
 MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longer prompts are truncated at the end and flagged `truncated`.")]
@@ -82,7 +95,7 @@ PrefixCacheOpt = Annotated[bool, typer.Option("--prefix-cache/--no-prefix-cache"
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (quick runs).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="The Parquet input(s) that were scored (files, directories or globs), in the same order. rank and sample default to the files recorded in the score directory's manifest.")]
+DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="The input(s) that were scored (files, directories or globs), in the same order. rank and sample default to the files recorded in the score directory's manifest.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")]
 
@@ -187,6 +200,14 @@ def curriculum_warnings():
 # Below this width rich's option tables squeeze the option names ("--code-prefix-t…"); click's plain
 # two-column help wraps the descriptions instead and keeps every name whole.
 RICH_HELP_MIN_COLUMNS = 120
+
+
+class ReadableHelpGroup(typer.core.TyperGroup):
+    """The command group of the app: before it runs, its command tree gets :func:`readable_help`."""
+
+    def main(self, *args, **kwargs):
+        readable_help(self)
+        return super().main(*args, **kwargs)
 
 
 def readable_help(command) -> None:

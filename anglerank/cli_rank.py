@@ -13,7 +13,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from anglerank.cli_common import DataOpt, JsonOpt, QuietOpt, SeedOpt, err, user_errors
+from anglerank.cli_common import (
+    DataOpt, JsonOpt, QuietOpt, SeedOpt, curriculum_warnings, err, user_errors, warning_line,
+)
 from anglerank.errors import UserError
 
 # --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
@@ -52,7 +54,7 @@ def _scored_data(scores_dir: Path, data: list[str] | None) -> list[str]:
     paths, gone = _recorded_inputs(scores_dir)
     if not paths or gone:
         why = f" ({gone[0]}, recorded in the manifest, no longer exists)" if gone else ""
-        raise UserError(f"--data is required: the Parquet input(s) that were scored, in the same order{why}")
+        raise UserError(f"--data is required: the input(s) that were scored, in the same order{why}")
     return paths
 
 
@@ -65,7 +67,9 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def rank_cmd(
     scores_dir: ScoresDirArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output Parquet file (written atomically).", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output Parquet file (written atomically); a name with another extension than "
+        ".parquet (r.csv) is refused.", show_default=False)],
     data: DataOpt = None,
     by: ByOpt = "score",
     ascending: AscendingOpt = False,
@@ -92,9 +96,11 @@ def rank_cmd(
              force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
     if json_out:
         typer.echo(json.dumps(s, indent=2))
+    _warnings(s)
+    _warn_unscored(s, "--drop-null left them out" if s["dropped_null"] else
+                   "they are ranked last with null angle columns; --drop-null leaves them out")
     if quiet:
         return
-    _warnings(s)
     nulls = ""
     if s["null"]:
         nulls = f", {s['null']:,} null " + ("dropped" if s["dropped_null"] else "ranked last")
@@ -166,14 +172,18 @@ def sample_cmd(
     """
     from anglerank.curation.sample import sample
 
-    s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, mu0=mu0, sigma=sigma, step=step,
-               wrap=wrap, seed=seed, keep_order=keep_order, concat=concat, ranking=ranking, by=by,
-               ascending=ascending, include_null=include_null, force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb)
+    with curriculum_warnings():
+        s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, mu0=mu0, sigma=sigma,
+                   step=step, wrap=wrap, seed=seed, keep_order=keep_order, concat=concat, ranking=ranking, by=by,
+                   ascending=ascending, include_null=include_null, force=force, layer=layer, overwrite=overwrite,
+                   memory_mb=memory_mb)
     if json_out:
         typer.echo(json.dumps(s, indent=2))
+    _warnings(s)
+    _warn_unscored(s, "--include-null samples them, ranked after every scored row" if s["include_null"] else
+                   "they are left out of the curriculum (--include-null would sample them)")
     if quiet:
         return
-    _warnings(s)
     mus = s["mu"]
     _table("anglerank sample", [
         ("output", s["output"] + (" (one file)" if s["concat"] else f" ({len(s['files'])} files + sample.json)")),
@@ -252,7 +262,7 @@ def _inspect_run(run_dir: Path, plot: Path | None, json_out: bool) -> None:
 
 def _show_inspect(r: dict, scores_dir: Path, with_questions: bool) -> None:
     """``inspect``'s result as tables on the stderr console."""
-    from anglerank.curation.inspect import text_histogram
+    from anglerank.curation.inspect import note_label, text_histogram
 
     sp = r["spearman"]
     _table(f"anglerank inspect: {scores_dir}", [
@@ -262,15 +272,15 @@ def _show_inspect(r: dict, scores_dir: Path, with_questions: bool) -> None:
                  f"truncated {r['truncated']:,}"),
         ("Spearman with n_question", ", ".join(f"{c} {_f(v, '+.3f')}" for c, v in sp["n_question"].items())),
         ("Spearman with n_tokens", ", ".join(f"{c} {_f(v, '+.3f')}" for c, v in sp["n_tokens"].items())),
-        *[("notes", ", ".join(f"{n}: {c:,}" for n, c in r["notes"].items()))] * bool(r["notes"]),
+        *[("notes", "\n".join(note_label(g) for g in r["note_groups"]))] * bool(r["note_groups"]),
     ])
+    # one column per term, one row per statistic: narrow enough for an 80-column terminal
     st = Table(title="statistics (std with ddof=1; linear quantiles)", title_justify="left")
-    cols = ("count", "mean", "std", "min", "p05", "p25", "median", "p75", "p95", "max")
     st.add_column("")
-    for c in cols:
-        st.add_column(c, justify="right")
-    for name, d in r["stats"].items():
-        st.add_row(name, *[f"{d[c]:,}" if c == "count" else _f(d[c], ".5f") for c in cols])
+    for name in r["stats"]:
+        st.add_column(name, justify="right", no_wrap=True)
+    for c in ("count", "mean", "std", "min", "p05", "p25", "median", "p75", "p95", "max"):
+        st.add_row(c, *[f"{d[c]:,}" if c == "count" else _f(d[c], ".5f") for d in r["stats"].values()])
     err.print(st)
     if r["histogram"]["counts"]:
         err.print("[bold]score histogram[/]")
@@ -307,6 +317,13 @@ def _warnings(s: dict) -> None:
     if not s["score_dir_complete"]:
         err.print("[yellow]warning (--force):[/] the score directory is incomplete; rows without a score count "
                   "as null", highlight=False, soft_wrap=True)
+
+
+def _warn_unscored(s: dict, what_happens: str) -> None:
+    """Rows the score directory never reached (a `score --limit` run) are easy to miss in the summary."""
+    if s["unscored_rows"]:
+        warning_line(f"{s['unscored_rows']:,} of {s['rows_in']:,} rows were never scored (the score directory "
+                     f"covers {s['rows_in'] - s['unscored_rows']:,}, e.g. a `score --limit` run); {what_happens}")
 
 
 def _f(v, spec: str) -> str:

@@ -26,8 +26,6 @@ from anglerank.cli_common import (
 )
 from anglerank.errors import UserError
 
-Y_LABELS = {"grad_a": "‖∇W_site‖", "grad_b": "‖∇θ‖", "pass_rate": "pass rate", "nll": "target NLL",
-            "n_question": "question len", "n_tokens": "total tokens"}
 
 
 def _fmt(c: dict | None) -> str:
@@ -59,6 +57,9 @@ def print_verdict(report: dict) -> None:
 
 
 def print_report(report: dict) -> None:
+    from anglerank.correlation import MIN_INTERVAL_N
+    from anglerank.plots import VALIDATE_LABELS as Y_LABELS
+
     head = Table(title="anglerank validate", show_header=False, title_justify="left")
     head.add_row("model", f"{report['model']} (scores {report['dtype']}, gradients float32, {report['device']})")
     head.add_row("preset / site / estimator", f"{report['preset']} / {report['site']} / {report['estimator']}")
@@ -86,9 +87,12 @@ def print_report(report: dict) -> None:
             tab.add_row(x if x != "n_question" else "question len", *[_fmt(by.get((layer, x, y))) for y in ys])
         err.print(tab)
     n = report["n_samples"]
-    if n > 3:
+    if n >= MIN_INTERVAL_N:
         err.print(f"[dim]95% intervals for ρ ≈ ±{1.96 * math.sqrt(1.06 / (n - 3)):.2f} at n={n} "
                   "(per-correlation intervals and n in the JSON).[/]")
+    else:
+        err.print(f"[dim]n = {n} is too small for meaningful 95% intervals for ρ (at least {MIN_INTERVAL_N} "
+                  "samples; more with --samples).[/]")
     print_verdict(report)
 
 
@@ -142,6 +146,17 @@ def _progress(quiet: bool):
 
     with bars:
         yield update
+
+
+def say_estimate(seconds: float, samples: int) -> None:
+    """The expected time of a validate run, from its first prompt's timing."""
+    if seconds >= 90:
+        minutes = round(seconds / 60)
+        when = f"about {minutes} minute{'s' if minutes != 1 else ''}"
+    else:
+        when = f"about {max(1, round(seconds))} seconds"
+    err.print(f"validate: {when} for {samples} sample{'s' if samples != 1 else ''} (timed on the first prompt)",
+              highlight=False)
 
 
 def _write_json(report: dict, json_file: Path | None) -> None:
@@ -216,7 +231,7 @@ def validate(
         raise UserError(f"--json {json_file} is a directory")
     with _progress(quiet) as progress:
         report = run_validate(inputs, score_options=sopt, options=vopt, prompt_column=prompt_column,
-                              id_column=id_column, progress=progress)
+                              id_column=id_column, progress=progress, estimate=None if quiet else say_estimate)
     _write_json(report, json_file)
     if plot is not None:
         plot_report(report, plot)

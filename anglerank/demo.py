@@ -1,14 +1,28 @@
 """`make demo`: generate a seeded math word-problem set, score it with the embedded
 model, and show the highest- and lowest-scored questions.
 
+The problems are written in the verl layout that every recipe reads (``prompt`` =
+chat messages, ``reward_model.ground_truth``, ``data_source`` ``openai/gsm8k`` so
+verl's built-in GSM8K checker rewards them, ``extra_info.question`` / ``answer``),
+so the ranked output goes straight into ``anglerank train``, ``sample``, the TRL
+example and the verl recipe. The scores are taken of the plain question
+(``extra_info.question``) in the authors' prompt (``--preset gainrl``).
+
 Idempotent: the dataset and the scores are reused when they already exist.
 """
 
 from __future__ import annotations
 
+import argparse
 import random
 import sys
 from pathlib import Path
+
+# verl's GSM8K preprocessing asks for the answer after "####": its checker, the built-in
+# math reward and the TRL example's reward all read that form
+INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
+DATA_SOURCE = "openai/gsm8k"
+ROWS, TEST_ROWS = 240, 48
 
 NAMES = ["Ava", "Ben", "Chloe", "Diego", "Emma", "Farid", "Grace", "Hiro", "Isla", "Jamal", "Kira", "Liam"]
 ITEMS = ["apples", "marbles", "stickers", "books", "cookies", "pencils", "shells", "cards"]
@@ -44,16 +58,19 @@ def _problem(rng: random.Random) -> tuple[str, str]:
             f"How many more kilometres did {n} walk than {m}?", str(c * b - a))
 
 
-def make_dataset(path: Path, n: int = 240, seed: int = 0) -> Path:
+def make_dataset(path: Path, n: int = ROWS, seed: int = 0, split: str = "train") -> Path:
+    """``n`` seeded word problems in the verl layout, written to ``path`` (atomically)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rng = random.Random(seed)
     rows = [_problem(rng) for _ in range(n)]
     table = pa.table({
-        "id": list(range(n)),
-        "question": [q for q, _ in rows],
-        "answer": [a for _, a in rows],
+        "data_source": [DATA_SOURCE] * n,
+        "prompt": [[{"role": "user", "content": f"{q} {INSTRUCTION}"}] for q, _ in rows],
+        "ability": ["math"] * n,
+        "reward_model": [{"style": "rule", "ground_truth": a} for _, a in rows],
+        "extra_info": [{"split": split, "index": i, "question": q, "answer": a} for i, (q, a) in enumerate(rows)],
     })
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -62,43 +79,62 @@ def make_dataset(path: Path, n: int = 240, seed: int = 0) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
+def _current_layout(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return {"prompt", "reward_model", "extra_info"} <= set(pq.read_schema(path).names)
+
+
+def _prepare_data(console, root: Path, rows: int) -> tuple[Path, bool]:
+    """(the training set, whether it was (re)written); a set from before the verl layout is replaced."""
+    data, test = root / "problems.parquet", root / "test.parquet"
+    fresh = not data.exists() or not _current_layout(data)
+    if fresh:
+        make_dataset(data, rows)
+        console.print(f"wrote demo dataset {data} ({rows} seeded word problems, verl layout)")
+    else:
+        console.print(f"reusing demo dataset {data}")
+    if fresh or not test.exists():
+        make_dataset(test, TEST_ROWS, seed=1, split="test")
+    return data, fresh
+
+
+def _score(console, data: Path, out: Path, fresh: bool) -> dict | None:
+    """Score ``data`` into ``out`` unless a complete run is there; the manifest, or None on failure."""
+    from anglerank.data.writer import read_manifest
+
+    manifest = None if fresh else read_manifest(out)
+    if manifest and manifest.get("complete"):
+        console.print(f"reusing scores in {out} (delete {out.parent}/ to recompute)")
+        return manifest
+    from anglerank.cli import app
+
+    args = ["score", str(data), "-o", str(out), "--prompt-column", "extra_info.question", "--preset", "gainrl"]
+    args += ["--resume"] if manifest else ["--overwrite"] if fresh and out.exists() else []
+    console.print("$ anglerank " + " ".join(args))
+    try:
+        app(args, standalone_mode=False)
+    except SystemExit as exc:
+        if exc.code:
+            return None
+    manifest = read_manifest(out)
+    return manifest if manifest and manifest.get("complete") else None
+
+
+def _show(data: Path, out: Path, manifest: dict) -> None:
+    """The highest- and lowest-scored questions and the summary statistics, on stdout."""
+    import statistics
+
     from rich.console import Console
     from rich.table import Table
 
+    from anglerank.angles import spearman
     from anglerank.data.reader import ParquetSource
-    from anglerank.data.writer import load_scores, read_manifest
+    from anglerank.data.writer import load_scores
 
-    console = Console(stderr=True)
-    root = Path(".demo")
-    data = root / "problems.parquet"
-    out = root / "scores"
-    if not data.exists():
-        make_dataset(data)
-        console.print(f"wrote demo dataset {data} (240 seeded word problems)")
-    else:
-        console.print(f"reusing demo dataset {data}")
-    manifest = read_manifest(out)
-    if manifest and manifest.get("complete"):
-        console.print(f"reusing scores in {out} (delete .demo/ to recompute)")
-    else:
-        from anglerank.cli import app
-
-        args = ["score", str(data), "-o", str(out), "--preset", "gainrl"]
-        args += ["--resume"] if manifest else []
-        console.print("$ anglerank " + " ".join(args))
-        try:
-            app(args, standalone_mode=False)
-        except SystemExit as exc:
-            if exc.code:
-                return int(exc.code)
-        manifest = read_manifest(out)
-        if not manifest or not manifest.get("complete"):
-            return 1
     scores = load_scores(out).to_pylist()
-    questions = {}
-    for rec in ParquetSource([str(data)]).iter_records():
-        questions[rec.row] = rec.question
+    questions = {rec.row: rec.question
+                 for rec in ParquetSource([str(data)], prompt_column="extra_info.question").iter_records()}
     valid = sorted((r for r in scores if r["score"] is not None), key=lambda r: -r["score"])
     for title, chunk in (("5 highest-scored", valid[:5]), ("5 lowest-scored", valid[-5:])):
         tab = Table(title=title, title_justify="left")
@@ -109,20 +145,36 @@ def main(argv: list[str] | None = None) -> int:
         for r in chunk:
             tab.add_row(str(r["row"]), f"{r['score']:.4f}", str(r["n_question"]), questions[r["row"]])
         Console().print(tab)
-    import statistics
-
     vals = [r["score"] for r in valid]
     lens = [r["n_question"] for r in valid]
-    from anglerank.angles import spearman
-
     stats = Table(title="summary", show_header=False, title_justify="left")
     stats.add_row("rows scored", f"{len(vals)} of {len(scores)}")
-    stats.add_row("score mean ± std", f"{statistics.mean(vals):.4f} ± {statistics.pstdev(vals):.4f}")
-    stats.add_row("score min / median / max", f"{min(vals):.4f} / {statistics.median(vals):.4f} / {max(vals):.4f}")
-    stats.add_row("Spearman(score, question tokens)", f"{spearman(vals, lens):+.3f}")
+    if vals:
+        stats.add_row("score mean ± std", f"{statistics.mean(vals):.4f} ± {statistics.pstdev(vals):.4f}")
+        stats.add_row("score min / median / max",
+                      f"{min(vals):.4f} / {statistics.median(vals):.4f} / {max(vals):.4f}")
+        stats.add_row("Spearman(score, question tokens)", f"{spearman(vals, lens):+.3f}")
     stats.add_row("model / dtype", f"{manifest['model']} / {manifest['dtype']}")
     stats.add_row("throughput", f"{manifest.get('tokens_per_s') or 0:,.0f} tokens/s")
     Console().print(stats)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.console import Console
+
+    p = argparse.ArgumentParser(prog="python -m anglerank.demo", description="Generate and score the demo set.")
+    p.add_argument("--dir", type=Path, default=Path(".demo"), help="where the data and scores go (default .demo)")
+    p.add_argument("--rows", type=int, default=ROWS, help=f"problems to generate (default {ROWS})")
+    a = p.parse_args(argv)
+    console = Console(stderr=True)
+    data, fresh = _prepare_data(console, a.dir, a.rows)
+    out = a.dir / "scores"
+    manifest = _score(console, data, out, fresh)
+    if manifest is None:
+        return 1
+    _show(data, out, manifest)
+    console.print(f"next: anglerank rank {out} -o {a.dir / 'ranked.parquet'}   (then the recipes in README.md)",
+                  highlight=False)
     return 0
 
 

@@ -98,6 +98,11 @@ def plot_scores(columns: dict[str, np.ndarray], path, title: str = "") -> Path:
 
 # --------------------------------------------------------------------------- validate
 
+# The names `anglerank validate` shows for its report's measurements, in its table and its plot alike.
+VALIDATE_LABELS = {"grad_a": "‖∇W_site‖", "grad_b": "‖∇θ‖", "pass_rate": "pass rate", "nll": "target NLL",
+                   "n_question": "question len", "n_tokens": "total tokens"}
+
+
 def plot_report(report: dict, path, layer: int | None = None) -> Path:
     """Scatter plots of score/intra/inter against each measured quantity for one layer."""
     from anglerank.correlation import X_VARS
@@ -123,8 +128,8 @@ def plot_report(report: dict, path, layer: int | None = None) -> Path:
             if prho is not None:
                 title += f"  partial ρ={prho:+.2f}"
             ax.set_title(title, fontsize=9)
-            ax.set_xlabel(x, fontsize=8)
-            ax.set_ylabel(y, fontsize=8)
+            ax.set_xlabel(VALIDATE_LABELS.get(x, x), fontsize=8)
+            ax.set_ylabel(VALIDATE_LABELS.get(y, y), fontsize=8)
             ax.tick_params(labelsize=7)
     fig.suptitle(f"anglerank validate: {report['model']}, layer {layer}, {report['site']}, "
                  f"{report['estimator']}, n={report['n_samples']}", fontsize=10)

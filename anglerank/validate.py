@@ -21,37 +21,27 @@ module measures that on a seeded sample of a dataset instead of taking it on fai
 
 Completions come from :func:`anglerank.generation.generate`, the trainer's own
 generation path. The caller's model is left as given: gradients are taken on a
-float32 copy unless the model already is float32 (see :func:`_float32_model`).
+float32 copy unless the model already is float32 (see :func:`anglerank.gradnorms.float32_model`).
 
-Which weights "read the site" is found from the model's own dataflow, not from a
-table of module names: one probe forward records the input tensor of every leaf
-module with a 2-D weight, and the readers are the modules whose input *is* the
-hooked tensor (mlp-input: the MLP input projections, e.g. Llama ``gate_proj`` and
-``up_proj``, GPT-2 ``c_fc``, GPT-NeoX ``dense_h_to_4h``). When no 2-D-weight module
-reads the site directly (the residual site: the decoder-layer output is first
-normalised), the readers are the 2-D-weight modules fed by a module that does read
-it: for layer k < last, the next layer's input-norm-fed projections (Llama q/k/v,
-GPT-2 ``c_attn``); for the last layer, the final norm-fed LM head (tied to the input
-embeddings in many small models, whose gradient then includes the embedding's).
+The gradient norms and the weights that "read the site" are measured by
+:mod:`anglerank.gradnorms`.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any, Callable
 
 import numpy as np
-import torch
 
-from anglerank import __version__, generation, hooks
+from anglerank import __version__, generation
 from anglerank.correlation import CONTROL, correlations, pass_rate_agreement
 from anglerank.data.reader import InputError, ParquetSource, Record
 from anglerank.errors import UserError
+from anglerank.gradnorms import float32_model, site_readers, target_nll_grads
 from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, reference_answer
 from anglerank.passrate import PassRateOptions, pass_rates_at, rollout_correct
 from anglerank.scoring.engine import ScoreOptions, build_scorer
@@ -127,123 +117,6 @@ def check_column(source: ParquetSource, column: str, what: str, numeric_ok: bool
     if not ok:
         raise InputError(f"{what} column {column!r} has type {t}; expected a string{' or a number' if numeric_ok else ''}")
 
-
-# --- model-side measurements -------------------------------------------------------------------
-
-def _same_tensor(a, b) -> bool:
-    if a is b:
-        return True
-    return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
-            and a.stride() == b.stride() and a.data_ptr() == b.data_ptr() and a.numel() > 0)
-
-
-def site_readers(model, layers: list[int], site: str, probe_ids: list[int]) -> dict[int, dict[str, torch.nn.Parameter]]:
-    """{layer: {parameter name: weight}} of the 2-D weights that read the hooked site."""
-    calls: list[tuple[str, torch.nn.Module, Any, Any]] = []
-    handles = []
-
-    def make(name):
-        def hook(mod, args, kwargs, out):
-            x = args[0] if args else next(iter(kwargs.values()), None)
-            calls.append((name, mod, x, out))
-        return hook
-
-    for name, mod in model.named_modules():
-        if next(mod.children(), None) is None and isinstance(getattr(mod, "weight", None), torch.Tensor):
-            handles.append(mod.register_forward_hook(make(name), with_kwargs=True))
-    ids = torch.tensor([probe_ids], dtype=torch.long, device=next(model.parameters()).device)
-    try:
-        with hooks.capture(model, layers, site, stop=False, detach=False) as cap, torch.no_grad():
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-
-    def is_matrix(mod):
-        return mod.weight.ndim == 2 and not isinstance(mod, torch.nn.Embedding)
-
-    out = {}
-    for layer in layers:
-        s = cap[layer]
-        direct = [(n, m) for n, m, x, _ in calls if _same_tensor(x, s) and is_matrix(m)]
-        if not direct:
-            fed = [o for _, m, x, o in calls if _same_tensor(x, s) and not is_matrix(m)]
-            direct = [(n, m) for n, m, x, _ in calls if is_matrix(m) and any(_same_tensor(x, o) for o in fed)]
-        if not direct:
-            raise hooks.HookError(f"could not find the weight matrices that read the {site} site of layer {layer}")
-        readers = {}
-        for n, m in direct:
-            readers.setdefault(f"{n}.weight" if n else "weight", m.weight)
-        out[layer] = readers
-    return out
-
-
-def _supports_logits_to_keep(model) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def target_nll_grads(model, prompt_ids: list[int], target_ids: list[int],
-                     readers: dict[int, dict[str, torch.nn.Parameter]]) -> tuple[float, dict[int, float], float]:
-    """Mean token NLL of ``target_ids`` after ``prompt_ids`` and the gradient norms of it.
-
-    Returns ``(nll, {layer: ||grad of that layer's reader weights||_F}, ||grad of all parameters||)``;
-    norms over several matrices are the square root of the summed squares, in float64.
-    The model must be in float32 with ``requires_grad`` parameters.
-    """
-    device = next(model.parameters()).device
-    P, C = len(prompt_ids), len(target_ids)
-    ids = torch.tensor([prompt_ids + target_ids], dtype=torch.long, device=device)
-    kwargs = {"logits_to_keep": C + 1} if _supports_logits_to_keep(model) else {}
-    model.zero_grad(set_to_none=True)
-    with torch.enable_grad():
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **kwargs).logits[0]
-        logits_CV = logits[-(C + 1):-1].float()
-        loss = torch.nn.functional.cross_entropy(logits_CV, ids[0, P:], reduction="mean")
-        loss.backward()
-
-    def norm(params) -> float:
-        total = 0.0
-        for p in params:
-            if p.grad is not None:
-                total += float(p.grad.detach().double().pow(2).sum())
-        return math.sqrt(total)
-
-    grad_a = {layer: norm(ps.values()) for layer, ps in readers.items()}
-    grad_b = norm(model.parameters())
-    model.zero_grad(set_to_none=True)
-    return float(loss.detach()), grad_a, grad_b
-
-
-@contextmanager
-def _float32_model(model, in_place: bool) -> Iterator[torch.nn.Module]:
-    """The model to take float32 gradients on, every parameter requiring grad.
-
-    A caller's model is left as it was given: it is used directly only when it is
-    already float32 and holds no gradients (its ``requires_grad`` flags and training
-    mode are restored afterwards); otherwise the work happens on a float32 copy,
-    which costs the memory of one more float32 model. A model that run_validate
-    loaded itself (``in_place``) is cast in place instead.
-    """
-    params = list(model.parameters())
-    if not in_place and any(p.dtype != torch.float32 or p.grad is not None for p in params):
-        model = copy.deepcopy(model)
-        model.zero_grad(set_to_none=True)
-    was_training = model.training
-    requires = [p.requires_grad for p in model.parameters()]
-    model.float().eval()
-    params = list(model.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    try:
-        yield model
-    finally:
-        model.zero_grad(set_to_none=True)
-        for p, rg in zip(params, requires):
-            p.requires_grad_(rg)
-        model.train(was_training)
 
 
 # --- the run -----------------------------------------------------------------------------
@@ -338,28 +211,62 @@ def _reference_targets(plan: _Plan, vopt: ValidateOptions) -> dict[int, list[int
     return out
 
 
-def _greedy_targets(plan: _Plan, vopt: ValidateOptions, model, tick: Progress) -> dict[int, list[int]]:
-    """The model's own greedy completions, in batches of prompts of similar length."""
+def _greedy_targets(plan: _Plan, vopt: ValidateOptions, model, tick: Progress,
+                    first_batch: Callable[[dict, float], None] | None = None) -> dict[int, list[int]]:
+    """The model's own greedy completions, in batches of prompts of similar length; ``first_batch(targets,
+    seconds)`` is called once the first batch is done."""
     order = sorted(plan.live, key=lambda r: (len(plan.rendered[r.row].ids), r.row))
     out = {}
     tick("greedy", 0, len(order))
     for i in range(0, len(order), vopt.gen_batch):
         chunk = order[i: i + vopt.gen_batch]
+        t0 = time.perf_counter()
         ro = generation.generate(model, plan.loaded.tokenizer, [plan.rendered[r.row].ids for r in chunk],
                                  max_new_tokens=vopt.max_new_tokens, greedy=True, batch_size=len(chunk),
                                  device=next(model.parameters()).device)
         out.update(zip((r.row for r in chunk), ro.completion_ids))
+        if i == 0 and first_batch is not None:
+            first_batch(dict(out), time.perf_counter() - t0)
         tick("greedy", i + len(chunk), len(order))
     return out
 
 
-def _gradients(plan: _Plan, model, readers, target_ids: dict[int, list[int]], tick: Progress) -> dict:
-    """(nll, {layer: grad_a}, grad_b) per row with a target, one prompt per backward."""
+@dataclass
+class _Ahead:
+    """Measurements of the first prompt taken ahead of the rest, to time the run; the stages reuse them."""
+
+    grads: dict = field(default_factory=dict)  # row -> target_nll_grads(...)
+    passes: dict = field(default_factory=dict)  # row -> pass rate
+
+
+def _time_first(ahead: _Ahead, plan: _Plan, vopt: ValidateOptions, model, readers, targets: dict[int, list[int]],
+                greedy_s: float, *, estimate: Callable[[float, int], None]) -> None:
+    """Measure one prompt of ``targets`` through the later stages (kept in ``ahead``) and pass the whole
+    measurement's expected seconds to ``estimate(seconds, samples)``: every stage costs about what its first
+    unit did (a greedy batch of the shortest prompts, one backward, one prompt's rollouts)."""
+    row = next((r for r, ids in targets.items() if ids), None)
+    t0 = time.perf_counter()
+    if row is not None:
+        ahead.grads[row] = target_nll_grads(model, plan.rendered[row].ids, targets[row], readers)
+    t1 = time.perf_counter()
+    ref = reference_answer(plan.answers.get(row)) if vopt.rollouts and row is not None else None
+    if ref is not None:
+        ahead.passes[row] = _rollouts(plan, vopt, model, row, ref)
+    t2 = time.perf_counter()
+    n = len(plan.live)
+    batches = 0 if vopt.target_column else math.ceil(n / vopt.gen_batch)
+    estimate(greedy_s * batches + (t1 - t0) * n + (t2 - t1) * n, len(plan.records))
+
+
+def _gradients(plan: _Plan, model, readers, target_ids: dict[int, list[int]], tick: Progress,
+               ahead: dict) -> dict:
+    """(nll, {layer: grad_a}, grad_b) per row with a target, one prompt per backward (``ahead``: rows done)."""
     grads = {}
     todo = [rec for rec in plan.live if target_ids.get(rec.row)]
     tick("gradients", 0, len(todo))
     for k, rec in enumerate(todo):
-        nll, ga, gb = target_nll_grads(model, plan.rendered[rec.row].ids, target_ids[rec.row], readers)
+        nll, ga, gb = ahead.get(rec.row) or target_nll_grads(model, plan.rendered[rec.row].ids,
+                                                             target_ids[rec.row], readers)
         if all(math.isfinite(v) for v in (nll, gb, *ga.values())):
             grads[rec.row] = (nll, ga, gb)
         else:
@@ -368,13 +275,20 @@ def _gradients(plan: _Plan, model, readers, target_ids: dict[int, list[int]], ti
     return grads
 
 
-def _pass_rates(plan: _Plan, vopt: ValidateOptions, model, tick: Progress) -> dict[int, float]:
-    """Share of G sampled completions per prompt whose final answer matches the reference, sampled as
-    ``anglerank passrate`` samples them (its own generator per row: independent of the sample's other rows)."""
-    if vopt.pass_rates:
-        return pass_rates_at(vopt.pass_rates, plan.source, [rec.row for rec in plan.records], plan.notes)
+def _rollouts(plan: _Plan, vopt: ValidateOptions, model, row: int, ref) -> float:
+    """One prompt's pass rate: G sampled completions from the row's own generator, judged against ``ref``."""
     opt = PassRateOptions(rollouts=vopt.rollouts, temperature=vopt.temperature, top_p=vopt.top_p,
                           max_new_tokens=vopt.max_new_tokens, seed=vopt.seed, answer_format=vopt.answer_format)
+    device = next(model.parameters()).device
+    return rollout_correct(model, plan.loaded.tokenizer, plan.rendered[row].ids, ref, opt, row, device) / opt.rollouts
+
+
+def _pass_rates(plan: _Plan, vopt: ValidateOptions, model, tick: Progress, ahead: dict) -> dict[int, float]:
+    """Share of G sampled completions per prompt whose final answer matches the reference, sampled as
+    ``anglerank passrate`` samples them (its own generator per row: independent of the sample's other rows).
+    ``ahead``: rows already measured."""
+    if vopt.pass_rates:
+        return pass_rates_at(vopt.pass_rates, plan.source, [rec.row for rec in plan.records], plan.notes)
     passes = {}
     tick("rollouts", 0, len(plan.live))
     for k, rec in enumerate(plan.live):
@@ -382,23 +296,30 @@ def _pass_rates(plan: _Plan, vopt: ValidateOptions, model, tick: Progress) -> di
         if ref is None:
             plan.notes[rec.row].append("no reference answer")
         else:
-            device = next(model.parameters()).device
-            passes[rec.row] = rollout_correct(model, plan.loaded.tokenizer, plan.rendered[rec.row].ids, ref, opt,
-                                              rec.row, device) / opt.rollouts
+            passes[rec.row] = ahead[rec.row] if rec.row in ahead else _rollouts(plan, vopt, model, rec.row, ref)
         tick("rollouts", k + 1, len(plan.live))
     return passes
 
 
-def _measure(plan: _Plan, site: str, vopt: ValidateOptions, tick: Progress) -> _Measured:
-    """Targets, gradient norms and pass rates, on a float32 model (see :func:`_float32_model`)."""
-    with _float32_model(plan.loaded.model, in_place=plan.owned) as model:
+def _measure(plan: _Plan, site: str, vopt: ValidateOptions, tick: Progress,
+             estimate: Callable[[float, int], None] | None) -> _Measured:
+    """Targets, gradient norms and pass rates, on a float32 model (see :func:`anglerank.gradnorms.float32_model`);
+    with ``estimate``, the first prompt is timed through every stage first (see :func:`_time_first`)."""
+    with float32_model(plan.loaded.model, in_place=plan.owned) as model:
         live = plan.live
         readers = (site_readers(model, plan.layers, site, plan.rendered[live[0].row].ids) if live
                    else {layer: {} for layer in plan.layers})
-        target_ids = (_reference_targets(plan, vopt) if vopt.target_column
-                      else _greedy_targets(plan, vopt, model, tick))
-        grads = _gradients(plan, model, readers, target_ids, tick)
-        passes = _pass_rates(plan, vopt, model, tick) if vopt.rollouts or vopt.pass_rates else {}
+        ahead = _Ahead()
+        first = None if estimate is None else partial(_time_first, ahead, plan, vopt, model, readers,
+                                                      estimate=estimate)
+        if vopt.target_column:
+            target_ids = _reference_targets(plan, vopt)
+            if first is not None:
+                first(target_ids, 0.0)
+        else:
+            target_ids = _greedy_targets(plan, vopt, model, tick, first)
+        grads = _gradients(plan, model, readers, target_ids, tick, ahead.grads)
+        passes = _pass_rates(plan, vopt, model, tick, ahead.passes) if vopt.rollouts or vopt.pass_rates else {}
     return _Measured({layer: list(ps) for layer, ps in readers.items()}, target_ids, grads, passes)
 
 
@@ -475,6 +396,7 @@ def run_validate(
     id_column: str | None = None,
     loaded=None,
     progress: Progress | None = None,
+    estimate: Callable[[float, int], None] | None = None,
 ) -> dict:
     """Measure the angle signal against gradient norms (and pass rates) on a sample.
 
@@ -483,7 +405,9 @@ def run_validate(
     ``progress(stage, done, total)`` is called as work completes. Pass ``loaded`` (a
     models.LoadedModel) to reuse a model; it is left as given (dtype, weights,
     ``requires_grad``, training mode): a model that is not float32 is copied to
-    float32 for the generation and gradient stages.
+    float32 for the generation and gradient stages. ``estimate(seconds, samples)`` is
+    called once, early, with the expected time of the generation, gradient and rollout
+    stages, timed on the first prompt (whose measurements are kept: the report is the same).
     """
     sopt = score_options or ScoreOptions()
     vopt = options or ValidateOptions()
@@ -491,6 +415,6 @@ def run_validate(
     t0 = time.perf_counter()
     plan = _plan(inputs, sopt, vopt, prompt_column, id_column, loaded)
     by_row = _score(plan, tick)
-    measured = _measure(plan, sopt.site, vopt, tick)
+    measured = _measure(plan, sopt.site, vopt, tick, estimate)
     per_sample = _per_sample(plan, by_row, measured, rollouts=bool(vopt.rollouts or vopt.pass_rates))
     return _report(plan, sopt, vopt, measured, per_sample, time.perf_counter() - t0)

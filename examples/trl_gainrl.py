@@ -7,8 +7,8 @@ Rank the training data once, then train::
     python examples/trl_gainrl.py --data ranked.parquet --model Qwen/Qwen2.5-0.5B-Instruct
 
 The data is the verl layout that `anglerank rank` keeps (``prompt`` = chat
-messages, ``reward_model.ground_truth`` = the final answer) plus the
-``angle_*`` columns. Training settings default to the authors' (docs/method.md,
+messages, ``reward_model.ground_truth`` = the final answer; `make demo` writes it)
+plus the ``angle_*`` columns; plain ``question`` / ``answer`` columns work too. Training settings default to the authors' (docs/method.md,
 "The training loop"; bf16 on a GPU); the GAIN-RL rank-unit options accept ranks or
 fractions of the data set size. ``--resume`` continues from the last
 checkpoint in ``--output-dir``, curriculum included.
@@ -26,12 +26,22 @@ import json
 import os
 
 
-def correctness_reward(completions, reward_model, **kwargs) -> list[float]:
-    """1.0 when the completion's final answer (``\\boxed{}`` or ``####``) matches ground_truth."""
+def correctness_reward(completions, reward_model=None, answer=None, **kwargs) -> list[float]:
+    """1.0 when the completion's final answer (``\\boxed{}`` or ``####``) matches the reference:
+    ``reward_model.ground_truth`` (the verl layout), else the ``answer`` column."""
     from anglerank.rewards import math_reward
 
+    if reward_model is None:
+        return math_reward(None, completions, answer=answer)
     answers = [rm["ground_truth"] if isinstance(rm, dict) else rm for rm in reward_model]
     return math_reward(None, completions, answer=answers)
+
+
+def as_chat_prompts(train):
+    """Plain ``question`` rows as the one-message chat ``prompt`` TRL reads (verl-layout data is kept)."""
+    if "prompt" in train.column_names or "question" not in train.column_names:
+        return train
+    return train.map(lambda row: {"prompt": [{"role": "user", "content": row["question"]}]})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     from anglerank.integrations.trl import GainRLConfig, GainRLGRPOTrainer
     from anglerank.models import resolve_model_path
 
-    train = load_dataset("parquet", data_files=a.data, split="train")
+    train = as_chat_prompts(load_dataset("parquet", data_files=a.data, split="train"))
     if a.max_rows:
         train = train.select(range(min(a.max_rows, len(train))))
     angle: str | float = a.angle

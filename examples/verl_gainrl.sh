@@ -5,10 +5,17 @@
 #   anglerank rank scores/ --data train.parquet -o ranked.parquet
 #   bash examples/verl_gainrl.sh ranked.parquet test.parquet Qwen/Qwen2.5-0.5B-Instruct [more overrides]
 #
+# On the `make demo` set (240 rows, verl layout; data_source openai/gsm8k, so verl's GSM8K
+# checker rewards it) rank .demo/scores into .demo/ranked.parquet first, and take a subset
+# below 240 rows: GAINRL_SUBSET_SIZE=128 bash examples/verl_gainrl.sh .demo/ranked.parquet
+# .demo/test.parquet MODEL. GAINRL_SUBSET_SIZE (default 256, the authors' value) is the
+# prompts per epoch; a subset of all the rows is warned about (every epoch is the whole set).
+#
 # verl 0.5 to 0.7 take the sampler through their data.sampler curriculum hook; verl 0.8
-# removed it, so there anglerank.integrations.verl_main runs verl's own main_ppo with a
-# RayPPOTrainer that draws GAIN-RL epochs (it adds data.dataloader_num_workers=0 and, on
-# verl 0.9, trainer.use_v1=False: the V1 trainer takes no sampler). The flags are the same.
+# removed it, so there anglerank.integrations.verl_main runs verl's own main_ppo with
+# trainers that draw GAIN-RL epochs (it adds data.dataloader_num_workers=0): on verl 0.9 the
+# current V1 trainer in its sync mode (verl's default; it needs `pip install TransferQueue`),
+# or with trainer.use_v1=False verl's deprecated RayPPOTrainer. The flags are the same.
 # One verl epoch = one GAIN-RL subset of data.gainrl.subset_size prompts (rounded down to
 # whole data.train_batch_size batches), so trainer.total_epochs counts GAIN-RL epochs.
 # Rank-unit options (mu0, sigma, step, adj_min, adj_max) take ranks (an int) or fractions of
@@ -20,6 +27,7 @@ TRAIN=${1:?ranked train Parquet}
 VAL=${2:?validation Parquet}
 MODEL=${3:?model id or folder}
 shift 3
+SUBSET_SIZE=${GAINRL_SUBSET_SIZE:-256}
 
 if python3 -c 'import sys, verl; sys.exit(tuple(int(x) for x in verl.__version__.split(".")[:2]) < (0, 8))'; then
     ENTRY=(-m anglerank.integrations.verl_main)
@@ -39,7 +47,7 @@ python3 "${ENTRY[@]}" \
     data.max_prompt_length=512 \
     data.max_response_length=512 \
     "${HOOK[@]}" \
-    +data.gainrl.subset_size=256 \
+    +data.gainrl.subset_size="$SUBSET_SIZE" \
     +data.gainrl.sigma=0.1333 \
     +data.gainrl.step=0.0667 \
     +data.gainrl.adj_min=0.0 \

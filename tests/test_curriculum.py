@@ -196,7 +196,7 @@ def test_update_formula_and_history():
     assert s.mu == pytest.approx(100 + 329.7462387424525)
     assert s.epoch == 1
     assert s.history == [
-        {"epoch": 0, "mu_before": 100.0, "accuracy": 0.75, "angle": 0.1, "delta": d}
+        {"epoch": 1, "mu_before": 100.0, "accuracy": 0.75, "angle": 0.1, "delta": d}
     ]
 
 

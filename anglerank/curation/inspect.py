@@ -8,6 +8,8 @@ one line per layer. Everything is returned as a JSON-ready dict; the CLI renders
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from anglerank.curation.scores import ROW, load_layer_scores, open_data, open_manifest, verify_inputs
@@ -15,7 +17,7 @@ from anglerank.data.reader import ParquetFiles, field_type
 from anglerank.data.values import finite_or_none
 from anglerank.errors import UserError
 
-__all__ = ["inspect", "inspect_run", "text_histogram", "QUANTILES"]
+__all__ = ["inspect", "inspect_run", "text_histogram", "QUANTILES", "group_notes", "note_label", "null_warning"]
 
 QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95, "max": 1.0}
 _TERMS = ("intra", "inter", "score")
@@ -127,6 +129,7 @@ def _summary(f, bins: int) -> dict:
         "null": {c: int(np.isnan(v).sum()) for c, v in terms.items()},
         "truncated": int(f["truncated"].sum()) if "truncated" in f.columns else 0,
         "notes": notes,
+        "note_groups": group_notes(notes),
         "stats": {c: _stats(v) for c, v in terms.items()},
         "spearman": {
             "n_question": {c: finite_or_none(spearman(terms[c], nq)) for c in order},
@@ -134,6 +137,75 @@ def _summary(f, bins: int) -> dict:
         },
         "histogram": _histogram(terms["score"], bins),
     }
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_COUNTED = re.compile(r"\s*\((\d+(?:\.\d+)?) ([^()]*)\)$")  # a trailing "(41 tokens)"
+
+
+def group_notes(notes: dict[str, int]) -> list[dict]:
+    """Row notes grouped by kind, the commonest first.
+
+    A note's kind is its text without its numbers (``gainrl-code slice empty (41 tokens)``
+    is the kind ``gainrl-code slice empty``, counted in ``tokens``), so one cause reads as
+    one line however many lengths it hit. A row with several notes (joined by ``"; "``)
+    counts in each kind. Each group: ``kind``, ``rows``, and for a trailing ``(N unit)``
+    the ``unit`` and the ``min`` / ``max`` of N (else None).
+    """
+    groups: dict[str, dict] = {}
+    for text, count in notes.items():
+        for part in str(text).split("; "):
+            m = _COUNTED.search(part)
+            kind = part[: m.start()] if m else _NUMBER.sub("N", part)
+            g = groups.setdefault(kind, {"kind": kind, "rows": 0, "unit": None, "min": None, "max": None})
+            g["rows"] += int(count)
+            if m:
+                v = float(m.group(1))
+                v = int(v) if v.is_integer() else v
+                g["unit"] = m.group(2)
+                g["min"] = v if g["min"] is None else min(g["min"], v)
+                g["max"] = v if g["max"] is None else max(g["max"], v)
+    return sorted(groups.values(), key=lambda g: (-g["rows"], g["kind"]))
+
+
+def note_label(g: dict) -> str:
+    """One group of :func:`group_notes` as text: ``gainrl-code slice empty: 25 rows, 3-41 tokens``."""
+    text = f"{g['kind']}: {g['rows']:,} row{'s' if g['rows'] != 1 else ''}"
+    if g["unit"] is not None:
+        span = f"{g['min']}" if g["min"] == g["max"] else f"{g['min']}-{g['max']}"
+        text += f", {span} {g['unit']}"
+    return text
+
+
+# why a kind of note nulls a score, and what to do about it
+_NOTE_HINTS = {
+    "gainrl-code slice empty": "--estimator gainrl-code cuts --code-prefix-tokens and --code-suffix-tokens "
+                               "tokens (110 and 6) off every prompt twice, as the authors' script does, so a "
+                               "prompt of up to 2 x (110 + 6) = 232 tokens has no question rows left and no "
+                               "score; --estimator paper scores every prompt",
+}
+
+
+def null_warning(scores, where) -> str | None:
+    """A warning when more than half of the scores in ``scores`` (a score table) are null: how many, the
+    commonest reason (its note kind) and, for a known cause, what to change; None otherwise."""
+    import pyarrow.compute as pc
+
+    n = scores.num_rows
+    null = scores.column("score").null_count
+    if not n or 2 * null <= n:
+        return None
+    msg = f"{null:,} of {n:,} scores are null ({100 * null / n:.0f}%)"
+    notes = {}
+    if "note" in scores.column_names:
+        why = pc.drop_null(scores.filter(pc.is_null(scores.column("score"))).column("note"))
+        notes = {d["values"]: d["counts"] for d in pc.value_counts(why).to_pylist()}
+    groups = group_notes(notes)
+    if groups:
+        msg += f"; the commonest reason: {note_label(groups[0])}"
+        if groups[0]["kind"] in _NOTE_HINTS:
+            msg += f". {_NOTE_HINTS[groups[0]['kind']]}"
+    return msg + f" (every reason: anglerank inspect {where})"
 
 
 def _histogram(score: np.ndarray, bins: int) -> dict:

@@ -55,6 +55,8 @@ def rank(
     check_memory_mb(memory_mb)
     files = open_data(data)
     out = Path(output)
+    if out.suffix and out.suffix.lower() not in (".parquet", ".pq"):  # r.csv would silently hold Parquet
+        raise UserError(f"--output {out}: rank writes Parquet; give the file a .parquet name")
     # SIGTERM cleans up like Ctrl-C; one writer per output file
     with abort_on_signal(f"interrupted: {out} was not written (no partial file left)"), \
             output_lock(out, what="rank output", directory=False):

@@ -122,6 +122,7 @@ def sample(
         summary = {
             "output": str(out), "concat": concat, "files": [], "rows_in": files.total_rows, "ranked": table.height,
             "null_excluded": 0 if include_null else files.total_rows - n_scored,
+            "unscored_rows": files.total_rows - int((ls.frame[ROW] < files.total_rows).sum()),
             "rows_written": sum(len(d) for d in draws), **params, "layer": ls.layer,
             "estimator": ls.manifest.get("estimator"), "forced": bool(force), "input_mismatch": problems,
             "score_dir_complete": covers_all_rows(ls.manifest),

@@ -25,6 +25,7 @@ import numpy as np
 from anglerank.curriculum.config import CurriculumConfig, correct
 from anglerank.curriculum.rankings import order_by
 from anglerank.curriculum.registry import make_sampler
+from anglerank.curriculum.units import epoch_size
 from anglerank.errors import UserError
 
 __all__ = ["Curriculum", "rank_order"]
@@ -70,7 +71,7 @@ class Curriculum:
             raise UserError("the ranked data set is empty")
         if int(chunk) < 1:
             raise UserError(f"chunk must be >= 1, got {chunk}")
-        k = min(int(config.subset_size), n)
+        k = epoch_size(int(config.subset_size), n)
         k -= k % int(chunk)
         if k < 1:
             raise UserError(f"an epoch must hold at least one batch of {chunk} distinct prompts, but subset_size="
@@ -167,12 +168,13 @@ class Curriculum:
         """Move the window with the open epoch's accuracy and angle; None if no epoch is open.
 
         With no judged completion the move is skipped (recorded with ``delta = 0``):
-        an accuracy of 0 would move the window for no reason.
+        an accuracy of 0 would move the window for no reason. The record's ``epoch``
+        counts from 1, as ``anglerank train``'s logs do.
         """
         if not self.open:
             return None
         n_correct, judged = self._stats[0], int(self._stats[1])
-        record = {"epoch": len(self.epochs), "mu": self.mu, "completions": judged, "angle": self.epoch_angle()}
+        record = {"epoch": len(self.epochs) + 1, "mu": self.mu, "completions": judged, "angle": self.epoch_angle()}
         if judged == 0:
             logger.warning("curriculum: no rewards observed this epoch; the window stays")
             record.update(accuracy=None, delta=0.0, skipped=True)

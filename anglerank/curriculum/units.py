@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 import numbers
 import re
+import warnings
 
 import numpy as np
 
 from anglerank.errors import UserError
 
-__all__ = ["resolve_rank_units", "parse_rank_value", "positive_int"]
+__all__ = ["CurriculumWarning", "epoch_size", "resolve_rank_units", "parse_rank_value", "positive_int"]
 
 _INT_RE = re.compile(r"^[+-]?\d+$")
 
@@ -75,3 +76,22 @@ def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise UserError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+class CurriculumWarning(UserWarning):
+    """A curriculum setting that runs but defeats the curriculum's purpose."""
+
+
+def epoch_size(subset_size: int, n_items: int) -> int:
+    """Rows per epoch: ``subset_size`` capped at ``n_items``.
+
+    A subset of at least all the rows makes every epoch the whole data set, so the
+    ranking and the window decide nothing; that is almost always a setting meant for a
+    larger data set, so it is warned about here, once, for every consumer (``train``,
+    ``sample``, TRL, verl).
+    """
+    if subset_size >= n_items:
+        warnings.warn(f"the subset size (K = {subset_size:,}) is not below the number of rows (N = {n_items:,}): "
+                      f"every epoch takes all {n_items:,} rows, so the ranking and the window play no part; "
+                      f"choose a subset size below {n_items:,}", CurriculumWarning, stacklevel=3)
+    return min(subset_size, n_items)

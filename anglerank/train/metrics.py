@@ -152,7 +152,16 @@ def read_metrics(run_dir, kind: str | None = None) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         raise UserError(f"no metrics.jsonl in {run_dir}")
-    lines = path.read_text(errors="replace").splitlines()
+    return [r for r in read_jsonl(path) if kind is None or r.get("type") == kind]
+
+
+def read_jsonl(path: Path) -> list:
+    """The records of a run's JSON-lines log. A last line cut short (the process was killed while writing
+    it) is skipped with a warning; a bad line anywhere else means the file is not that log: an error."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     out = []
     for i, line in enumerate(lines):
         if not line.strip():
@@ -162,7 +171,7 @@ def read_metrics(run_dir, kind: str | None = None) -> list[dict]:
         except json.JSONDecodeError:
             if i == len(lines) - 1:
                 warnings.warn(f"{path}: skipped its last line, cut short (the run was killed while writing it)",
-                              stacklevel=2)
+                              stacklevel=3)
                 break
-            raise UserError(f"{path}: line {i + 1} is not JSON; is this a run's metrics.jsonl?") from None
-    return [r for r in out if kind is None or r.get("type") == kind]
+            raise UserError(f"{path}: line {i + 1} is not JSON; is this a run's {path.name}?") from None
+    return out

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import numpy as np
 
 from anglerank.curriculum import correct
 from anglerank.errors import UserError
-from anglerank.train.metrics import Jsonl, _json_default
+from anglerank.train.metrics import Jsonl, read_jsonl, _json_default
 
 __all__ = ["RECORDS_FILE", "Records", "step_lines", "read_records", "is_run_dir", "uniform", "coverage",
            "zero_variance", "decile_accuracy", "accuracy_by_decile_over_training", "zero_variance_over_training",
@@ -103,22 +102,7 @@ def read_records(run_dir) -> tuple[dict, list[dict]]:
     if not path.is_file():
         raise UserError(f"no {RECORDS_FILE} in {run_dir}: not a training run directory (or one from before "
                         "per-prompt records)")
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                warnings.warn(f"{path}: skipped its last line, cut short (the run was killed while writing it)",
-                              stacklevel=2)
-                break
-            raise UserError(f"{path}: line {i + 1} is not JSON; is this a run's {RECORDS_FILE}?") from None
+    out = read_jsonl(path)
     if not out or not isinstance(out[0], dict) or out[0].get("records") != "prompts":
         raise UserError(f"{path}: no header line; is this a run's {RECORDS_FILE}?")
     header, recs = out[0], out[1:]

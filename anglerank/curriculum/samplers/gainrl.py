@@ -176,7 +176,7 @@ class GaussianRankSampler:
     def update(self, accuracy: float, angle: float) -> float:
         """Move ``mu`` after an epoch; returns the applied delta (before keeping ``mu`` on the data)."""
         d = self.delta(accuracy, angle)
-        self.history.append({"epoch": self.epoch, "mu_before": float(self.mu), "accuracy": float(accuracy),
+        self.history.append({"epoch": self.epoch + 1, "mu_before": float(self.mu), "accuracy": float(accuracy),
                              "angle": float(angle), "delta": float(d)})
         self._move(d)
         self.epoch += 1
