@@ -22,9 +22,8 @@ from anglerank.data.reader import Record
 from anglerank.data.values import finite_or_none
 from anglerank.errors import UserError
 from anglerank.render import Renderer
-from anglerank.scoring import memory
+from anglerank.scoring import estimators, memory
 
-ESTIMATORS = ("paper", "gainrl-code")
 # torch < 2.5 has the class only under torch.cuda (the same class in later versions)
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -39,9 +38,9 @@ class ScoreOptions:
     prefix: str | None = None
     site: str = "mlp-input"
     layers: list = field(default_factory=lambda: [-1])  # ints, 'all' or 'A:B'
-    estimator: str = "paper"
+    estimator: str = estimators.DEFAULT  # a name in anglerank.scoring.estimators
     w_intra: float = 1.0
-    w_inter: float | None = None  # None: 1 for paper, 8 for gainrl-code (the authors' weight)
+    w_inter: float | None = None  # None: the estimator's default (1 for paper, 8 for gainrl-code)
     code_prefix_tokens: int = 110
     code_suffix_tokens: int = 6
     max_length: int = 4096
@@ -52,12 +51,11 @@ class ScoreOptions:
     device_map: str | dict | None = None  # accelerate placement over several devices (models.parse_device_map)
 
     def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise UserError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        estimator = estimators.get(self.estimator)
         if self.site not in hooks.SITES:
             raise UserError(f"unknown hook site {self.site!r}; choose from {', '.join(hooks.SITES)}")
         if self.w_inter is None:
-            self.w_inter = 8.0 if self.estimator == "gainrl-code" else 1.0
+            self.w_inter = float(estimator.default_w_inter)
         for name, w in (("--w-intra", self.w_intra), ("--w-inter", self.w_inter)):
             if not math.isfinite(w):
                 raise UserError(f"{name} must be a finite number, got {w}")
@@ -261,6 +259,7 @@ class Scorer:
         self.prefix_cache = PrefixCache(model, self._run_prefix) if use_cache else None
         budget, self.budget_basis = self._budget(options)
         self.opt = replace(options, batch_tokens=budget)
+        self.estimator = estimators.get(options.estimator).from_options(self.opt)
         self.batch_tokens = budget
         self.backoffs: list[dict] = []
         self.warn = warn or (lambda msg: warnings.warn(msg, RuntimeWarning, stacklevel=2))
@@ -290,38 +289,15 @@ class Scorer:
 
     def _terms(self, hidden_BTD: torch.Tensor, items, prefix: Prefix | None = None,
                layer: int | None = None) -> tuple[list[float], list[float]]:
-        """Angle terms of a batch; with ``prefix`` (paper estimator) ``hidden_BTD`` holds only the
-        tokens after it, and the prefix's own hidden states at ``layer`` stand for P."""
-        if self.opt.estimator == "gainrl-code":
-            lengths = [len(r.ids) for r in items]
-            intra, inter = angles.gainrl_code_terms_batch(
-                hidden_BTD, lengths, self.opt.code_prefix_tokens, self.opt.code_suffix_tokens
-            )
-            return intra.tolist(), inter.tolist()
-        B, T = hidden_BTD.shape[:2]
-        P = prefix.length if prefix else 0
-        q_mask = torch.zeros(B, T, dtype=torch.bool, device=hidden_BTD.device)
-        for b, r in enumerate(items):
-            q_mask[b, r.n_prefix - P: r.q_end - P] = True
-        if prefix:  # every row's P is exactly the cached prefix (the cache key is ids[:n_prefix])
-            intra, inter = angles.segment_concentration_shared_prefix(hidden_BTD, q_mask, prefix.hidden[layer])
-        else:
-            p_mask = torch.zeros_like(q_mask)
-            for b, r in enumerate(items):
-                p_mask[b, : r.n_prefix] = True
-            intra, inter = angles.segment_concentration(hidden_BTD, q_mask, p_mask)
-        return intra.tolist(), inter.tolist()
+        """Angle terms of a batch; with ``prefix`` (a ``prefix_as_sum`` estimator) ``hidden_BTD`` holds only
+        the tokens after it, and the prefix's own hidden states at ``layer`` stand for P."""
+        return self.estimator.terms(hidden_BTD, items, prefix.hidden[layer] if prefix else None)
 
     def _note(self, r, intra: float, inter: float) -> str | None:
         notes = [r.note] if r.note else []
-        if self.opt.estimator == "gainrl-code":
-            if math.isnan(intra) or math.isnan(inter):
-                notes.append(f"gainrl-code slice empty ({len(r.ids)} tokens)")
-        else:
-            if r.n_question < 2:
-                notes.append("question shorter than 2 tokens")
-            if r.n_prefix == 0:
-                notes.append("empty prefix")
+        own = self.estimator.note(r, intra, inter)
+        if own:
+            notes.append(own)
         return "; ".join(notes) or None
 
     def _row(self, rec: Record, r, layer: int, intra: float, inter: float) -> dict:
@@ -424,9 +400,9 @@ class Scorer:
                      out: list[dict], on_batch: Callable[[int], None] | None) -> None:
         """Score rows sharing ``prefix`` batch by batch; after a back-off the rows not yet scored are
         batched again under the smaller budget."""
-        # the paper estimator needs P only as a sum, computed once from the prefix's own
-        # hidden states; gainrl-code reads whole rows, prefix included
-        split = prefix is not None and self.opt.estimator == "paper"
+        # an estimator that needs P only as a sum gets it once from the prefix's own hidden
+        # states; others read whole rows, prefix included
+        split = prefix is not None and self.estimator.prefix_as_sum
         left = list(members)
         while left:
             done = set()
