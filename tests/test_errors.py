@@ -168,3 +168,21 @@ def test_validate_progress_resumes_collecting(restore_gc):
         with cli_validate._progress(quiet) as tick:
             tick("score", 1, 2)
         assert gc.isenabled()
+
+
+def test_commands_without_a_model_never_pause_the_collector(tmp_path, monkeypatch, restore_gc):
+    """The pause covers model loading only: rank, sample, inspect and the rest run with the collector on."""
+    from anglerank import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "pause_gc_for_startup", lambda: calls.append(1))
+    monkeypatch.setattr(cli, "freeze_at_exit", lambda: None)
+    for argv in (["rank", "--help"], ["inspect", "--help"], ["merge", "--help"], ["--version"]):
+        monkeypatch.setattr(sys, "argv", ["anglerank", *argv])
+        with pytest.raises(SystemExit):
+            cli.main()
+    assert calls == []
+    monkeypatch.setattr(sys, "argv", ["anglerank", "score", "--help"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert calls == [1]
