@@ -42,16 +42,18 @@ clean:
 # verl pins versions that conflict with ours (numpy, transformers), so it gets its own venv; torch
 # comes first from the same TORCH_SPEC. `make verl-test` is verl 0.9 (the verl_main entry point);
 # `make verl-test-08` is 0.8; `make verl-test-07` is 0.7 (the data.sampler.class_path hook).
-# verl 0.8.0/0.9.1 import cachetools, uvicorn and fastapi without declaring them; verl 0.8 pins
-# numpy<2, which the newest pyarrow refuses.
+# verl 0.8.0/0.9.1 import cachetools, uvicorn and fastapi without declaring them; verl 0.9's current
+# (V1) trainer needs TransferQueue (verl's `verl-core` extra); verl 0.8 pins numpy<2, which the
+# newest pyarrow refuses.
 VERL_VENV ?= .venv-verl
 VERL_SPEC ?= verl==0.9.1
-VERL_EXTRA ?= cachetools uvicorn fastapi
+VERL_DEPS := cachetools uvicorn fastapi
+VERL_EXTRA ?= $(VERL_DEPS) TransferQueue==0.1.11
 VERL_PY := $(VERL_VENV)/bin/python
 
 .PHONY: verl-test verl-test-08 verl-test-07
 
-$(VERL_VENV)/.installed-verl: pyproject.toml
+$(VERL_VENV)/.installed-verl: pyproject.toml Makefile
 	test -x $(VERL_PY) || $(PYTHON) -m venv $(VERL_VENV)
 	$(VERL_PY) -m pip install -q --upgrade pip
 	$(VERL_PY) -c "import torch" 2>/dev/null || $(VERL_PY) -m pip install -q "$(TORCH_SPEC)"
@@ -62,7 +64,7 @@ verl-test: $(VERL_VENV)/.installed-verl
 	$(VERL_PY) -m pytest -q -p no:cacheprovider tests/test_verl_real.py tests/test_integrations_verl.py
 
 verl-test-08:
-	$(MAKE) verl-test VERL_VENV=.venv-verl08 VERL_SPEC=verl==0.8.0 VERL_EXTRA='$(VERL_EXTRA) pyarrow==20.0.0'
+	$(MAKE) verl-test VERL_VENV=.venv-verl08 VERL_SPEC=verl==0.8.0 VERL_EXTRA='$(VERL_DEPS) pyarrow==20.0.0'
 
 verl-test-07:
-	$(MAKE) verl-test VERL_VENV=.venv-verl07 VERL_SPEC=verl==0.7.1 VERL_EXTRA='$(VERL_EXTRA) pyarrow==20.0.0'
+	$(MAKE) verl-test VERL_VENV=.venv-verl07 VERL_SPEC=verl==0.7.1 VERL_EXTRA='$(VERL_DEPS) pyarrow==20.0.0'

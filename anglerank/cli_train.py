@@ -19,15 +19,15 @@ from typing import Annotated, Optional
 import typer
 
 from anglerank import cli_common as cc
-from anglerank.cli_common import err, startup_over, user_errors
+from anglerank.cli_common import curriculum_warnings, err, startup_over, user_errors
 from anglerank.errors import UserError
-from anglerank.train.config import RANK_FIELDS, UNIT_FIELDS, TrainConfig, _base_type
+from anglerank.train.config import RANK_FIELDS, SMOKE, UNIT_FIELDS, TrainConfig, _base_type
 
 # Options shared with `score` (same flag names and help).
 _SHARED = {"model": cc.ModelOpt, "prompt_column": cc.PromptColumnOpt, "id_column": cc.IdColumnOpt,
            "preset": cc.PresetOpt, "system": cc.SystemOpt, "prefix": cc.PrefixOpt, "site": cc.SiteOpt,
            "dtype": cc.DtypeOpt, "device": cc.DeviceOpt, "seed": cc.SeedOpt, "estimator": cc.EstimatorOpt}
-_SHORT = {"output_dir": ["--output", "-o"]}
+_SHORT = {"output_dir": ["--output", "-o"], "save_total_limit": ["--save-total-limit", "--keep-checkpoints"]}
 
 TRAIN_HELP = """Train a policy with GRPO on a GAIN-RL curriculum (or a uniform/ordered baseline).
 
@@ -36,6 +36,8 @@ Each epoch draws --subset-size prompts (gainrl: a Gaussian window over the ranki
   anglerank train data/train.parquet --eval-data data/test.parquet -o runs/r1 --epochs 20
 
   anglerank train --config run.toml --lr 2e-6   (flags override the file)
+
+  anglerank train data/train.parquet -o runs/smoke --smoke   (a quick check of the set-up: small and short)
 
   anglerank train --resume runs/r1 --epochs 40   (continue exactly)
 
@@ -106,12 +108,19 @@ def _train_signature() -> inspect.Signature:
             "Only --epochs and run-time options may change.", rich_help_panel=run)]),
         inspect.Parameter("overwrite", K, default=False, annotation=Annotated[bool, typer.Option(
             "--overwrite", help="Replace a run already in --output.", rich_help_panel=run)]),
+        inspect.Parameter("smoke", K, default=False, annotation=Annotated[bool, typer.Option(
+            "--smoke", help="A quick check of the whole set-up: " + _smoke_help() + "; flags given override "
+            "these (docs/train.md, \"Smoke runs and laptops\").", rich_help_panel=run)]),
         inspect.Parameter("force", K, default=False, annotation=Annotated[bool, typer.Option(
             "--force", help="With --resume: continue although the training or eval data changed since the run "
             "started (their fingerprints differ).", rich_help_panel=run)]),
         inspect.Parameter("quiet", K, default=False, annotation=cc.QuietOpt),
     ]
     return inspect.Signature(params)
+
+
+def _smoke_help() -> str:
+    return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in SMOKE.items())
 
 
 def _given(ctx: typer.Context, values: dict) -> dict:
@@ -145,6 +154,10 @@ def train_cmd(ctx: typer.Context, **kw):
     given = _given(ctx, kw)
     if kw.get("train_data"):
         given["train_data"] = list(kw["train_data"])
+    if kw["smoke"]:
+        if kw["resume"] is not None:
+            raise UserError("--smoke starts a new run; drop it with --resume")
+        given = {**SMOKE, **given}
     if kw["resume"] is not None:
         if kw["config"] is not None:
             raise UserError("--resume uses the run's saved config.toml; drop --config")
@@ -160,7 +173,7 @@ def train_cmd(ctx: typer.Context, **kw):
     if "trackio" in cfg.report_to:  # trackio's local database: in the run directory unless the user chose one
         os.environ.setdefault("TRACKIO_DIR", str(Path(cfg.output_dir).absolute() / "trackio"))
     display = Display(quiet=kw["quiet"], console=err)
-    with display:
+    with display, curriculum_warnings():
         train(cfg, resume=kw["resume"] is not None, overwrite=kw["overwrite"], force=kw["force"],
               on_event=lambda kind, rec: (startup_over(), display(kind, rec)))
 

@@ -370,11 +370,14 @@ def test_verl_main_entry_point_overrides_without_verl():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
     out = overrides(["+data.gainrl.sigma=0.1", "--config-name=ppo_trainer"], has_v1=True)
-    assert out[-2:] == ["data.dataloader_num_workers=0", "trainer.use_v1=False"]
+    assert out == ["+data.gainrl.sigma=0.1", "--config-name=ppo_trainer", "data.dataloader_num_workers=0"]
     assert overrides(["data.dataloader_num_workers=0"], has_v1=False) == ["data.dataloader_num_workers=0"]
     with pytest.raises(UserError, match="data.dataloader_num_workers=4"):
         overrides(["data.dataloader_num_workers=4"], has_v1=False)
-    with pytest.raises(UserError, match="trainer.use_v1=True.*RayPPOTrainer"):
-        overrides(["trainer.use_v1=True"], has_v1=True)
+    # verl 0.9's current trainer runs GAIN-RL in its sync mode only; the deprecated one stays available
+    assert overrides(["trainer.use_v1=True", "trainer.v1.trainer_mode=sync"], has_v1=True)
+    with pytest.raises(UserError, match="trainer.v1.trainer_mode=colocate_async.*sync"):
+        overrides(["trainer.v1.trainer_mode=colocate_async"], has_v1=True)
+    assert overrides(["trainer.use_v1=False", "trainer.v1.trainer_mode=colocate_async"], has_v1=True)
     with pytest.raises(UserError, match="no data.sampler hook"):
         overrides(["data.sampler.class_name=GainRLSampler"], has_v1=False)

@@ -215,9 +215,13 @@ class _GainRLSamplerImpl:
 
     # -- curriculum feedback
     def update(self, batch: Any) -> None:
-        """Record the step's response rewards; close the epoch after its last batch."""
+        """Record the step's response rewards (a ``DataProto``); close the epoch after its last batch."""
+        self.observe(response_rewards(batch, self.reward_key))
+
+    def observe(self, rewards: np.ndarray) -> None:
+        """Record one reward per response of a step; close the epoch after its last batch."""
         cur = self.curriculum
-        cur.observe(response_rewards(batch, self.reward_key))
+        cur.observe(rewards)
         if cur.open and cur.rows is not None and self.position >= len(cur.rows):
             cur.end_epoch()
 

@@ -43,7 +43,7 @@ _TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write fa
 RUN_FILES = ("config.toml", "inputs.json", "metrics.jsonl", "subsets.jsonl", "prompts.jsonl", "checkpoints",
              "curves.png", "prompts.png")
 # Settings a resumed run may change (they do not affect what was trained so far).
-RESUME_OVERRIDABLE = ("epochs", "eval_every", "save_every", "keep_checkpoints", "eval_batch_size",
+RESUME_OVERRIDABLE = ("epochs", "eval_every", "save_every", "save_total_limit", "eval_batch_size",
                       "generation_batch_size", "device", "threads", "gradient_checkpointing", "staleness_every",
                       "save_only_model", "report_to")
 

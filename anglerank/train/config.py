@@ -28,10 +28,17 @@ from pathlib import Path
 from anglerank.curriculum import DEFAULTS, HELP, RANK_FIELDS, CurriculumConfig, sampler_names
 from anglerank.errors import UserError
 
-__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "UNIT_FIELDS"]
+__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "UNIT_FIELDS", "ALIASES", "SMOKE"]
 
 # Settings in rank units (an int is ranks / prompts, a float in (0, 1] a fraction of N): see curriculum.units.
 UNIT_FIELDS = (*RANK_FIELDS, "rescore_every")
+# Earlier names of settings, still read from TOML files (a run saved before the rename resumes) and flags.
+ALIASES = {"keep_checkpoints": "save_total_limit"}
+# `anglerank train --smoke`: a run that checks a set-up end to end in a minute or two on a laptop CPU (a 135M
+# model) and keeps one small checkpoint; flags given on the command line override these.
+SMOKE = {"limit": 32, "subset_size": 8, "epochs": 2, "prompts_per_step": 4, "num_generations": 2,
+         "max_new_tokens": 32, "eval_limit": 8, "eval_max_new_tokens": 32, "rescore_every": 0,
+         "save_total_limit": 1}
 
 
 def _f(default, help: str, panel: str, *, factory=None, flag: str | None = None, cli: bool = True,
@@ -80,8 +87,9 @@ class TrainConfig:
     model: str | None = _f(None, "Policy to train.", M)
     dtype: str = _f("auto", "Compute dtype (weights and optimiser stay float32; bf16 runs under autocast).", M)
     device: str = _f("auto", "Device.", M)
-    threads: int | None = _f(None, "CPU threads for torch (default: torch's choice). On a shared, busy CPU, 1 is "
-                             "often several times faster than oversubscribed threads.", M, valid=">= 1")
+    threads: int | None = _f(None, "CPU threads for torch (default: the cores not busy with other work at "
+                             "start-up, as the start-up line says; torch's own default takes every core, and on a "
+                             "shared, busy CPU that is several times slower).", M, valid=">= 1")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% slower).", M)
     lora_r: int = _f(0, "LoRA rank (peft); 0 trains every weight. With LoRA the KL reference is the base model with "
                      "the adapter switched off, and checkpoints hold the adapter.", M, valid=">= 0")
@@ -183,18 +191,24 @@ class TrainConfig:
     eval_by: str | None = _f("data_source", "Also report eval accuracy per value of this column (verl's per "
                              "data_source validation metrics; skipped when the default column is absent).", O)
     save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O, valid=">= 1")
-    keep_checkpoints: int = _f(2, "Checkpoints to keep (oldest deleted first).", O, valid=">= 1")
+    save_total_limit: int = _f(2, "Checkpoints to keep, oldest deleted first (TRL's option; --keep-checkpoints "
+                               "is the same). The start-up line gives a checkpoint's size; one more is on disk "
+                               "while the next is written.", O, valid=">= 1")
     save_only_model: bool = _f(False, "Checkpoints without the optimiser state (weights, tokenizer, sampler and RNG "
                                "states): a third of the size; a resume then starts AdamW afresh.", O)
     seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O, valid="[0, 2**63)")
     report_to: list = _f(None, "Experiment trackers, as TRL's option: none, tensorboard (RUN_DIR/tensorboard), wandb "
                          "(offline under RUN_DIR/wandb unless WANDB_MODE says otherwise) or trackio; repeat for "
                          "several. metrics.jsonl is always written.", O, factory=lambda: ["none"])
+    keep_checkpoints: dataclasses.InitVar[int | None] = None  # the earlier name of save_total_limit
 
-    def __post_init__(self):
+    def __post_init__(self, keep_checkpoints: int | None):
         def need(cond: bool, msg: str):
             if not cond:
                 raise UserError(msg)
+
+        if keep_checkpoints is not None:
+            self.save_total_limit = keep_checkpoints
 
         if isinstance(self.train_data, (str, Path)):
             self.train_data = [str(self.train_data)]
@@ -234,6 +248,10 @@ class TrainConfig:
         need(self.preset in ("none", "gainrl"), f"unknown --preset {self.preset!r}; choose from none, gainrl")
         names = sampler_names()
         need(self.sampler in names, f"unknown --sampler {self.sampler!r}; choose from {', '.join(names)}")
+        from anglerank.scoring import estimators
+
+        names = estimators.names()  # before any model loads: the scorer would refuse it only then
+        need(self.estimator in names, f"unknown --estimator {self.estimator!r}; choose from {', '.join(names)}")
         self.curriculum()  # the curriculum checks its own fields
 
     @property
@@ -379,7 +397,7 @@ def load_toml(path: str | Path) -> dict:
     names = [f.name for f in fields(TrainConfig)]
     out = {}
     for key, value in data.items():
-        name = key.replace("-", "_")
+        name = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
         if name not in names:
             raise UserError(f"{p}: unknown setting {key!r} (valid: {', '.join(names)})")
         try:

@@ -55,6 +55,7 @@ from anglerank.train.checkpoint import EpochMetrics, RunState
 from anglerank.train.config import TrainConfig
 from anglerank.train.metrics import Jsonl
 from anglerank.train.records import RECORDS_FILE, Records, step_lines
+from anglerank.train.setup import cpu_threads
 
 __all__ = ["train"]
 
@@ -162,8 +163,9 @@ def _run(cfg: TrainConfig, ckpt: Path | None, emit: Event, trackers: list[str]) 
         # --seed, and checkpoint it with the rest.
         with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
             torch.manual_seed(cfg.seed)
-            if cfg.threads:
-                torch.set_num_threads(cfg.threads)
+            chosen = cpu_threads(cfg.threads)  # the free cores, unless --threads says
+            torch.set_num_threads(chosen.n)
+            emit("log", {"message": chosen.message()})
             run = _setup(cfg, ckpt, emit)
             run.tracker = tracking.Tracker(trackers, run.run_dir, cfg.to_dict(), resumed_at=run.st.global_step)
             _loop(run)
@@ -337,7 +339,7 @@ def _checkpoint(run: _Run) -> Path:
     sizes = {"metrics": run.metrics.size(), "subsets": run.subsets.size(), "records": run.prompt_records.size()}
     optimizer = None if run.cfg.save_only_model else ctx.optimizer
     path = checkpoint.save_checkpoint(run.run_dir, ctx.peft or ctx.model, ctx.tok, optimizer, ctx.generator, st,
-                                      run.curriculum, ctx.pool.rows, sizes, run.cfg.keep_checkpoints)
+                                      run.curriculum, ctx.pool.rows, sizes, run.cfg.save_total_limit)
     run.saved = (st.epoch, st.global_step, path)
     return path
 
@@ -357,6 +359,8 @@ def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
     from anglerank.train.setup import build
 
     parts = build(cfg, ckpt)
+    for note in parts.notes:
+        emit("log", {"message": note})
     run_dir = Path(cfg.output_dir)
     metrics, subsets = Jsonl(run_dir / "metrics.jsonl"), Jsonl(run_dir / "subsets.jsonl")
     prompt_records = Records(run_dir / RECORDS_FILE)

@@ -6,7 +6,9 @@ it builds except through training.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from anglerank.train.config import TrainConfig
 from anglerank.train.pool import ANSWER_COLUMNS, Pool, load_pool
 from anglerank.train.step import StepContext
 
-__all__ = ["Parts", "build"]
+__all__ = ["Parts", "Threads", "build", "checkpoint_bytes", "cpu_threads"]
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Parts:
     scorer: object
     eval_pool: Pool | None
     info: dict
+    notes: list = field(default_factory=list)  # start-up lines for the log (e.g. a checkpoint's size)
 
 
 def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
@@ -51,7 +54,8 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
                              max_length=cfg.max_prompt_length, dtype=compute, device=device,
                              batch_tokens=cfg.score_batch_tokens)
     scorer = Scorer(model, tok, renderer, score_opt, device)
-    return Parts(ctx, curriculum, scorer, eval_pool, {"model": name, "device": device, "dtype": compute})
+    return Parts(ctx, curriculum, scorer, eval_pool, {"model": name, "device": device, "dtype": compute},
+                 [_checkpoint_note(cfg, peft_model or model, ctx.optimizer)])
 
 
 def _initial_order(cfg: TrainConfig, pool: Pool) -> np.ndarray:
@@ -146,3 +150,106 @@ def _optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+
+
+# --- shared CPUs and checkpoint sizes -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Threads:
+    """The torch CPU threads of a run and what chose them."""
+
+    n: int
+    cores: int  # cores this process may run on (affinity, CPU quota)
+    busy: int  # of those, busy with other work when the run started
+    reason: str = ""  # what capped or set ``n``, when not the free cores
+
+    def message(self) -> str:
+        plural = "s" if self.n != 1 else ""
+        why = f"; {self.reason}" if self.reason else ""
+        return f"using {self.n} thread{plural} (of {self.cores} cores; {self.busy} busy{why})"
+
+
+def cpu_threads(requested: int | None) -> Threads:
+    """``requested`` (--threads), else the cores free at start-up, at most torch's current setting.
+
+    torch's own default is one thread per core whether or not other work occupies it; every parallel region
+    then waits for the thread that shares a core, so on a busy CPU the step slows many-fold (docs/train.md,
+    "Smoke runs and laptops", has the measurements). A lower setting made by the caller (OMP_NUM_THREADS,
+    ``torch.set_num_threads``) is kept.
+    """
+    cores = usable_cores()
+    busy = busy_cores(cores)
+    if requested:
+        return Threads(requested, cores, busy, "--threads")
+    free, current = max(1, cores - busy), torch.get_num_threads()
+    if current < free:
+        env = os.environ.get("OMP_NUM_THREADS")
+        return Threads(current, cores, busy, f"OMP_NUM_THREADS={env}" if env else f"torch set to {current}")
+    return Threads(free, cores, busy)
+
+
+def usable_cores() -> int:
+    """Cores this process may use: its CPU affinity, lowered by a cgroup CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def busy_cores(cores: int, window: float = 0.3) -> int:
+    """Cores busy with other processes now: the machine's CPU time over ``window`` seconds (/proc/stat),
+    without this process's own, rounded; elsewhere the 1-minute load average. A sample rather than the
+    load average where possible: the average trails a job that started or ended in the last minute."""
+    try:
+        before, own = _cpu_times(), time.process_time()
+        time.sleep(window)
+        after, own = _cpu_times(), time.process_time() - own
+        (busy0, total0, n), (busy1, total1, _) = before, after
+        busy = n * (busy1 - busy0) / max(total1 - total0, 1) - own / window
+    except (OSError, ValueError, IndexError):
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return min(cores, max(0, round(busy)))
+
+
+def _cpu_times() -> tuple[int, int, int]:
+    """(busy ticks, all ticks, CPUs) of the whole machine, from /proc/stat."""
+    lines = Path("/proc/stat").read_text().splitlines()
+    ticks = [int(x) for x in lines[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    all_ticks = sum(ticks[:8])  # guest time is already counted in user
+    return all_ticks - idle, all_ticks, sum(1 for x in lines if x.startswith("cpu") and x[3:4].isdigit())
+
+
+def checkpoint_bytes(model, optimizer: torch.optim.Optimizer | None) -> tuple[int, int, int]:
+    """(parameters saved, bytes of weights, bytes of optimiser state) of one checkpoint of ``model``.
+
+    The weights are every parameter once (tied ones once), or the trainable ones for a peft model (its
+    adapter); the optimiser state is AdamW's two moments per trainable element, in the parameter's dtype, and
+    its step count per tensor. Computed before the first update, when the optimiser holds no state yet.
+    """
+    adapter = hasattr(model, "peft_config")
+    params = [p for p in model.parameters() if p.requires_grad or not adapter]
+    weights = sum(p.numel() * p.element_size() for p in params)
+    state = 0
+    if optimizer is not None:
+        trainable = [p for g in optimizer.param_groups for p in g["params"]]
+        state = sum(2 * p.numel() * p.element_size() + 4 for p in trainable)
+    return sum(p.numel() for p in params), weights, state
+
+
+def _checkpoint_note(cfg: TrainConfig, model, optimizer) -> str:
+    n, weights, state = checkpoint_bytes(model, None if cfg.save_only_model else optimizer)
+    what = "adapter" if hasattr(model, "peft_config") else "weights"
+    count = f"{n / 1e6:,.1f}M" if n >= 1e6 else f"{n:,}"
+    size = f"{_gb(weights)} {what} ({count} parameters x {weights // max(n, 1)} bytes)"
+    size += " + " + (f"{_gb(state)} AdamW state" if state else "no optimiser state (--save-only-model)")
+    return (f"each checkpoint: about {_gb(weights + state)}: {size}; the newest {cfg.save_total_limit} kept "
+            f"(--save-total-limit), one more while the next is written")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
