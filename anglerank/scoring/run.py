@@ -53,7 +53,8 @@ def run_score(
     warn: Callable[[str], None] | None = None,
     **option_kwargs,
 ) -> dict:
-    """Score Parquet ``inputs`` into the directory ``output``; return the manifest.
+    """Score ``inputs`` (paths or in-memory tables, see :mod:`anglerank.data.reader`) into the directory
+    ``output``; return the manifest.
 
     ``options`` (or keyword arguments of :class:`ScoreOptions`) select model, preset,
     site, layers, estimator and performance settings; it is not modified. ``progress(done,
