@@ -10,6 +10,7 @@ over the steps after the first. Both run back to back on the same machine.
 
 from __future__ import annotations
 
+import argparse
 import json
 import resource
 import statistics
@@ -18,9 +19,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 CONFIGS = {"full": {}, "lora-r16": {"lora_r": 16}}
 
@@ -59,9 +60,13 @@ def one(name: str, work: Path) -> dict:
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "--one":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--one", choices=list(CONFIGS),
+                    help="train this configuration alone in this process and print its JSON line (each run uses it)")
+    args = ap.parse_args()
+    if args.one:
         with tempfile.TemporaryDirectory() as d:
-            print(json.dumps(one(sys.argv[2], Path(d))))
+            print(json.dumps(one(args.one, Path(d))))
         return
     from bench_train import machine_name
 
@@ -75,7 +80,7 @@ def main():
         r["update_vs_full"] = round(r["update_s_median"] / full["update_s_median"], 3)
         r["peak_rss_vs_full"] = round(r["peak_rss_mb"] / full["peak_rss_mb"], 3)
     res = {"machine": machine_name(1), "runs": rows}
-    (ROOT / "benchmarks" / "results" / "bench_lora.json").write_text(json.dumps(res, indent=1))
+    write_json(ROOT / "benchmarks" / "results" / "bench_lora.json", res)
     print(json.dumps(res))
 
 

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import machine, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
@@ -85,12 +87,9 @@ def main() -> None:
             res[n] = {"rows": n, "peak_rss_mib": round(kb / 1024, 1), "seconds": round(secs, 1)}
             print(f"{n:>7} rows: peak RSS {kb / 1024:.1f} MiB, {secs:.1f} s", file=sys.stderr)
     ratio = res[args.large]["peak_rss_mib"] / res[args.small]["peak_rss_mib"]
-    from anglerank.scoring.engine import cpu_description
-
-    result = {"machine": cpu_description(), "runs": list(res.values()), "rss_ratio_large_vs_small": round(ratio, 3),
+    result = {"machine": machine(), "runs": list(res.values()), "rss_ratio_large_vs_small": round(ratio, 3),
               "within_10_percent": abs(ratio - 1) <= 0.10}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print(json.dumps(result))
 
 

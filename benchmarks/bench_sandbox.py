@@ -26,9 +26,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from io import BytesIO
 from pathlib import Path
+
+from common import machine, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ADD = "```python\ndef add(a, b):\n    return a + b\n```"
@@ -74,9 +75,7 @@ def main() -> None:
     ap.add_argument("--old-rev", default="c1d274f", help="git revision of the earlier design")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sandbox.json")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     from anglerank.sandbox import isolation
-    from anglerank.scoring.engine import cpu_description
 
     cases = {"asserts": ([ADD], [ASSERTS], 1), "stdin/stdout": ([IO_PROGRAM], [IO_TESTS], 1),
              "8 completions": ([ADD] * 8, [ASSERTS] * 8, None)}
@@ -92,14 +91,13 @@ def main() -> None:
                 for k in cases:
                     times[design][k].append(got[k])
             loads.append(os.getloadavg()[0])
-    result = {"machine": f"{cpu_description()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
+    result = {"machine": f"{machine()}, Python {sys.version.split()[0]}",
               "old_rev": args.old_rev, "rounds": args.rounds, "load_1min": [min(loads), max(loads)],
               "isolation_new": isolation(),
               "seconds_per_completion": {d: {k: {"median": statistics.median(v), "min": min(v)} for k, v in t.items()}
                                          for d, t in times.items()},
               "raw": times}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     args.out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
 

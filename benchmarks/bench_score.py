@@ -1,9 +1,10 @@
 """Benchmark `anglerank score` against the authors' scoring algorithm, in one process.
 
-Reference (docs/method.md, "What the released code does"): one prompt per forward pass, float32, the full model
-including the LM head, activations kept until the end, then the full L x L cosine
-matrix per prompt. Here the reference matrix is reduced with the correct segment spans
-(the paper-intent means), so its numbers are the float32 ground truth for ours.
+Reference (docs/method.md, "What the released code does"; ``common.authors_reference``): one
+prompt per forward pass, float32, the full model including the LM head, activations kept until
+the end, then the full L x L cosine matrix per prompt. Here the reference matrix is reduced with
+the correct segment spans (the paper-intent means), so its numbers are the float32 ground truth
+for ours.
 
 Ours: `run_score` with default settings (dtype auto, shared-prefix key/value cache,
 length-bucketed batches, base model only, forward stopped at the hooked site,
@@ -37,39 +38,12 @@ import torch
 from anglerank import angles, models
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores
-from anglerank.render import Renderer
 from anglerank.scoring.distributed import auto_window_rows
-from anglerank.scoring.engine import ScoreOptions, cpu_description, resolve_device, resolve_dtype
+from anglerank.scoring.engine import ScoreOptions, resolve_device, resolve_dtype
 from anglerank.scoring.run import run_score
+from common import authors_reference, machine, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def authors_reference(model, tok, records, preset: str) -> tuple[list[float], int]:
-    """The authors' algorithm: bs1, float32, full model + LM head, activations kept, L x L matrix."""
-    target = model.model.layers[-1].mlp.up_proj
-    renderer = Renderer(tok, preset)
-    acts, spans, tokens = [], [], 0
-    for rec in records:
-        r = renderer.render(rec.question, rec.history)  # chat template + generation prompt
-        store = {}
-        h = target.register_forward_hook(lambda m, a, o: store.__setitem__("x", a[0].detach()))
-        with torch.no_grad():
-            model(input_ids=torch.tensor([r.ids], device=model.device))
-        h.remove()
-        acts.append(store["x"])  # kept in memory until the end, as in the released script
-        spans.append((r.n_prefix, r.q_end))
-        tokens += len(r.ids)
-    scores = []
-    for x, (p, q) in zip(acts, spans):
-        u = torch.nn.functional.normalize(x.squeeze(0).float(), p=2, dim=1)
-        cos = u @ u.T  # the full L x L matrix
-        Q = cos[p:q, p:q]
-        n_q = q - p
-        intra = (Q.sum() - Q.diagonal().sum()) / (n_q * (n_q - 1))
-        inter = cos[p:q, :p].mean()
-        scores.append(float(intra + inter))
-    return scores, tokens
 
 
 def ours(loaded, chunk_file: Path, out: Path, preset: str, dtype: str, window: int,
@@ -180,8 +154,7 @@ def main() -> None:
         rows.append(("`anglerank score` command, defaults, wall time including start-up",
                      sum(r[0] for r in cli_runs) / len(cli_runs), cli_runs[0][1]))
     result = {
-        "machine": (torch.cuda.get_device_name(device) if device.startswith("cuda") else
-                    f"{cpu_description()}, {torch.get_num_threads()} threads")
+        "machine": machine(device) + ("" if device.startswith("cuda") else f", {torch.get_num_threads()} threads")
                    + f", torch {torch.__version__}",
         "device": device,
         "n_prompts": args.n, "tokens": tok_ref, "window_rows": window, "preset": args.preset, "data": args.data.name,
@@ -195,8 +168,7 @@ def main() -> None:
             "spearman_vs_fp32_reference": round(angles.spearman(sc, ref), 5),
             "max_abs_diff_vs_reference": float(max(abs(a - b) for a, b in zip(sc, ref))),
         })
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result, indent=2)
     print("| variant | rows/s | tokens/s | speed-up | Spearman vs fp32 reference | max abs diff |")
     print("|---|---|---|---|---|---|")
     for v in result["variants"]:

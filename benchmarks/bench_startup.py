@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from common import write_json
 
 QUESTION = "What is 2 + 3?"
 
@@ -151,8 +152,7 @@ def main() -> None:
         "score_over_plain": round(score / plain, 3), "score_over_floor": round(score / floor, 3),
         "floor_steps_s": steps,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out, result)
     args.out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
 

@@ -1,9 +1,8 @@
 """The old home-made answer checker against the math-verify one, on real completions.
 
-Why this exists: ``anglerank.grading`` replaced its own extractor/normaliser
-(kept, as it was, in ``benchmarks/_old_grading.py``) by math-verify, the judge
-of TRL's ``accuracy_reward``. This script shows where the two disagree and who
-is right:
+Why this exists: ``anglerank.grading`` replaced its own extractor/normaliser by
+math-verify, the judge of TRL's ``accuracy_reward``. This script shows where the
+two disagree and who is right:
 
 1. generate completions with the embedded model (SmolLM2-135M-Instruct, CPU,
    one torch thread, T=0.7, at most 384 new tokens) for problems sampled with a
@@ -17,6 +16,11 @@ is right:
 3. list every disagreement with the verdict read by hand (``VERDICTS`` below);
 4. run a handcrafted list of hard format cases through both checkers.
 
+The old checker is read, as it was, from the repository's history when the script
+runs (``git show a8fa060:anglerank/grading.py``, the last commit before the change;
+it imports only the standard library), so the script needs a git checkout with its
+history.
+
 Writes ``benchmarks/results/checker_compare.json`` and ``checker_compare.md``.
 
     python benchmarks/checker_compare.py                     # generate (~17 min on 1 thread) and compare
@@ -26,17 +30,21 @@ Writes ``benchmarks/results/checker_compare.json`` and ``checker_compare.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import re
+import subprocess
 import sys
 import time
+import types
 from fractions import Fraction
 from pathlib import Path
 
+from common import machine, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+OLD_CHECKER = "a8fa060477dcc660e54c76dff101e9be2c2b0b07:anglerank/grading.py"  # the last version before math-verify
 
 RESULTS = ROOT / "benchmarks" / "results"
 DATA = ROOT.parent / "shared" / "data" / "math_test.parquet"
@@ -88,9 +96,19 @@ def generate_pairs(problems: list[dict], max_new_tokens: int, batch: int, seed: 
 # --------------------------------------------------------------------------- #
 
 
-def old_judge(completion: str, reference) -> bool:
-    import _old_grading as old
+@functools.cache
+def old_checker() -> types.ModuleType:
+    """The home-made checker as a module, compiled from its source in the repository's history."""
+    res = subprocess.run(["git", "-C", str(ROOT), "show", OLD_CHECKER], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"error: cannot read the old checker ({OLD_CHECKER}) from git: {res.stderr.strip()}")
+    module = types.ModuleType("old_grading")
+    exec(compile(res.stdout, OLD_CHECKER, "exec"), module.__dict__)
+    return module
 
+
+def old_judge(completion: str, reference) -> bool:
+    old = old_checker()
     return old.answers_match(old.extract_answer(completion), old.reference_answer(reference))
 
 
@@ -103,9 +121,7 @@ def new_judge(completion: str, reference, fmt: str) -> bool:
 def final_answer(completion: str) -> str | None:
     """What a reader would call the completion's final answer (the old extractor's
     pick: last box, else ``####``, else last number), for the report only."""
-    import _old_grading as old
-
-    return old.extract_answer(completion)
+    return old_checker().extract_answer(completion)
 
 
 def timed(fn, pairs, repeats: int = 3) -> tuple[list[bool], float]:
@@ -338,14 +354,6 @@ def compare(pairs: list[dict]) -> dict:
     return out
 
 
-def machine() -> str:
-    import os
-
-    from anglerank.scoring.engine import cpu_description
-
-    return f"{cpu_description()}, {os.cpu_count()} cores, shared with another benchmark"
-
-
 def write_md(report: dict, path: Path) -> None:
     L = ["# Answer checker: old (home-made) vs new (math-verify)", ""]
     g = report.get("generation", {})
@@ -451,12 +459,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    report = {"machine": machine(), "seed": meta.get("seed"), "generation": meta, **compare(pairs)}
+    report = {"machine": f"{machine()}, shared with another benchmark", "seed": meta.get("seed"), "generation": meta,
+              **compare(pairs)}
     report["variants"] = variant_study()
     report["hard_cases"] = hard_cases()
     report["hard_cases_right"] = {k: sum(h[k] == h["correct_any" if k == "new_any" else "correct"]
                                          for h in report["hard_cases"]) for k in ("old", "new_boxed", "new_any")}
-    (RESULTS / "checker_compare.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    write_json(RESULTS / "checker_compare.json", report, ensure_ascii=False)
     write_md(report, RESULTS / "checker_compare.md")
     summary = {k: report[k] for k in ("n_pairs", "accuracy", "ms_per_pair", "hard_cases_right")}
     summary["variants_right"] = {w: sum(k[w] for k in report["variants"]["kinds"].values())

@@ -10,7 +10,7 @@ Two stages:
            model folder next to the bundle's tokenizer, it measures
              - `anglerank score` with its defaults, as a subprocess (start-up included) and
                its scoring loop alone (the manifest's elapsed time): tokens/s, MFU, peak memory;
-             - the authors' loop (benchmarks/bench_score.py: bs1, float32, full model + LM head,
+             - the authors' loop (benchmarks/common.py: bs1, float32, full model + LM head,
                L x L matrix) on a subset: tokens/s and the speed-up of ours over it;
              - Spearman of the default (bf16) scores against float32 scores and the authors';
              - memory (gpu_check_memory.py): the budget `anglerank score` picks from the free
@@ -53,17 +53,14 @@ import time
 import traceback
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 # benchmarks/ is not a package: its modules import each other by name from this folder, which is
-# on sys.path when this file runs as a script, but not under PYTHONSAFEPATH or another loader.
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
+# on sys.path when this file runs as a script
+from gpu_check_measure import (SHAPES, build_model, environment, free_memory, load_model, run_authors, run_cli,
+                               score_inprocess)
+from gpu_check_memory import run_memory
+from gpu_check_report import markdown, problems, summarise, targets
 
-from gpu_check_measure import (SHAPES, build_model, environment, free_memory, load_model,  # noqa: E402
-                               run_authors, run_cli, score_inprocess)
-from gpu_check_memory import run_memory  # noqa: E402
-from gpu_check_report import markdown, problems, summarise, targets  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_BUNDLE = HERE / "gpu_bundle"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gsm8k_train.parquet"

@@ -294,9 +294,9 @@ def score_inprocess(loaded, prompts: Path, out: Path, n: int, dtype: str, device
 
 
 def run_authors(loaded, prompts: Path, n: int, cap_s: float, device: str, chunk: int) -> dict:
-    """The authors' loop (bench_score.authors_reference, imported) on up to n prompts, in chunks
+    """The authors' loop (common.authors_reference) on up to n prompts, in chunks
     until ``cap_s`` seconds are spent; tokens/s makes a partial run comparable."""
-    from bench_score import authors_reference  # a sibling in benchmarks/, on sys.path (see gpu_check.py)
+    from common import authors_reference
 
     from anglerank.data.reader import ParquetSource
 

@@ -34,7 +34,6 @@ Usage: python benchmarks/profile_score.py [--n 384] [--data ../shared/data/gsm8k
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -47,6 +46,7 @@ from torch.autograd.profiler import record_function
 from anglerank import hooks, models
 from anglerank.data.reader import ParquetSource
 from anglerank.scoring.engine import ScoreOptions, build_scorer, cpu_description, cpu_flags, resolve_dtype
+from common import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -470,8 +470,7 @@ def main() -> None:
     iso = linear_shapes_isolated(scorer.model, tdtype, rows)
     res = {"machine": machine, **summarise(args, scorer, plain, prof_out, peak, iso)}
     res["script_s"] = round(time.perf_counter() - t_start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json(args.out.with_suffix(".json"), res, indent=2)
     args.out.with_suffix(".md").write_text(markdown(res))
     plot(res, args.out.with_suffix(".png"))
     print(markdown(res))

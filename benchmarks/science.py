@@ -36,19 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from anglerank import angles, models
+from anglerank.angles import spearman
+from anglerank.correlation import correlations, partial_spearman
+from anglerank.data.reader import ParquetSource
+from anglerank.render import Renderer
+from anglerank.scoring.engine import ScoreOptions, Scorer, make_batches
+from anglerank.validate import ValidateOptions, run_validate, sample_rows
+from common import write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from anglerank import angles, models  # noqa: E402
-from anglerank.angles import spearman  # noqa: E402
-from anglerank.data.reader import ParquetSource  # noqa: E402
-from anglerank.render import Renderer  # noqa: E402
-from anglerank.scoring.engine import ScoreOptions, Scorer, make_batches  # noqa: E402
-from anglerank.correlation import correlations, partial_spearman  # noqa: E402
-from anglerank.validate import (  # noqa: E402
-    ValidateOptions, run_validate, sample_rows,
-)
-
 DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 DATASETS = {"gsm8k": DATA / "gsm8k_train.parquet", "math": DATA / "math_train.parquet"}
@@ -67,12 +64,7 @@ def _rho(x, y):
 
 
 def _write(name: str, obj: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    p = RESULTS / f"science_{name}.json"
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
-    tmp.replace(p)
-    return p
+    return write_json(RESULTS / f"science_{name}.json", obj, allow_nan=False)
 
 
 def _log(msg: str) -> None:
@@ -370,7 +362,7 @@ def main() -> None:
         res["threads"] = args.threads
         _log(f"stage {st} done in {res['stage_elapsed_s']} s -> {_write(st, res)}")
     full, md = build_report()
-    (RESULTS / "science.json").write_text(json.dumps(full, indent=1, allow_nan=False) + "\n")
+    write_json(RESULTS / "science.json", full, allow_nan=False)
     (RESULTS / "science.md").write_text(md + "\n")
     print(md, file=sys.stderr)
     print(json.dumps(full["summary"]))

@@ -58,18 +58,52 @@ def test_peak_table(name, peak):
     assert measure.table_peak_tflops(name) == peak
 
 
+def _sibling(name: str):
+    """A module of benchmarks/ as its scripts import it: by name, from their own folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(_PATH.parent))
+        return importlib.import_module(name)
+
+
+def test_authors_reference_is_the_full_matrix_by_hand(tiny_model, tiny_tokenizer, questions_parquet, one_thread):
+    """The authors' loop the benchmarks time (benchmarks/common.py) scores each prompt like the full
+    float32 L x L cosine matrix of the last MLP's input, averaged over the question's spans by hand."""
+    import torch
+
+    from anglerank.data.reader import ParquetSource
+    from anglerank.render import Renderer
+
+    records = list(ParquetSource([str(questions_parquet)]).iter_records(stop_row=3))
+    scores, tokens = _sibling("common").authors_reference(tiny_model, tiny_tokenizer, records, "gainrl")
+    renderer = Renderer(tiny_tokenizer, "gainrl")
+    seen = {}
+    hook = tiny_model.model.layers[-1].mlp.up_proj.register_forward_hook(
+        lambda m, a, o: seen.__setitem__("x", a[0][0].float()))
+    expected, n_tokens = [], 0
+    try:
+        for rec in records:
+            r = renderer.render(rec.question, rec.history)
+            with torch.no_grad():
+                tiny_model(input_ids=torch.tensor([r.ids]))
+            u = torch.nn.functional.normalize(seen["x"], dim=1)
+            cos = u @ u.T
+            p, q = r.n_prefix, r.q_end
+            n = q - p
+            intra = (cos[p:q, p:q].sum() - cos[p:q, p:q].diagonal().sum()) / (n * (n - 1))
+            expected.append(float(intra + cos[p:q, :p].mean()))
+            n_tokens += len(r.ids)
+    finally:
+        hook.remove()
+    assert tokens == n_tokens and len(scores) == len(records) == 3
+    assert scores == pytest.approx(expected, abs=1e-5)
+
+
 def test_memory_sections_run_on_cpu(tmp_path, tiny_tokenizer, questions_parquet, one_thread):
     """The memory sections as --smoke runs them: the back-off forced (simulated on a CPU), the
     truncated load and --device-map auto scoring like a full load, and their markdown rows."""
     import shutil
-    import sys
 
-    sys.path.insert(0, str(_PATH.parent))  # gpu_check_memory imports its siblings by name
-    try:
-        memory_check = importlib.import_module("gpu_check_memory")
-        report = importlib.import_module("gpu_check_report")
-    finally:
-        sys.path.remove(str(_PATH.parent))
+    memory_check, report = _sibling("gpu_check_memory"), _sibling("gpu_check_report")
     bundle = tmp_path / "bundle"
     tiny_tokenizer.save_pretrained(bundle)
     config = json.loads((bundle / "tokenizer_config.json").read_text())  # as `prepare` writes it: the template
