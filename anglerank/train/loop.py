@@ -41,7 +41,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -56,6 +56,10 @@ from anglerank.train.config import TrainConfig
 from anglerank.train.metrics import Jsonl
 from anglerank.train.records import RECORDS_FILE, Records, step_lines
 from anglerank.train.setup import cpu_threads
+
+if TYPE_CHECKING:
+    from anglerank.scoring.engine import Scorer
+    from anglerank.train.pool import Pool
 
 __all__ = ["train"]
 
@@ -72,8 +76,8 @@ class _Run:
     run_dir: Path
     ctx: step.StepContext
     curriculum: Curriculum
-    scorer: object
-    eval_pool: object
+    scorer: Scorer
+    eval_pool: Pool | None
     st: RunState
     metrics: Jsonl
     subsets: Jsonl
@@ -154,7 +158,7 @@ def _stop_now() -> None:
     raise KeyboardInterrupt
 
 
-def _run(cfg: TrainConfig, ckpt: Path | None, emit: Event, trackers: list[str]) -> "_Run":
+def _run(cfg: TrainConfig, ckpt: Path | None, emit: Event, trackers: list[str]) -> _Run:
     """Set up and run the loop with the caller's torch threads and RNG state left as they were."""
     threads, run = torch.get_num_threads(), None
     try:
@@ -292,12 +296,11 @@ def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
     if pool is None or not cfg.eval_every or not (first or st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs):
         return None
     from anglerank import rewards
-    from anglerank.generation import generate
 
     t0 = time.perf_counter()
-    ro = generate(ctx.model, ctx.tok, pool.prompt_ids, greedy=True,
-                  max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens, batch_size=cfg.eval_batch_size,
-                  device=ctx.device, autocast_dtype=ctx.amp_dtype)
+    ro = ctx.engine.generate(pool.prompt_ids, greedy=True,
+                             max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
+                             batch_size=cfg.eval_batch_size)
     idx = list(range(len(pool.rows)))
     total = None
     if not step.math_decides(pool, cfg):

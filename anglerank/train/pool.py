@@ -10,8 +10,13 @@ functions (TRL's calling convention), and the reference answer.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from anglerank.data.reader import ParquetSource, field_type
+
+if TYPE_CHECKING:
+    from anglerank.render import Renderer
+    from anglerank.train.config import TrainConfig
 
 __all__ = ["Pool", "load_pool", "ANSWER_COLUMNS"]
 
@@ -58,7 +63,7 @@ def _answers(source: ParquetSource, answer_column: str | None, stop: int) -> tup
     return None, None, empty
 
 
-def load_pool(files, cfg, renderer, limit: int | None = None) -> Pool:
+def load_pool(files: list[str], cfg: TrainConfig, renderer: Renderer, limit: int | None = None) -> Pool:
     """Read Parquet rows, render prompts, keep those that fit ``max_prompt_length``."""
     source = ParquetSource(files, prompt_column=cfg.prompt_column, id_column=cfg.id_column)
     stop = source.total_rows if limit is None else min(limit, source.total_rows)

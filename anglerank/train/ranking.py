@@ -9,14 +9,15 @@ their places, and the scores of the re-scored rows replace theirs in
 ``RunState.scores``. ``--staleness-every`` measures what that saves and costs:
 the Spearman correlation between the ranking in use and a full fresh scoring.
 
-Every function takes the loop's run (``loop._Run``) and logs ``score`` and
-``staleness`` records through it.
+Every function takes a :class:`RankedRun` (the loop's run is one) and logs
+``score`` and ``staleness`` records through it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
@@ -24,45 +25,67 @@ from anglerank import angles
 from anglerank.curriculum import Ranking, resolve_rank_units
 from anglerank.data.values import finite_or_none
 
-__all__ = ["follows_policy", "reach_epochs", "rescore", "rescore_due", "rescore_if_due", "score", "staleness"]
+if TYPE_CHECKING:
+    from anglerank.curriculum import Curriculum
+    from anglerank.scoring.engine import Scorer
+    from anglerank.train.checkpoint import RunState
+    from anglerank.train.config import TrainConfig
+    from anglerank.train.step import StepContext
+
+__all__ = ["RankedRun", "follows_policy", "reach_epochs", "rescore", "rescore_due", "rescore_if_due", "score",
+           "staleness"]
 
 
-def follows_policy(run) -> bool:
+class RankedRun(Protocol):
+    """What ranking needs of a run: its settings, the live policy and pool (``ctx``), the curriculum whose
+    ranking it keeps, the scorer, the run's state (scores, when last ranked) and its logs."""
+
+    cfg: TrainConfig
+    ctx: StepContext
+    curriculum: Curriculum
+    scorer: Scorer
+    st: RunState
+    emit: Callable[[str, dict], None]
+
+    def log(self, kind: str, rec: dict) -> None: ...
+
+
+def follows_policy(run: RankedRun) -> bool:
     """Whether the curriculum walks the angle ranking, the one that changes with the policy."""
     return run.curriculum.sampler.uses_ranking and Ranking.parse(run.cfg.ranking).follows_policy
 
 
-def _interval(run) -> int:
+def _interval(run: RankedRun) -> int:
     """Prompts trained between re-scorings (0: never); ``rescore_every`` in prompt units of the pool."""
     if not run.cfg.rescore_every:
         return 0
     return max(1, round(resolve_rank_units(run.cfg.rescore_every, len(run.ctx.pool.rows))))
 
 
-def reach_epochs(run) -> int:
+def reach_epochs(run: RankedRun) -> int:
     """Epochs from one re-scoring to the next."""
     return max(1, math.ceil(_interval(run) / run.curriculum.subset_size))
 
 
-def rescore_due(run) -> bool:
+def rescore_due(run: RankedRun) -> bool:
     st, every = run.st, _interval(run)
     return (follows_policy(run) and every > 0 and st.epoch < run.cfg.epochs and not run.curriculum.open
             and (st.epoch - st.ranked_at) * run.curriculum.subset_size >= every)
 
 
-def rescore_if_due(run) -> float:
+def rescore_if_due(run: RankedRun) -> float:
     """Re-score when due; returns the seconds taken (0 if not due)."""
     return rescore(run) if rescore_due(run) else 0.0
 
 
-def rescore(run) -> float:
+def rescore(run: RankedRun) -> float:
     """Re-score with the live policy: every prompt, or (``reachable``) the ranks the window can reach
     before the next re-scoring. Returns the seconds taken."""
     reach = run.curriculum.reachable(reach_epochs(run)) if run.cfg.rescore_scope == "reachable" else None
     return score(run, reach)
 
 
-def _fresh_scores(run, idx) -> list:
+def _fresh_scores(run: RankedRun, idx) -> list:
     """Angle scores of the pool prompts ``idx`` under the live weights (None: unscorable)."""
     ctx = run.ctx
     idx = list(idx)
@@ -89,7 +112,7 @@ def _neg(scores) -> np.ndarray:
     return np.asarray([math.nan if s is None else -s for s in scores], dtype=np.float64)
 
 
-def score(run, positions=None) -> float:
+def score(run: RankedRun, positions=None) -> float:
     """Score the pool prompts at rank ``positions`` (all if None) with the live weights and re-rank them
     among those positions; returns the seconds taken."""
     st, cur = run.st, run.curriculum
@@ -112,7 +135,7 @@ def score(run, positions=None) -> float:
     return seconds
 
 
-def staleness(run) -> None:
+def staleness(run: RankedRun) -> None:
     """Diagnostic: Spearman between the ranking in use and a fresh score of every prompt (not used)."""
     st, cur = run.st, run.curriculum
     t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The tensor layout the GRPO update trains on.
+"""The rollouts a step trains on: rewarded groups of completions, the batch a step's update takes, and
+their tensor layout.
 
 The training forward uses the layout generation used (see
 :mod:`anglerank.generation`): left-padded prompt then right-padded completion,
@@ -11,11 +12,55 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from anglerank.generation import left_pad
+from anglerank.generation import Rollouts, left_pad
 
-__all__ = ["Packed", "pack", "trim"]
+__all__ = ["Groups", "RolloutBatch", "Packed", "pack", "trim"]
+
+
+@dataclass
+class Groups:
+    """Rewarded rollouts of some prompts: G consecutive completions per prompt."""
+
+    prompts: list[int]  # pool index of each group
+    ro: Rollouts
+    total: list[float]  # per completion: total reward
+    judged: list[float]  # per completion: the reward that decides correctness
+    per_func: dict  # reward function name -> per-completion rewards
+
+    def uniform(self, G: int) -> list[bool]:
+        """Per group: all G rewards equal (zero advantage, so no gradient)."""
+        r = np.asarray(self.total, dtype=np.float64).reshape(-1, G)
+        return [bool(x) for x in np.ptp(r, axis=1) == 0] if r.size else []
+
+    def select(self, groups: list[int], G: int) -> Groups:
+        seqs = [g * G + k for g in groups for k in range(G)]
+        pick = lambda xs: [xs[b] for b in seqs]  # noqa: E731
+        ro = Rollouts(pick(self.ro.prompt_ids), pick(self.ro.completion_ids), pick(self.ro.texts),
+                      pick(self.ro.finished), self.ro.seconds)
+        return Groups([self.prompts[g] for g in groups], ro, pick(self.total), pick(self.judged),
+                      {k: pick(v) for k, v in self.per_func.items()})
+
+    def __add__(self, other: Groups) -> Groups:
+        a, b = self.ro, other.ro
+        ro = Rollouts(a.prompt_ids + b.prompt_ids, a.completion_ids + b.completion_ids, a.texts + b.texts,
+                      a.finished + b.finished, a.seconds + b.seconds)
+        return Groups(self.prompts + other.prompts, ro, self.total + other.total, self.judged + other.judged,
+                      {k: v + other.per_func[k] for k, v in self.per_func.items()})
+
+
+@dataclass
+class RolloutBatch:
+    """What a step trains on: every group rolled out, and the advantages of those it trains."""
+
+    groups: Groups  # every rolled-out group (with --filter-groups, the dropped ones too)
+    train: list[int]  # the groups trained on (indices into ``groups``)
+    trained: Groups  # those groups
+    advantages: torch.Tensor  # [N] per completion of the trained groups
+    info: dict  # --filter-groups metrics for the step's record (empty without)
+    filtered: bool = False  # --filter-groups: groups with equal rewards are dropped
 
 
 @dataclass

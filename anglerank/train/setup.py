@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from anglerank.train.config import TrainConfig
 from anglerank.train.pool import ANSWER_COLUMNS, Pool, load_pool
 from anglerank.train.step import StepContext
 
+if TYPE_CHECKING:
+    from anglerank.scoring.engine import Scorer
+
 __all__ = ["Parts", "Threads", "build", "checkpoint_bytes", "cpu_threads"]
 
 
@@ -28,7 +32,7 @@ __all__ = ["Parts", "Threads", "build", "checkpoint_bytes", "cpu_threads"]
 class Parts:
     ctx: StepContext
     curriculum: Curriculum
-    scorer: object
+    scorer: Scorer
     eval_pool: Pool | None
     info: dict
     notes: list = field(default_factory=list)  # start-up lines for the log (e.g. a checkpoint's size)

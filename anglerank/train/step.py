@@ -1,13 +1,18 @@
 """One GRPO step: roll out G completions per prompt, reward them, update the policy.
 
+A step is two halves: :func:`produce_batch` asks the run's rollout engine
+(``engine.py``) for completions and rewards them into a :class:`RolloutBatch`
+(rollouts, rewards, advantages); :func:`update_policy` trains on that batch and
+tells the engine the weights changed.
+
 :func:`train_step` changes the model and the optimiser (that is what a step is
 for) and nothing else: the counters, the curriculum and the logs are the
 loop's business, fed from the returned :class:`StepResult`. With
 ``--filter-groups`` a step may need more prompts than its batch; the loop lends
 it a :class:`Refill`, which draws them from the open epoch (and, past the
 epoch's subset, from the curriculum's sampler) and can undo those draws. The
-GRPO math itself is pure and lives in ``grpo.py``; the token layout in
-``rollout.py``.
+GRPO math itself is pure and lives in ``grpo.py``; the rollout groups and their
+token layout in ``rollout.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -24,22 +29,33 @@ import torch
 from anglerank import angles, hooks
 from anglerank.curriculum import correct
 from anglerank.train import grpo, rollout
+from anglerank.train.engine import HFRolloutEngine, RolloutEngine
+from anglerank.train.rollout import Groups, RolloutBatch
 
-__all__ = ["StepContext", "StepResult", "StepAborted", "Refill", "train_step", "sequence_angles",
-           "micro_batch_weight", "judge_rewards", "float32_head"]
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
+
+    from anglerank.curriculum import Curriculum
+    from anglerank.generation import Rollouts
+    from anglerank.train.config import TrainConfig
+    from anglerank.train.pool import Pool
+
+__all__ = ["StepContext", "StepResult", "StepAborted", "Refill", "RolloutBatch", "train_step", "produce_batch",
+           "update_policy", "sequence_angles", "micro_batch_weight", "judge_rewards", "float32_head"]
 
 
 @dataclass
 class StepContext:
     """What every step needs and no step changes (except the model's and optimiser's state)."""
 
-    cfg: object  # TrainConfig
+    cfg: TrainConfig
     model: torch.nn.Module
     ref_model: torch.nn.Module | None
-    tok: object
+    tok: PreTrainedTokenizerBase
     optimizer: torch.optim.Optimizer
-    pool: object  # train.pool.Pool
-    reward_funcs: list
+    pool: Pool
+    reward_funcs: list[Callable]
     layer_idx: int
     device: str
     amp_dtype: torch.dtype | None
@@ -47,7 +63,12 @@ class StepContext:
     total_updates: int
     generator: torch.Generator  # every rollout's randomness; its state is checkpointed
     stop_requested: Callable[[], bool] = lambda: False
-    peft: object | None = None  # the PeftModel around ``model`` with LoRA (saving, adapter off for the KL)
+    peft: PeftModel | None = None  # the PeftModel around ``model`` with LoRA (saving, adapter off for the KL)
+    engine: RolloutEngine | None = None  # where completions come from; None: Hugging Face generate on ``model``
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            self.engine = HFRolloutEngine(self.model, self.tok, device=self.device, autocast_dtype=self.amp_dtype)
 
     def amp(self):
         if self.amp_dtype is None:
@@ -73,12 +94,13 @@ class StepAborted(Exception):
     """Ctrl-C arrived during the rollouts, before any weight changed: redo this step on resume."""
 
 
-def math_decides(pool, cfg) -> bool:
+def math_decides(pool: Pool, cfg: TrainConfig) -> bool:
     """Whether the built-in math checker decides "correct": the run uses it and the data has answers."""
     return pool.answers is not None and cfg.uses_math_reward
 
 
-def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float] | None, cfg) -> list[float]:
+def judge_rewards(pool: Pool, seq_idx: list[int], texts: list[str], total: list[float] | None,
+                  cfg: TrainConfig) -> list[float]:
     """The per-completion reward that decides "correct" (>= correct_threshold, the curriculum's one rule):
     the built-in math checker when :func:`math_decides`, else the total reward."""
     from anglerank import rewards
@@ -89,8 +111,31 @@ def judge_rewards(pool, seq_idx: list[int], texts: list[str], total: list[float]
     return check([pool.prompts[i] for i in seq_idx], texts, answer=[pool.answers[i] for i in seq_idx])
 
 
-def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: "Refill | None" = None) -> StepResult:
-    """Roll out, reward, and run ``num_iterations`` GRPO updates on the prompts ``batch`` (pool indices).
+def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: Refill | None = None) -> StepResult:
+    """Roll out, reward, and run ``num_iterations`` GRPO updates on the prompts ``batch`` (pool indices):
+    :func:`produce_batch`, then :func:`update_policy`."""
+    t0 = time.perf_counter()
+    rb = produce_batch(ctx, batch, refill)
+    t_roll = time.perf_counter() - t0
+    upd = update_policy(ctx, rb, updates_done)
+    t_total = time.perf_counter() - t0
+    groups, G = rb.groups, ctx.cfg.num_generations
+    record = _step_record(ctx, groups.ro, torch.tensor(groups.total, dtype=torch.float32), groups.judged, upd,
+                          upd["angle_B"], t_roll, t_total)
+    record.update(rb.info)
+    per_func = groups.per_func
+    if len(per_func) > 1 or list(per_func)[0] not in ("math_reward", "math_reward_any"):
+        for name, vals in per_func.items():
+            v = [x for x in vals if not math.isnan(x)]
+            record[f"reward/{name}"] = float(np.mean(v)) if v else None
+    dropped = [rb.filtered and u for u in groups.uniform(G)]
+    return StepResult(record, list(groups.judged), upd["angle_B"].tolist(), list(groups.total), upd["updates"],
+                      t_roll, t_total - t_roll, list(groups.prompts), [len(c) for c in groups.ro.completion_ids],
+                      dropped)
+
+
+def produce_batch(ctx: StepContext, batch: list[int], refill: Refill | None = None) -> RolloutBatch:
+    """G completions of each prompt of ``batch`` (pool indices) from the engine, rewarded, with advantages.
 
     With ``refill`` (``--filter-groups``, DAPO's dynamic sampling) groups whose G rewards
     are all equal are dropped and further prompts are rolled out until ``refill.target``
@@ -98,7 +143,6 @@ def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: "R
     batches were made; only the informative groups are trained on.
     """
     cfg, G = ctx.cfg, ctx.cfg.num_generations
-    t0 = time.perf_counter()
     if refill is None:
         groups, info = _roll(ctx, batch), {}
         train = list(range(len(groups.prompts)))
@@ -109,69 +153,31 @@ def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: "R
         train = train or list(range(len(groups.prompts)))
     kept = groups if len(train) == len(groups.prompts) else groups.select(train, G)
     adv_N = grpo.group_advantages(torch.tensor(kept.total, dtype=torch.float32), G, cfg.scale_rewards)
-    t_roll = time.perf_counter() - t0
-    upd = _policy_update(ctx, kept.ro, adv_N, updates_done)
-    angle_B = _angles_of_all(ctx, groups, train, upd["angle_B"])
-    t_total = time.perf_counter() - t0
-    record = _step_record(ctx, groups.ro, torch.tensor(groups.total, dtype=torch.float32), groups.judged, upd,
-                          angle_B, t_roll, t_total)
-    record.update(info)
-    per_func = groups.per_func
-    if len(per_func) > 1 or list(per_func)[0] not in ("math_reward", "math_reward_any"):
-        for name, vals in per_func.items():
-            v = [x for x in vals if not math.isnan(x)]
-            record[f"reward/{name}"] = float(np.mean(v)) if v else None
-    dropped = [refill is not None and u for u in groups.uniform(G)]
-    return StepResult(record, list(groups.judged), angle_B.tolist(), list(groups.total), upd["updates"], t_roll,
-                      t_total - t_roll, list(groups.prompts), [len(c) for c in groups.ro.completion_ids], dropped)
+    return RolloutBatch(groups, train, kept, adv_N, info, refill is not None)
 
 
-@dataclass
-class Groups:
-    """Rewarded rollouts of some prompts: G consecutive completions per prompt."""
+def update_policy(ctx: StepContext, rb: RolloutBatch, updates_done: int) -> dict:
+    """``num_iterations`` GRPO updates on the batch's trained groups, then the engine gets the new weights.
 
-    prompts: list[int]  # pool index of each group
-    ro: object  # generation.Rollouts
-    total: list[float]  # per completion: total reward
-    judged: list[float]  # per completion: the reward that decides correctness
-    per_func: dict  # reward function name -> per-completion rewards
-
-    def uniform(self, G: int) -> list[bool]:
-        """Per group: all G rewards equal (zero advantage, so no gradient)."""
-        r = np.asarray(self.total, dtype=np.float64).reshape(-1, G)
-        return [bool(x) for x in np.ptp(r, axis=1) == 0] if r.size else []
-
-    def select(self, groups: list[int], G: int) -> "Groups":
-        from anglerank.generation import Rollouts
-
-        seqs = [g * G + k for g in groups for k in range(G)]
-        pick = lambda xs: [xs[b] for b in seqs]  # noqa: E731
-        ro = Rollouts(pick(self.ro.prompt_ids), pick(self.ro.completion_ids), pick(self.ro.texts),
-                      pick(self.ro.finished), self.ro.seconds)
-        return Groups([self.prompts[g] for g in groups], ro, pick(self.total), pick(self.judged),
-                      {k: pick(v) for k, v in self.per_func.items()})
-
-    def __add__(self, other: "Groups") -> "Groups":
-        from anglerank.generation import Rollouts
-
-        a, b = self.ro, other.ro
-        ro = Rollouts(a.prompt_ids + b.prompt_ids, a.completion_ids + b.completion_ids, a.texts + b.texts,
-                      a.finished + b.finished, a.seconds + b.seconds)
-        return Groups(self.prompts + other.prompts, ro, self.total + other.total, self.judged + other.judged,
-                      {k: v + other.per_func[k] for k, v in self.per_func.items()})
+    Returns the update's metrics; its ``angle_B`` holds the angle of every rolled-out sequence (the dropped
+    groups' measured apart, so the curriculum's epoch angle covers every draw as it does without filtering).
+    """
+    upd = _policy_update(ctx, rb.trained.ro, rb.advantages, updates_done)
+    upd["angle_B"] = _angles_of_all(ctx, rb.groups, rb.train, upd["angle_B"])
+    ctx.engine.update_weights(ctx.model)
+    return upd
 
 
 def _roll(ctx: StepContext, batch: list[int]) -> Groups:
     """G completions of each prompt of ``batch``, rewarded and judged."""
     from anglerank import rewards
-    from anglerank.generation import generate
 
     cfg, pool, G = ctx.cfg, ctx.pool, ctx.cfg.num_generations
     seq_idx = [i for i in batch for _ in range(G)]
-    ro = generate(ctx.model, ctx.tok, [pool.prompt_ids[i] for i in seq_idx], max_new_tokens=cfg.max_new_tokens,
-                  temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, batch_size=cfg.generation_batch_size,
-                  device=ctx.device, autocast_dtype=ctx.amp_dtype, stop_flag=ctx.stop_requested,
-                  generator=ctx.generator)
+    ro = ctx.engine.generate([pool.prompt_ids[i] for i in seq_idx], max_new_tokens=cfg.max_new_tokens,
+                             temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                             batch_size=cfg.generation_batch_size, stop_flag=ctx.stop_requested,
+                             generator=ctx.generator)
     if ctx.stop_requested():
         raise StepAborted
     cols = {k: [v[i] for i in seq_idx] for k, v in pool.columns.items()}
@@ -187,7 +193,7 @@ def _roll(ctx: StepContext, batch: list[int]) -> Groups:
     return Groups(list(batch), ro, list(total), list(judged), {k: list(v) for k, v in per_func.items()})
 
 
-def _dynamic_sampling(ctx: StepContext, batch: list[int], refill: "Refill") -> tuple[Groups, dict]:
+def _dynamic_sampling(ctx: StepContext, batch: list[int], refill: Refill) -> tuple[Groups, dict]:
     """Roll out ``batch``, then further prompts from ``refill`` while fewer than ``refill.target`` groups are
     informative; returns every group rolled out and the step's filter metrics."""
     G = ctx.cfg.num_generations
@@ -236,7 +242,7 @@ class Refill:
     to keep after the step; a step that is aborted calls :meth:`rollback` to undo its sampler draws.
     """
 
-    def __init__(self, curriculum, rows, cursor: int, extra: list[int], target: int, max_rounds: int):
+    def __init__(self, curriculum: Curriculum, rows, cursor: int, extra: list[int], target: int, max_rounds: int):
         self.curriculum, self.target, self.max_rounds = curriculum, target, max_rounds
         self.queue = [int(r) for r in rows] + [int(r) for r in extra]
         self.n_subset, self.cursor = len(rows), cursor
@@ -268,7 +274,7 @@ class Refill:
             self.curriculum.sampler.load_state_dict(self._sampler_state)
 
 
-def _policy_update(ctx: StepContext, ro, adv_N: torch.Tensor, updates_done: int) -> dict:
+def _policy_update(ctx: StepContext, ro: Rollouts, adv_N: torch.Tensor, updates_done: int) -> dict:
     """``num_iterations`` optimiser updates on the rollouts; also measures every sequence's angle.
 
     Sequences with zero advantage add exactly zero gradient when ``beta == 0``,
@@ -362,8 +368,8 @@ def _optimizer_step(ctx: StepContext, update_index: int, has_grads: bool,
     return grad_norm, lr, True
 
 
-def _step_record(ctx: StepContext, ro, rewards_N: torch.Tensor, judged: list, upd: dict, angle_B: torch.Tensor,
-                 t_roll: float, t_total: float) -> dict:
+def _step_record(ctx: StepContext, ro: Rollouts, rewards_N: torch.Tensor, judged: list, upd: dict,
+                 angle_B: torch.Tensor, t_roll: float, t_total: float) -> dict:
     B, G = len(ro.completion_ids), ctx.cfg.num_generations
     r_PG = rewards_N.reshape(B // G, G)
     ang = angle_B[~torch.isnan(angle_B)]
