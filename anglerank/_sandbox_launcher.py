@@ -385,6 +385,8 @@ def main() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     cfg = job["config"]
     cfg["runner"] = os.path.join(os.path.dirname(__file__), "_sandbox_runner.py")
+    # loaded before the private root is built: it is mounted over /tmp, where this package may live
+    judge = _sibling("_sandbox_judge")
     report = isolate(cfg)
 
     def emit(message) -> None:
@@ -396,7 +398,6 @@ def main() -> None:
         emit({"isolation": report, "refused": report.get("error", "no private root")})
         os._exit(3)
     emit({"isolation": report})
-    judge = _sibling("_sandbox_judge")
     try:
         judge.run_job(job, lambda code, argv, fds, cpu_s: spawn(dict(cfg, cpu_s=cpu_s), code, argv, fds), null, emit)
     except judge.SetupError as exc:

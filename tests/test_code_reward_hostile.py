@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -454,3 +455,28 @@ def test_training_stops_with_one_line_when_programs_cannot_be_isolated(tmp_path,
                                    "2", "--max-new-tokens", "4", "--prompts-per-step", "2", "--subset-size", "2",
                                    "--sampler", "uniform", "--epochs", "1", "--quiet"])
     one_error_line(res, "code sandbox cannot isolate programs", UNISOLATED_ENV)
+
+
+def test_the_judge_works_when_the_package_lives_under_tmp(tmp_path):
+    """The private root is a tmpfs over /tmp in the judge's namespace: a checkout or venv under /tmp (a CI
+    clone, a notebook's scratch copy) must still find the judge's own modules."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from anglerank import rewards
+
+    home = Path(tempfile.mkdtemp(prefix="anglerank-under-tmp-", dir="/tmp"))
+    try:
+        shutil.copytree(Path(rewards.__file__).parent, home / "anglerank",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        code = ("import sys; from anglerank.rewards import code_reward\n"
+                "assert __import__('anglerank').__file__.startswith(sys.argv[1])\n"
+                "print(code_reward(None, ['```python\\ndef add(a, b):\\n    return a + b\\n```'], "
+                "tests=[['assert add(2, 3) == 5']]))\n")
+        p = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "PYTHONPATH": str(home)}, cwd=home)
+        assert p.returncode == 0 and p.stdout.strip() == "[1.0]", p.stderr[-1500:]
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
