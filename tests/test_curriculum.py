@@ -425,7 +425,7 @@ class HardestFirst:
 
 
 def test_a_new_sampler_needs_only_its_class(monkeypatch):
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # leave the real registry as it was
+    monkeypatch.setattr(registry.SAMPLERS, "classes", dict(registry.SAMPLERS.classes))  # leave the real registry as it was
     register("hardest_first")(HardestFirst)
     assert "hardest_first" in sampler_names()
     ranks = np.array([3, 0, 5, 1, 4, 2])  # row -> rank

@@ -70,7 +70,7 @@ def constant():
     try:
         yield ConstantEstimator
     finally:
-        estimators._REGISTRY.pop("constant", None)
+        estimators.REGISTRY.classes.pop("constant", None)
 
 
 def _check_constant(out: Path) -> None:

@@ -10,11 +10,11 @@ epoch from the epoch's accuracy and angle. Adding one is one file in
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from anglerank.registry import Registry
 
 if TYPE_CHECKING:
     from anglerank.curriculum.config import CurriculumConfig
@@ -47,37 +47,11 @@ class Sampler(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-_REGISTRY: dict[str, type] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: make a sampler available as ``CurriculumConfig(sampler=name)``."""
-
-    def deco(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise RuntimeError(f"two samplers registered as {name!r}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_builtin() -> None:
-    from anglerank.curriculum import samplers
-
-    for mod in pkgutil.iter_modules(samplers.__path__):
-        importlib.import_module(f"{samplers.__name__}.{mod.name}")
-
-
-def sampler_names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def sampler_class(name: str) -> type:
-    _load_builtin()
-    return _REGISTRY[name]
+SAMPLERS = Registry("sampler", "anglerank.curriculum.samplers")
+#: Class decorator: make a sampler available as ``CurriculumConfig(sampler=name)``.
+register = SAMPLERS.register
+sampler_names = SAMPLERS.names
+sampler_class = SAMPLERS.get
 
 
 def make_sampler(config: "CurriculumConfig", n_items: int) -> Sampler:

@@ -11,11 +11,10 @@ command line lists the names (its ``--help``) without loading it.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from anglerank.errors import UserError
+from anglerank.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -59,38 +58,19 @@ class Estimator(Protocol):
         """Why the row's terms are missing or weak, or None."""
 
 
-_REGISTRY: dict[str, type] = {}
-
-
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: make an estimator available as ``--estimator name``."""
-
-    def deco(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise RuntimeError(f"two estimators registered as {name!r}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_builtin() -> None:
-    from anglerank.scoring import estimators
-
-    for mod in pkgutil.iter_modules(estimators.__path__):
-        importlib.import_module(f"{estimators.__name__}.{mod.name}")
+REGISTRY = Registry("estimator", __name__)
+#: Class decorator: make an estimator available as ``--estimator name``.
+register = REGISTRY.register
 
 
 def names() -> list[str]:
     """Registered estimator names: the default first, then alphabetical."""
-    _load_builtin()
-    return sorted(_REGISTRY, key=lambda n: (n != DEFAULT, n))
+    return sorted(REGISTRY.names(), key=lambda n: (n != DEFAULT, n))
 
 
 def get(name: str) -> type:
     """The estimator class registered as ``name``; an unknown name is the user's error."""
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown estimator {name!r}; choose from {', '.join(names())}")
-    return _REGISTRY[name]
+    try:
+        return REGISTRY.get(name)
+    except KeyError:
+        raise UserError(f"unknown estimator {name!r}; choose from {', '.join(names())}") from None
