@@ -66,3 +66,20 @@ def on_small_disk(mount: Path, size_kb: int, script: str, timeout: float = 300) 
                f"mount -t tmpfs -o size={int(size_kb)}k tmpfs \"$DISK\" || exit 97\n")
     return subprocess.run(["unshare", "-Urm", "bash", "-c", prelude + script], env=env(), capture_output=True,
                           text=True, timeout=timeout)
+
+
+def package_at(commit: str, dest: Path) -> Path:
+    """The ``anglerank`` package as it was at ``commit``, unpacked under ``dest`` (put ``dest`` on PYTHONPATH
+    to run it); skips the test where the commit is not in this checkout's history."""
+    import io
+    import tarfile
+
+    import pytest
+
+    tar = shutil.which("git") and subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "anglerank"], capture_output=True)
+    if not tar or tar.returncode != 0:
+        pytest.skip(f"reference commit {commit[:8]} is not in this checkout")
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as tf:
+        tf.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    return dest

@@ -5,14 +5,11 @@ byte-identically to the engine that chose them by name."""
 from __future__ import annotations
 
 import filecmp
-import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,9 +23,8 @@ from anglerank.errors import UserError
 from anglerank.scoring import estimators
 from anglerank.scoring.engine import ScoreOptions
 from anglerank.scoring.run import run_score
-from hostile import one_error_line
+from hostile import one_error_line, package_at
 
-ROOT = Path(__file__).resolve().parents[1]
 # the last engine that chose its estimator by name; the built-in estimators must match it byte for byte
 REFERENCE_COMMIT = "cf2e9a2c04029815f043a82d89cc06e8790f2590"
 runner = CliRunner()
@@ -178,14 +174,8 @@ def _case(est: str, cache: bool, dtype: str) -> tuple[str, dict]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_dir):
     """Every case scored by the reference commit's package, in a fresh process."""
-    tar = shutil.which("git") and subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", REFERENCE_COMMIT, "anglerank"], capture_output=True)
-    if not tar or tar.returncode != 0:
-        pytest.skip(f"reference commit {REFERENCE_COMMIT[:8]} is not in this checkout")
     base = tmp_path_factory.mktemp("estimators")
-    pkg = base / "reference"
-    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as tf:
-        tf.extractall(pkg, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    pkg = package_at(REFERENCE_COMMIT, base / "reference")
     qs = [f"Tom has {i} apples and buys {i + 3} more. How many apples does he have?" for i in range(23)]
     qs[5] = "What is 7 times 8?"
     data = base / "questions.parquet"

@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import copy
 import filecmp
-import io
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -31,6 +28,7 @@ from anglerank.train import step
 from anglerank.train.config import TrainConfig
 from anglerank.train.engine import HFRolloutEngine, RolloutEngine
 from conftest import HASH_REWARD
+from hostile import package_at
 
 ROOT = Path(__file__).resolve().parents[1]
 # The trainer before the rollout seam: generation called from inside the step and the eval.
@@ -68,14 +66,8 @@ def _train(package: Path, data: Path, model: Path, out: Path, reward: str) -> No
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir):
     """The cases run by the reference commit's package and by this checkout's, each in a fresh process."""
-    tar = shutil.which("git") and subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", REFERENCE_COMMIT, "anglerank"], capture_output=True)
-    if not tar or tar.returncode != 0:
-        pytest.skip(f"reference commit {REFERENCE_COMMIT[:8]} is not in this checkout")
     base = tmp_path_factory.mktemp("seam")
-    pkg = base / "reference"
-    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as tf:
-        tf.extractall(pkg, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    pkg = package_at(REFERENCE_COMMIT, base / "reference")
     import pyarrow as pa
     import pyarrow.parquet as pq
 
