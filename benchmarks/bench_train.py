@@ -253,6 +253,10 @@ def run_job(arm: str, seed: int, spec: dict, data: dict, work: Path, runs_out: P
     print(f"[{arm}/s{seed}] {'resuming' if resume else 'starting'} in {run_dir}", file=sys.stderr, flush=True)
     train(cfg, resume=resume, overwrite=not resume, on_event=_printer(f"{arm}/s{seed}"))
     res = summarise_run(arm, seed, run_dir, data)
+    from anglerank.scoring.engine import cpu_description, resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)  # runs on different machines differ in precision: say which
+    res.update(machine=cpu_description() if device == "cpu" else device, dtype=resolve_dtype(cfg.dtype, device))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     keep_logs(run_dir, runs_out / f"{arm}-s{seed}")
