@@ -17,12 +17,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from anglerank.cli_common import (
-    BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt, JsonOpt,
-    DeviceMapOpt, LayerOpt, LayersOpt, LimitOpt, MaxLengthOpt, ModelOpt, OverwriteOpt, PrefixOpt, PresetOpt,
-    PromptColumnOpt, QuietOpt, SiteOpt, SystemOpt, WInterOpt, WIntraOpt, err, error_line, freeze_at_exit,
-    ReadableHelpGroup, pause_gc_for_startup, score_options, startup_over, user_errors, warning_line,
+    JsonOpt, LimitOpt, ModelOpt, OverwriteOpt, QuietOpt, ReadableHelpGroup, err, error_line, freeze_at_exit,
+    pause_gc_for_startup, score_options, startup_over, user_errors, warning_line, with_settings,
 )
 from anglerank.errors import UserError
+from anglerank.scoring.options import InputColumns, ScoreOptions
 
 app = typer.Typer(
     cls=ReadableHelpGroup,
@@ -107,29 +106,10 @@ def _summary(manifest: dict, out: Path, title: str = "anglerank score") -> None:
 
 @app.command()
 @user_errors
+@with_settings(InputColumns, ScoreOptions, layers=True)
 def score(
     inputs: Annotated[list[str], typer.Argument(help="Parquet, JSON Lines (.jsonl, .jsonl.gz), JSON or Arrow files, directories or globs of them, datasets save_to_disk folders, or hf://datasets/OWNER/NAME or hf://datasets/OWNER/NAME/PATH paths.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output directory for scores-*.arrow and manifest.json.")],
-    model: ModelOpt = None,
-    prompt_column: PromptColumnOpt = None,
-    id_column: IdColumnOpt = None,
-    preset: PresetOpt = "none",
-    system: SystemOpt = None,
-    prefix: PrefixOpt = None,
-    site: SiteOpt = "mlp-input",
-    layer: LayerOpt = None,
-    layers: LayersOpt = None,
-    estimator: EstimatorOpt = "paper",
-    w_intra: WIntraOpt = 1.0,
-    w_inter: WInterOpt = None,
-    code_prefix_tokens: CodePrefixOpt = 110,
-    code_suffix_tokens: CodeSuffixOpt = 6,
-    max_length: MaxLengthOpt = 4096,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    device_map: DeviceMapOpt = None,
-    batch_tokens: BatchTokensOpt = None,
-    prefix_cache: PrefixCacheOpt = True,
     limit: LimitOpt = None,
     overwrite: OverwriteOpt = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUTPUT from its last committed part (settings must match).")] = False,
@@ -137,12 +117,14 @@ def score(
     num_shards: Annotated[Optional[int], typer.Option("--num-shards", help="Split the rows into N contiguous shards (Slurm arrays, several machines on shared storage); this run scores one, into OUTPUT/shard-IIIII-of-NNNNN. Set automatically under torchrun.")] = None,
     shard_index: Annotated[Optional[int], typer.Option("--shard-index", help="Which shard (0-based) this invocation scores.")] = None,
     quiet: QuietOpt = False,
+    **settings,
 ):
     """Score prompts by angle concentration and write per-row scores (Arrow IPC + manifest.json)."""
     from anglerank.scoring.distributed import distributed_env
     from anglerank.scoring.run import run_score
 
-    opt = score_options(locals())
+    opt = score_options(settings)
+    prompt_column, id_column = settings["prompt_column"], settings["id_column"]
     if (num_shards is None) != (shard_index is None):
         raise UserError("--num-shards and --shard-index go together")
 

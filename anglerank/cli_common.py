@@ -10,14 +10,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import inspect
 import os
+import typing
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from anglerank.errors import Interrupted, UserError
-from anglerank.scoring import estimators
+from anglerank.scoring.options import ModelSettings, ScoreOptions
+from anglerank.settings import option, parameters, values
 
 err = Console(stderr=True)
 
@@ -47,51 +50,11 @@ def freeze_at_exit() -> None:
 
 # --- shared option definitions (one per repeated option) ---------------------------------
 
-ModelOpt = Annotated[Optional[str], typer.Option(
-    "--model", "-m", help="Hugging Face id (hub cache, or network when online) or local folder. "
-    "Default: the embedded SmolLM2-135M-Instruct.")]
-PromptColumnOpt = Annotated[Optional[str], typer.Option(
-    "--prompt-column", help="Column with the question: a string or a list of {role, content} messages; "
-    "dotted paths reach into structs (extra_info.question). Default: auto-detect prompt, question, problem, text.")]
-IdColumnOpt = Annotated[Optional[str], typer.Option(
-    "--id-column", help="Column copied to the output `id`: integer or string values (another type is refused). "
-    "Default: the first of extra_info.index, id or index that holds integers or strings; a candidate of another "
-    "type (e.g. double) is skipped with a warning.")]
-PresetOpt = Annotated[str, typer.Option(
-    "--preset", help="none: the row's messages through the chat template; gainrl: the authors' four-message prompt around the question.")]
-SystemOpt = Annotated[Optional[str], typer.Option("--system", help="Set or replace the system message.")]
-PrefixOpt = Annotated[Optional[str], typer.Option(
-    "--prefix", help="Plain-text mode (no chat template): score PREFIX + question; the prefix is segment P.")]
-SiteOpt = Annotated[str, typer.Option(
-    "--site", help="Hook site: mlp-input (the MLP input of layer k, i.e. post-attention norm output; the authors' site) or residual (decoder layer output).")]
+ModelOpt = option(ModelSettings, "model")
 LayerOpt = Annotated[Optional[list[int]], typer.Option(
     "--layer", help="Decoder layer to hook; negative counts from the end. Repeat for several layers. Default -1.")]
 LayersOpt = Annotated[Optional[str], typer.Option(
     "--layers", help="Several layers at once: 'all' or a Python-style range 'A:B' (e.g. 10:30). One forward pass serves all.")]
-
-
-def _estimator_help() -> str:
-    """--estimator's help, one clause per registered estimator."""
-    return "; ".join(f"{n}: {estimators.get(n).help}" for n in estimators.names()) + "."
-
-
-def _w_inter_help() -> str:
-    defaults = [f"{estimators.get(n).default_w_inter:g} ({n})" for n in estimators.names()]
-    listed = f"{', '.join(defaults[:-1])} or {defaults[-1]}" if len(defaults) > 1 else defaults[0]
-    return f"Weight of C_inter in score. Default {listed}."
-
-
-EstimatorOpt = Annotated[str, typer.Option("--estimator", help=_estimator_help())]
-WIntraOpt = Annotated[float, typer.Option("--w-intra", help="Weight of C_intra in score.")]
-WInterOpt = Annotated[Optional[float], typer.Option("--w-inter", help=_w_inter_help())]
-CodePrefixOpt = Annotated[int, typer.Option("--code-prefix-tokens", help="gainrl-code: fixed prefix length in tokens (authors: 110).")]
-CodeSuffixOpt = Annotated[int, typer.Option("--code-suffix-tokens", help="gainrl-code: fixed suffix length in tokens (authors: 6).")]
-MaxLengthOpt = Annotated[int, typer.Option("--max-length", help="Longer prompts are truncated at the end and flagged `truncated`.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto|bfloat16|float16|float32. auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, else float32.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto|cpu|cuda|cuda:N.")]
-BatchTokensOpt = Annotated[Optional[int], typer.Option("--batch-tokens", help="Token budget per forward batch, padding included. Default: on CUDA, what the free GPU memory holds for this model's shape (docs/gpu.md); on CPUs 4096 with AMX, else 1024 (small batches stay in cache); recorded in the manifest with its reasons, and a --resume keeps it. A batch that runs out of GPU memory is split and the budget halved (recorded as batch_tokens_backoff). A cached shared prefix counts for every row (each row attends to its keys/values).")]
-DeviceMapOpt = Annotated[Optional[str], typer.Option("--device-map", help="Spread the model's layers over several devices (accelerate): auto (every visible GPU; under torchrun each rank takes its share), balanced, sequential, or an explicit map of module name -> device as inline JSON or a JSON file, e.g. '{\"model.embed_tokens\": 0, \"model.layers.0\": 0, \"model.layers.1\": 1}'. Only the layers up to the deepest hooked one are loaded either way.")]
-PrefixCacheOpt = Annotated[bool, typer.Option("--prefix-cache/--no-prefix-cache", help="Run a token prefix that rows share (system prompt, few-shot turns, template header) once and reuse its key/value cache, so only each row's own tokens run: the same scores up to rounding, about 2x faster with --preset gainrl. Used for Llama, Qwen2/3, Mistral, Gemma2, GPT-2 and GPT-NeoX models.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (quick runs).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -154,19 +117,41 @@ def layers_arg(layer: list[int] | None, layers: str | None) -> list:
     return list(layer) if layer else [-1]
 
 
-def score_options(params: dict):
-    """ScoreOptions from a command's parameters (its ``locals()``), so every command that scores
-    (score, validate) maps the shared scoring options in this one place."""
-    from dataclasses import fields
-
-    from anglerank.scoring.engine import ScoreOptions
-
-    names = [f.name for f in fields(ScoreOptions) if f.name != "layers"]
-    # an option a command does not offer (validate has no --device-map) keeps its default
-    return ScoreOptions(layers=layers_arg(params["layer"], params["layers"]),
-                        **{k: params[k] for k in names if k in params})
+def score_options(params: dict) -> ScoreOptions:
+    """ScoreOptions from a command's settings; an option a command does not offer keeps its default."""
+    given = {k: v for k, v in params.items() if k not in ("layer", "layers")}  # --layers is a string here
+    return ScoreOptions(layers=layers_arg(params.get("layer"), params.get("layers")), **values(ScoreOptions, given))
 
 
+def with_settings(*groups, skip=(), layers: bool = False):
+    """Give a command one option per field of the settings dataclasses ``groups`` (their help, flags and
+    defaults; a group may be ``(class, [names])``), after its own parameters; the command receives them as its ``**settings``. ``layers`` adds the
+    command-line form of ScoreOptions.layers (--layer / --layers)."""
+    def wrap(fn):
+        hints = typing.get_type_hints(fn, include_extras=True)  # the command's own options, resolved
+        own = [p.replace(annotation=hints.get(p.name, p.annotation))
+               for p in inspect.signature(fn).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        generated, seen = [], {p.name for p in own} | set(skip)
+        for group in groups:  # a settings class, or (class, [field names])
+            cls, only = group if isinstance(group, tuple) else (group, None)
+            for p in parameters(cls, only=only, skip=seen):
+                generated.append(p)
+                seen.add(p.name)
+        if layers:
+            generated += [inspect.Parameter("layer", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=LayerOpt),
+                          inspect.Parameter("layers", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=LayersOpt)]
+        names = {p.name for p in generated}
+
+        @functools.wraps(fn)
+        def command(**kw):
+            return fn(**{k: v for k, v in kw.items() if k not in names}, **{k: kw[k] for k in names})
+
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + generated
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+    return wrap
 
 
 def warning_line(msg: str) -> None:

@@ -14,9 +14,11 @@ import typer
 from rich.table import Table
 
 from anglerank.cli_common import (
-    DataOpt, JsonOpt, QuietOpt, SeedOpt, curriculum_warnings, err, user_errors, warning_line,
+    DataOpt, JsonOpt, QuietOpt, SeedOpt, curriculum_warnings, err, user_errors, warning_line, with_settings,
 )
+from anglerank.curriculum.config import CurriculumSettings
 from anglerank.errors import UserError
+from anglerank.settings import values
 
 # --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
 
@@ -117,6 +119,7 @@ def rank_cmd(
 RANK_UNITS = "Ranks or a fraction of N (rule above)."
 
 
+@with_settings((CurriculumSettings, ["ranking", "mu0", "sigma", "wrap"]))
 def sample_cmd(
     scores_dir: ScoresDirArg,
     output: Annotated[Path, typer.Option(
@@ -126,17 +129,10 @@ def sample_cmd(
         "--subset", "-k", help="Rows per epoch (K), drawn without replacement. " + RANK_UNITS, show_default=False)],
     epochs: Annotated[int, typer.Option("--epochs", "-e", help="Number of epochs (files) to write.", show_default=False)],
     data: DataOpt = None,
-    mu0: Annotated[str, typer.Option("--mu0", help="Window centre of epoch 0. " + RANK_UNITS)] = "0",
-    sigma: Annotated[Optional[str], typer.Option(
-        "--sigma", help="Window width. Default 2/15 N (0.1333 N), the authors' 1000 ranks for 7,500 prompts. "
-        + RANK_UNITS, show_default=False)] = None,
     step: Annotated[Optional[str], typer.Option(
         "--step", help="Centre move per epoch: mu_t = mu0 + t * step. Default: sweep from mu0 to the last rank "
         "over the epochs. The centre stays on the data: past the last rank it stays there (or see --wrap). "
         + RANK_UNITS, show_default=False)] = None,
-    wrap: Annotated[bool, typer.Option(
-        "--wrap", help="When the centre passes the last rank, start a new pass at rank 0 instead of staying at "
-        "the end.")] = False,
     seed: SeedOpt = 0,
     keep_order: Annotated[bool, typer.Option(
         "--keep-order", help="Keep each epoch's rows in rank order (the released code's behaviour) instead of "
@@ -144,10 +140,6 @@ def sample_cmd(
     concat: Annotated[bool, typer.Option(
         "--concat", help="Write one Parquet file (-o) with all epochs in order, for trainers reading with "
         "shuffle=False.")] = False,
-    ranking: Annotated[str, typer.Option(
-        "--ranking", help="Order the window walks: angle (highest angle score first; --by and --ascending apply), "
-        "random (a shuffle seeded by --seed: the control), length (fewest prompt tokens first), column:NAME or "
-        "column:NAME:desc (a numeric data column, ascending or descending).")] = "angle",
     by: ByOpt = "score",
     ascending: AscendingOpt = False,
     include_null: Annotated[bool, typer.Option(
@@ -159,6 +151,7 @@ def sample_cmd(
     memory_mb: MemoryOpt = 1024.0,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    **settings,
 ):
     """Write an open-loop GAIN-RL curriculum: K rows per epoch from a Gaussian over angle ranks.
 
@@ -173,9 +166,9 @@ def sample_cmd(
     from anglerank.curation.sample import sample
 
     with curriculum_warnings():
-        s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, mu0=mu0, sigma=sigma,
-                   step=step, wrap=wrap, seed=seed, keep_order=keep_order, concat=concat, ranking=ranking, by=by,
-                   ascending=ascending, include_null=include_null, force=force, layer=layer, overwrite=overwrite,
+        s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, step=step, seed=seed,
+                   keep_order=keep_order, concat=concat, by=by, ascending=ascending,
+                   **values(CurriculumSettings, settings), include_null=include_null, force=force, layer=layer, overwrite=overwrite,
                    memory_mb=memory_mb)
     if json_out:
         typer.echo(json.dumps(s, indent=2))

@@ -9,25 +9,19 @@ text cannot drift apart, and options shared with `score` reuse the aliases in
 
 from __future__ import annotations
 
-import copy
 import inspect
 import os
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from anglerank import cli_common as cc
+from anglerank import settings
 from anglerank.cli_common import curriculum_warnings, err, startup_over, user_errors
 from anglerank.errors import UserError
-from anglerank.train.config import RANK_FIELDS, SMOKE, UNIT_FIELDS, TrainConfig, _base_type
-
-# Options shared with `score` (same flag names and help).
-_SHARED = {"model": cc.ModelOpt, "prompt_column": cc.PromptColumnOpt, "id_column": cc.IdColumnOpt,
-           "preset": cc.PresetOpt, "system": cc.SystemOpt, "prefix": cc.PrefixOpt, "site": cc.SiteOpt,
-           "dtype": cc.DtypeOpt, "device": cc.DeviceOpt, "seed": cc.SeedOpt, "estimator": cc.EstimatorOpt}
-_SHORT = {"output_dir": ["--output", "-o"], "save_total_limit": ["--save-total-limit", "--keep-checkpoints"]}
+from anglerank.train.config import SMOKE, UNIT_FIELDS, TrainConfig, in_panel_order
 
 TRAIN_HELP = """Train a policy with GRPO on a GAIN-RL curriculum (or a uniform/ordered baseline).
 
@@ -53,40 +47,6 @@ Writes RUN_DIR/config.toml, metrics.jsonl, subsets.jsonl and checkpoints/step-N/
 """
 
 
-def _option_annotation(f):
-    """Annotated[type, typer.Option(...)] for one config field."""
-    panel = f.metadata["panel"]
-    base = _base_type(f.type)
-    if f.name in _SHARED:
-        alias = _SHARED[f.name]
-        tp, info = alias.__origin__, copy.copy(alias.__metadata__[0])
-        info.rich_help_panel = panel
-        return Annotated[tp, info]
-    flags = _SHORT.get(f.name, ["--" + f.name.replace("_", "-")])
-    help_text = f.metadata["help"]
-    if f.name in UNIT_FIELDS:
-        tp = str
-        help_text += "" if f.name not in RANK_FIELDS else " Ranks (an integer) or a fraction of N (0 < x <= 1)."
-    elif base is list:
-        tp = Optional[list[float]] if f.name == "reward_weight" else Optional[list[str]]
-        if f.name == "reward":
-            help_text += " Default: math."
-    elif base is bool:
-        flags = [f"{flags[0]}/--no-{flags[0][2:]}"]
-        tp = bool
-    else:
-        tp = Optional[base] if f.default is None else base
-    return Annotated[tp, typer.Option(*flags, help=help_text, rich_help_panel=panel)]
-
-
-def _default(f):
-    if f.name in UNIT_FIELDS:
-        return str(round(f.default, 4)) if isinstance(f.default, float) else str(f.default)
-    if f.default is MISSING:  # list fields with factories
-        return None
-    return f.default
-
-
 def _train_signature() -> inspect.Signature:
     K = inspect.Parameter.KEYWORD_ONLY
     params = [
@@ -95,9 +55,8 @@ def _train_signature() -> inspect.Signature:
             help="Training Parquet files, directories or globs (optional with --config or --resume).",
             show_default=False)]),
     ]
-    for f in fields(TrainConfig):
-        if f.metadata["cli"]:
-            params.append(inspect.Parameter(f.name, K, default=_default(f), annotation=_option_annotation(f)))
+    params += settings.parameters(TrainConfig, only=[f.name for f in in_panel_order() if f.metadata["cli"]],
+                                  panels=True)
     run = "Run"
     params += [
         inspect.Parameter("config", K, default=None, annotation=Annotated[Optional[Path], typer.Option(

@@ -20,11 +20,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from anglerank.cli_common import (
-    BatchTokensOpt, PrefixCacheOpt, CodePrefixOpt, CodeSuffixOpt, DeviceOpt, DtypeOpt, EstimatorOpt, IdColumnOpt,
-    JsonOpt, LayerOpt, LimitOpt, OverwriteOpt, LayersOpt, MaxLengthOpt, ModelOpt, PrefixOpt, PresetOpt, PromptColumnOpt, QuietOpt, SeedOpt, SiteOpt,
-    SystemOpt, WInterOpt, WIntraOpt, err, score_options, startup_over, user_errors,
+    JsonOpt, LimitOpt, OverwriteOpt, QuietOpt, err, score_options, startup_over, user_errors, with_settings,
 )
 from anglerank.errors import UserError
+from anglerank.rollouts import PassRateOptions, ValidateOptions
+from anglerank.scoring.options import InputColumns, ModelSettings, PromptFormat, ScoreOptions
+from anglerank.settings import values
 
 
 
@@ -96,29 +97,6 @@ def print_report(report: dict) -> None:
     print_verdict(report)
 
 
-SamplesOpt = Annotated[int, typer.Option("--samples", help="Prompts in the seeded sample (all rows if fewer).")]
-TargetColumnOpt = Annotated[Optional[str], typer.Option(
-    "--target-column", help="Column with a reference completion (dotted paths reach into structs, e.g. "
-    "extra_info.answer). Default: the model's own greedy completion.")]
-MaxNewTokensOpt = Annotated[int, typer.Option(
-    "--max-new-tokens", help="Length of greedy completions and rollouts; reference targets are cut to it.")]
-RolloutsOpt = Annotated[int, typer.Option(
-    "--rollouts", help="G sampled completions per prompt for pass rates (0: skip). Needs --answer-column.")]
-AnswerColumnOpt = Annotated[Optional[str], typer.Option(
-    "--answer-column", help="Column with the reference final answer (e.g. reward_model.ground_truth); "
-    "a \\boxed{} or '#### N' reference is reduced to its final answer.")]
-TemperatureOpt = Annotated[float, typer.Option("--temperature", help="Rollout sampling temperature.")]
-AnswerFormatOpt = Annotated[str, typer.Option(
-    "--answer-format", help="How a rollout's final answer is found: boxed (TRL's accuracy reward: \\boxed{}, a "
-    "LaTeX answer, or '#### N') or any (else the last number it writes).")]
-TopPOpt = Annotated[float, typer.Option("--top-p", help="Rollout nucleus sampling threshold.")]
-PassRatesOpt = Annotated[Optional[str], typer.Option(
-    "--pass-rates", help="Read pass rates from an `anglerank passrate` output directory measured on these files "
-    "(instead of --rollouts), and compare the angle score with them.", metavar="DIR")]
-GroupColumnOpt = Annotated[Optional[str], typer.Option(
-    "--group-column", help="With pass rates, also correlate the score with them within each value of this "
-    "column (e.g. data_source, or extra_info.level).")]
-GenBatchOpt = Annotated[int, typer.Option("--gen-batch", help="Prompts per greedy-generation batch.")]
 JsonFileOpt = Annotated[Optional[Path], typer.Option(
     "--json", help="Write the JSON report to FILE instead of stdout.", metavar="FILE")]
 PlotOpt = Annotated[Optional[Path], typer.Option(
@@ -171,42 +149,13 @@ def _write_json(report: dict, json_file: Path | None) -> None:
     tmp.replace(json_file)
 
 
+@with_settings(ValidateOptions, InputColumns, ScoreOptions, skip=("device_map",), layers=True)
 def validate(
     inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
-    samples: SamplesOpt = 64,
-    seed: SeedOpt = 0,
-    target_column: TargetColumnOpt = None,
-    max_new_tokens: MaxNewTokensOpt = 256,
-    rollouts: RolloutsOpt = 0,
-    answer_column: AnswerColumnOpt = None,
-    answer_format: AnswerFormatOpt = "boxed",
-    temperature: TemperatureOpt = 0.9,
-    top_p: TopPOpt = 1.0,
-    gen_batch: GenBatchOpt = 8,
-    pass_rates: PassRatesOpt = None,
-    group_column: GroupColumnOpt = None,
     json_file: JsonFileOpt = None,
     plot: PlotOpt = None,
-    model: ModelOpt = None,
-    prompt_column: PromptColumnOpt = None,
-    id_column: IdColumnOpt = None,
-    preset: PresetOpt = "none",
-    system: SystemOpt = None,
-    prefix: PrefixOpt = None,
-    site: SiteOpt = "mlp-input",
-    layer: LayerOpt = None,
-    layers: LayersOpt = None,
-    estimator: EstimatorOpt = "paper",
-    w_intra: WIntraOpt = 1.0,
-    w_inter: WInterOpt = None,
-    code_prefix_tokens: CodePrefixOpt = 110,
-    code_suffix_tokens: CodeSuffixOpt = 6,
-    max_length: MaxLengthOpt = 4096,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
-    batch_tokens: BatchTokensOpt = None,
-    prefix_cache: PrefixCacheOpt = True,
     quiet: QuietOpt = False,
+    **settings,
 ):
     """Correlate angle scores with per-prompt gradient norms (and pass rates) on a seeded sample.
 
@@ -218,20 +167,16 @@ def validate(
     does the angle ranking agree with measured difficulty on this sample (seeded bootstrap 95% interval)?
     """
     from anglerank.plots import plot_report, require_matplotlib
-    from anglerank.validate import ValidateOptions, run_validate
+    from anglerank.validate import run_validate
 
-    sopt = score_options(locals())
-    vopt = ValidateOptions(samples=samples, seed=seed, target_column=target_column, max_new_tokens=max_new_tokens,
-                           rollouts=rollouts, answer_column=answer_column, answer_format=answer_format,
-                           temperature=temperature, top_p=top_p, gen_batch=gen_batch, pass_rates=pass_rates,
-                           group_column=group_column)
+    sopt, vopt = score_options(settings), ValidateOptions(**values(ValidateOptions, settings))
     if plot is not None:
         require_matplotlib()
     if json_file is not None and json_file.is_dir():
         raise UserError(f"--json {json_file} is a directory")
     with _progress(quiet) as progress:
-        report = run_validate(inputs, score_options=sopt, options=vopt, prompt_column=prompt_column,
-                              id_column=id_column, progress=progress, estimate=None if quiet else say_estimate)
+        report = run_validate(inputs, score_options=sopt, options=vopt, prompt_column=settings["prompt_column"],
+                              id_column=settings["id_column"], progress=progress, estimate=None if quiet else say_estimate)
     _write_json(report, json_file)
     if plot is not None:
         plot_report(report, plot)
@@ -242,33 +187,13 @@ def validate(
                 err.print(f"{what}: {p}", highlight=False)
 
 
+@with_settings(PassRateOptions, InputColumns, ModelSettings, PromptFormat, (ScoreOptions, ["max_length"]))
 def passrate(
     inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Output directory: pass_rates.parquet (row, id, n_rollouts, n_correct, pass_rate, "
         "note), data.parquet (the input rows plus pass_rate, n_correct, n_rollouts) and the committed parts with "
         "manifest.json.", show_default=False)],
-    rollouts: Annotated[int, typer.Option("--rollouts", "-g", help="G sampled completions per prompt.")] = 8,
-    temperature: TemperatureOpt = 0.9,
-    top_p: TopPOpt = 1.0,
-    max_new_tokens: Annotated[int, typer.Option(
-        "--max-new-tokens", help="Completion length limit; a completion stops earlier at EOS.")] = 512,
-    seed: SeedOpt = 0,
-    answer_column: Annotated[Optional[str], typer.Option(
-        "--answer-column", help="Column with the reference final answer (dotted paths reach into structs). "
-        "Default: the first of reward_model.ground_truth, answer, solution, ground_truth, as `anglerank train`.")]
-    = None,
-    answer_format: AnswerFormatOpt = "boxed",
-    model: ModelOpt = None,
-    prompt_column: PromptColumnOpt = None,
-    id_column: IdColumnOpt = None,
-    preset: PresetOpt = "none",
-    system: SystemOpt = None,
-    prefix: PrefixOpt = None,
-    max_length: Annotated[int, typer.Option(
-        "--max-length", help="Prompts longer than this many tokens are not judged (pass_rate null).")] = 4096,
-    dtype: DtypeOpt = "auto",
-    device: DeviceOpt = "auto",
     limit: LimitOpt = None,
     overwrite: OverwriteOpt = False,
     resume: Annotated[bool, typer.Option(
@@ -279,6 +204,7 @@ def passrate(
     = 64,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
+    **settings,
 ):
     """Measure every prompt's pass rate: G sampled completions judged by the math reward's checker.
 
@@ -288,16 +214,12 @@ def passrate(
     --pass-rates OUTPUT. Each prompt samples from its own seeded generator, so an interrupted run continued
     with --resume gives the same numbers.
     """
-    from anglerank.passrate import DATA_FILE, RATES_FILE, PassRateOptions, run_passrate
-    from anglerank.scoring.engine import ScoreOptions
+    from anglerank.passrate import DATA_FILE, RATES_FILE, run_passrate
 
-    opt = PassRateOptions(rollouts=rollouts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                          seed=seed, answer_column=answer_column, answer_format=answer_format)
-    sopt = ScoreOptions(model=model, preset=preset, system=system, prefix=prefix, max_length=max_length,
-                        dtype=dtype, device=device)
+    opt, sopt = PassRateOptions(**values(PassRateOptions, settings)), ScoreOptions(**values(ScoreOptions, settings))
     with _progress(quiet) as update:
-        manifest = run_passrate(inputs, output, options=opt, score_options=sopt, prompt_column=prompt_column,
-                                id_column=id_column, limit=limit, overwrite=overwrite, resume=resume,
+        manifest = run_passrate(inputs, output, options=opt, score_options=sopt,
+                                prompt_column=settings["prompt_column"], id_column=settings["id_column"], limit=limit, overwrite=overwrite, resume=resume,
                                 commit_every=commit_every, progress=lambda done, total: update("passrate", done, total),
                                 warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
                                                          soft_wrap=True))

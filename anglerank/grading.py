@@ -62,10 +62,9 @@ from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, veri
 from math_verify.errors import TimeoutException
 from sympy import Basic, Float, Pow, factorial
 
-__all__ = ["ANSWER_FORMATS", "DEFAULT_ANSWER_FORMAT", "grade", "reference_answer"]
+from anglerank.rollouts import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT
 
-ANSWER_FORMATS = ("boxed", "any")
-DEFAULT_ANSWER_FORMAT = "boxed"
+__all__ = ["ANSWER_FORMATS", "DEFAULT_ANSWER_FORMAT", "grade", "reference_answer"]
 
 # TRL's completion config (boxed first, no answer without a marker), with
 # math-verify's default normalisation instead of TRL's NormalizationConfig(units=True)

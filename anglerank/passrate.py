@@ -46,7 +46,10 @@ from anglerank.data.writer import (
     refuse_links,
 )
 from anglerank.errors import Interrupted, UserError
-from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade, reference_answer
+from anglerank.grading import grade, reference_answer
+from anglerank.rollouts import PassRateOptions
+from anglerank.scoring.options import PromptFormat
+from anglerank.settings import result_keys
 from anglerank.signals import StopOnSignal
 
 __all__ = ["PassRateOptions", "ADDED_COLUMNS", "RATES_FILE", "DATA_FILE", "rollout_correct", "run_passrate",
@@ -58,39 +61,16 @@ ADDED_FIELDS = (pa.field("pass_rate", pa.float64()), pa.field("n_correct", pa.in
                 pa.field("n_rollouts", pa.int64()))
 ADDED_COLUMNS = tuple(f.name for f in ADDED_FIELDS)
 KIND = "passrate"
-# What decides the numbers: a resumed run must match the interrupted one in all of these.
-SETTINGS_KEYS = ("kind", "weights_fingerprint", "template_fingerprint", "preset", "system", "prefix", "max_length",
-                 "dtype", "prompt_column", "id_column", "answer_column", "inputs_fingerprint", "limit", "rollouts",
-                 "temperature", "top_p", "max_new_tokens", "seed", "answer_format")
 _SEED_STRIDE = 1_000_003  # row r of seed s samples from seed s * stride + r
 _ANSWER_COLUMNS = ("reward_model.ground_truth", "answer", "solution", "ground_truth")  # as `anglerank train`
 
 Progress = Callable[[int, int], None]
 
 
-@dataclass
-class PassRateOptions:
-    """How completions are sampled and judged."""
-
-    rollouts: int = 8  # G completions per prompt
-    temperature: float = 0.9  # `anglerank train`'s rollout temperature
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    answer_column: str | None = None  # None: the first of the columns `anglerank train` looks for
-    answer_format: str = DEFAULT_ANSWER_FORMAT
-
-    def __post_init__(self):
-        if isinstance(self.rollouts, bool) or not isinstance(self.rollouts, int) or self.rollouts < 1:
-            raise UserError(f"--rollouts must be a positive integer, got {self.rollouts!r}")
-        if not self.temperature > 0:
-            raise UserError("--temperature must be positive")
-        if not 0 < self.top_p <= 1:
-            raise UserError("--top-p must be in (0, 1]")
-        if self.max_new_tokens < 1:
-            raise UserError("--max-new-tokens must be at least 1")
-        if self.answer_format not in ANSWER_FORMATS:
-            raise UserError(f"--answer-format must be one of {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
+# What decides the numbers: a resumed run must match the interrupted one in all of these.
+SETTINGS_KEYS = ("kind", "weights_fingerprint", "template_fingerprint", "prompt_column", "id_column",
+                 "inputs_fingerprint", "limit", *result_keys(PromptFormat), "max_length", "dtype",
+                 *result_keys(PassRateOptions))
 
 
 def rollout_correct(model, tokenizer, prompt_ids: list[int], reference, options: PassRateOptions, row: int,

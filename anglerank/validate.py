@@ -40,56 +40,16 @@ import numpy as np
 from anglerank import __version__, generation
 from anglerank.correlation import CONTROL, correlations, pass_rate_agreement
 from anglerank.data.reader import InputError, ParquetSource, Record
-from anglerank.errors import UserError
 from anglerank.gradnorms import float32_model, site_readers, target_nll_grads
-from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, reference_answer
+from anglerank.grading import reference_answer
 from anglerank.passrate import PassRateOptions, pass_rates_at, rollout_correct
+from anglerank.rollouts import ValidateOptions
 from anglerank.scoring.engine import ScoreOptions, build_scorer
 
 Progress = Callable[[str, int, int], None]
 
 
 # --- options ---------------------------------------------------------------------------
-
-@dataclass
-class ValidateOptions:
-    """What `anglerank validate` measures besides the scoring options."""
-
-    samples: int = 64  # prompts drawn without replacement (all rows if fewer)
-    seed: int = 0  # row sample and rollout sampling
-    target_column: str | None = None  # reference completion; None: the model's greedy completion
-    max_new_tokens: int = 256  # greedy/rollout length; also caps reference targets
-    rollouts: int = 0  # G sampled completions per prompt for pass rates (0: none)
-    answer_column: str | None = None  # reference final answer for the pass rates
-    temperature: float = 0.9  # rollout sampling temperature (the authors' GRPO setting)
-    top_p: float = 1.0
-    gen_batch: int = 8  # prompts per greedy-generation batch (left-padded)
-    answer_format: str = DEFAULT_ANSWER_FORMAT  # how a rollout's final answer is found (anglerank.grading)
-    pass_rates: str | None = None  # an `anglerank passrate` output to read pass rates from instead
-    group_column: str | None = None  # pass-rate agreement also within each value of this column
-
-    def __post_init__(self):
-        if self.samples < 1:
-            raise UserError("--samples must be at least 1")
-        if self.max_new_tokens < 1:
-            raise UserError("--max-new-tokens must be at least 1")
-        if self.rollouts < 0:
-            raise UserError("--rollouts must be >= 0")
-        if self.rollouts > 0 and not self.answer_column:
-            raise UserError("--rollouts needs --answer-column (the reference final answer)")
-        if self.rollouts == 0 and self.answer_column:
-            raise UserError("--answer-column is only used with --rollouts G (G >= 1)")
-        if self.rollouts and self.pass_rates:
-            raise UserError("use either --rollouts (measure pass rates) or --pass-rates (read them), not both")
-        if self.temperature <= 0:
-            raise UserError("--temperature must be positive")
-        if self.answer_format not in ANSWER_FORMATS:
-            raise UserError(f"--answer-format must be one of {', '.join(ANSWER_FORMATS)}, got {self.answer_format!r}")
-        if not 0 < self.top_p <= 1:
-            raise UserError("--top-p must be in (0, 1]")
-        if self.gen_batch < 1:
-            raise UserError("--gen-batch must be at least 1")
-
 
 # --- data ----------------------------------------------------------------------------
 

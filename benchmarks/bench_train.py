@@ -89,12 +89,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from common import machine
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SUFFIX = " Answer with just the number."
 NAMES = ["Tom", "Anna", "Ben", "Maria", "Sam", "Lily", "Omar", "Priya", "Leo", "Mia"]
@@ -517,14 +517,11 @@ def summarise_fixed_target(runs: list[dict], target: float) -> dict:
 # --------------------------------------------------------------------------- report
 
 def machine_name(threads: int | None) -> str:
+    """The machine the report ran on (each run records its own CPU and compute dtype)."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    from anglerank.scoring.engine import cpu_description
-
-    return (f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, {threads or 'default'} thread(s) "
-            "per run, bf16 autocast")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return f"{machine(device)}, torch {torch.__version__}, {threads or 'default'} thread(s) per run"
 
 
 def plot(runs: list[dict], path: Path, title: str) -> None:
@@ -573,7 +570,12 @@ def _ci(d) -> str:
 def markdown(result: dict) -> str:
     """The README table: per arm, and per problem kind."""
     summ, runs = result["summary"], result["runs"]
-    lines = [f"Machine: {result['machine']}.", "",
+    where = {}
+    for r in result["runs"]:  # runs may come from several machines: each says where and in which precision
+        key = f"{r.get('machine', 'unrecorded')}, {r.get('dtype', 'unrecorded')}"
+        where[key] = where.get(key, 0) + 1
+    lines = [f"Report written on: {result['machine']}. Runs: " + "; ".join(f"{n} on {k}" for k, n in where.items())
+             + ".", "",
              "| arm | seeds | AUC (mean acc.) | final acc. | steps to uniform's final, per seed | speed-up vs "
              "uniform | AUC - uniform [95% CI] | final - uniform [95% CI] | window sweeps | distinct prompts | "
              "zero-variance groups | re-scoring share of wall time |",
@@ -609,7 +611,12 @@ def markdown(result: dict) -> str:
 def markdown_fixed_target(result: dict) -> str:
     """The results page's tables for a configuration with a fixed target."""
     s, target = result["summary"], result["config"]["target"]
-    lines = [f"Machine: {result['machine']}.", "",
+    where = {}
+    for r in result["runs"]:  # runs may come from several machines: each says where and in which precision
+        key = f"{r.get('machine', 'unrecorded')}, {r.get('dtype', 'unrecorded')}"
+        where[key] = where.get(key, 0) + 1
+    lines = [f"Report written on: {result['machine']}. Runs: " + "; ".join(f"{n} on {k}" for k, n in where.items())
+             + ".", "",
              f"| arm | seeds | AUC over steps | AUC over the first {s['rollout_budget']} rollouts | final acc. | rollouts | steps to {target:.2f} | "
              f"rollouts to {target:.2f} | never drawn | draws per prompt (min / median / max) | re-drawn within 3 "
              "epochs | zero-variance groups (all correct / all wrong) |", "|---|" * 1 + "---|" * 11]

@@ -469,7 +469,7 @@ def test_the_judge_works_when_the_package_lives_under_tmp(tmp_path):
 
     home = Path(tempfile.mkdtemp(prefix="anglerank-under-tmp-", dir="/tmp"))
     try:
-        shutil.copytree(Path(rewards.__file__).parent, home / "anglerank",
+        shutil.copytree(Path(rewards.__file__).parents[1], home / "anglerank",
                         ignore=shutil.ignore_patterns("__pycache__"))
         code = ("import sys; from anglerank.rewards import code_reward\n"
                 "assert __import__('anglerank').__file__.startswith(sys.argv[1])\n"

@@ -128,7 +128,7 @@ def test_registered_estimator_through_the_cli(constant, tmp_path, tiny_model_dir
 def test_unknown_estimator_is_one_line_naming_the_choices(tmp_path, tiny_model_dir, questions_parquet):
     r = runner.invoke(app, ["score", str(questions_parquet), "-o", str(tmp_path / "o"), "--model",
                             str(tiny_model_dir), "--estimator", "nope", "-q"])
-    one_error_line(r, "unknown estimator 'nope'", "paper, gainrl-code")
+    one_error_line(r, "unknown --estimator 'nope'", "paper, gainrl-code")
     with pytest.raises(UserError, match="unknown --estimator 'nope'; choose from paper, gainrl-code"):
         from anglerank.train.config import TrainConfig
 

@@ -356,8 +356,8 @@ def test_sample_option_values_fail_in_one_line(tmp_path, setup30, args, message)
 
 @pytest.mark.parametrize("args, message", [
     (["--num-shards", "0", "--shard-index", "0"], "--num-shards must be >= 1"),
-    (["--code-prefix-tokens", "-1", "--estimator", "gainrl-code"], "--code-prefix-tokens must be >= 0"),
-    (["--code-suffix-tokens", "-6"], "--code-suffix-tokens must be >= 0"),
+    (["--code-prefix-tokens", "-1", "--estimator", "gainrl-code"], "--code-prefix-tokens must be a non-negative integer"),
+    (["--code-suffix-tokens", "-6"], "--code-suffix-tokens must be a non-negative integer"),
 ])
 def test_score_option_values_fail_in_one_line_before_any_work(tmp_path, tiny_model_dir, questions_parquet, args,
                                                               message):

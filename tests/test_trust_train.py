@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from anglerank.cli import app
 from anglerank.train import checkpoint
-from anglerank.train.config import TrainConfig, _base_type
+from anglerank.train.config import TrainConfig
+from anglerank.settings import base_type as _base_type
 from anglerank.train.metrics import Jsonl, read_metrics
 from conftest import HASH_REWARD
 from hostile import can_make_small_disk, cli_argv, env, one_error_line, on_small_disk

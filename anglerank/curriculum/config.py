@@ -20,53 +20,75 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from anglerank.curriculum.rankings import RANKING_HELP, Ranking
-from anglerank.curriculum.units import positive_int
+from anglerank.curriculum.units import parse_rank_value, positive_int
 from anglerank.errors import UserError
+from anglerank.settings import setting
 
-__all__ = ["CurriculumConfig", "DEFAULTS", "HELP", "RANK_FIELDS", "correct"]
+__all__ = ["CurriculumConfig", "CurriculumSettings", "DEFAULTS", "HELP", "RANK_FIELDS", "correct"]
 
 RANK_FIELDS = ("mu0", "sigma", "step", "adj_min", "adj_max")
 
 
-def _f(default, help: str):
-    return field(default=default, metadata={"help": help})
+GAINRL = "GAIN-RL"  # the help panel (of `anglerank train`)
+
+
+def _f(default, help: str, *, valid: str = "any", rank_units: bool = False, **meta):
+    if rank_units:
+        meta.update(parse=parse_rank_value, cli_type=str)
+        help += " Ranks (an integer) or a fraction of N (0 < x <= 1)."
+    return setting(default, help, panel=GAINRL, valid=valid, **meta)
+
+
+def _sampler_names() -> list[str]:
+    from anglerank.curriculum.registry import sampler_names  # the registry imports this module
+
+    return sampler_names()
 
 
 @dataclass
-class CurriculumConfig:
-    """How each epoch's prompts are drawn from the ranking and how the window moves."""
+class CurriculumSettings:
+    """How each epoch's prompts are drawn from the ranking and how the window moves: the settings that
+    ``anglerank train`` and ``anglerank sample`` offer as they are."""
 
-    sampler: str = _f("gainrl", "gainrl: Gaussian window over the ranking, moved after each epoch by accuracy and "
-                      "angle; uniform: shuffled passes over the data; ordered: consecutive windows of the ranking; "
-                      "sweep: Gaussian window moved a fixed step per epoch (open loop).")
-    ranking: str = _f("angle", RANKING_HELP)
-    subset_size: int = _f(256, "Prompts per epoch (K).")
-    mu0: float = _f(0.0, "Initial window centre (rank units or fraction of N).")
-    sigma: float = _f(2 / 15, "Window width (rank units or fraction of N; authors: 1000 of 7,500).")
-    step: float = _f(1 / 15, "Update step n (rank units or fraction of N; authors: 500 of 7,500).")
+    sampler: str = setting("gainrl", "gainrl: Gaussian window over the ranking, moved after each epoch by accuracy "
+                           "and angle; uniform: shuffled passes over the data; ordered: consecutive windows of the "
+                           "ranking; sweep: Gaussian window moved a fixed step per epoch (open loop).", panel=GAINRL,
+                           choices=_sampler_names)
+    ranking: str = setting("angle", RANKING_HELP, panel=GAINRL)
+    subset_size: int = _f(256, "Prompts per epoch (K).", valid=">= 1")
+    mu0: float = _f(0.0, "Initial window centre.", rank_units=True)
+    sigma: float = _f(2 / 15, "Window width (authors: 1000 of 7,500).", valid="> 0", rank_units=True)
+    step: float = _f(1 / 15, "Update step n (authors: 500 of 7,500).", rank_units=True)
     alpha: float = _f(2.0, "Update sharpness alpha.")
-    beta_acc: float = _f(0.5, "Target accuracy: the window moves on faster above it.")
-    adj_min: float = _f(0.0, "Lower clamp of the per-epoch move (negative lets the window move back).")
-    adj_max: float = _f(2 / 15, "Upper clamp of the per-epoch move (authors: 1000 of 7,500).")
-    wrap: bool = _f(False, "Treat the ranking as a circle: when the window centre passes the last rank it "
-                    "continues at rank 0 (a new pass), and a window near one end also covers the other, so over "
-                    "many passes every prompt is drawn about equally often (default: the centre stays at the "
-                    "last rank).")
-    shuffle: bool = _f(True, "Train an epoch's prompts in random order (else in rank order).")
-    seed: int = _f(0, "Seed of the sampler's private generator.")
+    beta_acc: float = _f(0.5, "Target accuracy: the window moves on faster above it.", valid="[0, 1]")
+    adj_min: float = _f(0.0, "Lower clamp of the per-epoch move (negative lets the window move back).",
+                        rank_units=True)
+    adj_max: float = _f(2 / 15, "Upper clamp of the per-epoch move (authors: 1000 of 7,500).", rank_units=True)
+    wrap: bool = setting(False, "Treat the ranking as a circle: when the window centre passes the last rank it "
+                         "continues at rank 0 (a new pass), and a window near one end also covers the other, so over "
+                         "many passes every prompt is drawn about equally often (default: the centre stays at the "
+                         "last rank).", panel=GAINRL)
     correct_threshold: float = _f(1.0, "A completion counts as correct when its reward is >= this (1.0: the full "
-                                  "reward of a 0/1 verifier). The epoch accuracy is the share of correct ones.")
+                                  "reward of a 0/1 verifier); the epoch accuracy is the share of correct ones. In "
+                                  "`anglerank train` the reward that decides is the built-in math checker's when "
+                                  "the data has reference answers, else the total reward.")
+
+
+@dataclass
+class CurriculumConfig(CurriculumSettings):
+    """The curriculum's settings with the two its callers set for it: the order within an epoch and the seed."""
+
+    shuffle: bool = setting(True, "Train an epoch's prompts in random order (else in rank order).")
+    seed: int = setting(0, "Seed of the sampler's private generator.")
 
     def __post_init__(self):
-        from anglerank.curriculum.registry import sampler_names
-
-        if self.sampler not in sampler_names():
-            raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(sampler_names())}")
+        if self.sampler not in _sampler_names():
+            raise UserError(f"unknown sampler {self.sampler!r}; choose from {', '.join(_sampler_names())}")
         positive_int("subset_size", self.subset_size)
         self.ranking = str(Ranking.parse(self.ranking))
         for name in (*RANK_FIELDS, "alpha", "beta_acc", "correct_threshold"):

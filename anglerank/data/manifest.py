@@ -14,14 +14,15 @@ from dataclasses import asdict
 
 from anglerank import __version__
 from anglerank.data.writer import OutputError
+from anglerank.scoring.options import ScoreOptions
+from anglerank.settings import result_keys
 
 # Settings that decide the numbers (or the rows) of every part; must match between
-# the parts of one run (resume) and between the shards of one run (merge).
+# the parts of one run (resume) and between the shards of one run (merge): the facts of the
+# model and the input, then every scoring setting declared as changing results.
 SETTINGS_KEYS = (
-    "weights_fingerprint", "template_fingerprint", "preset", "system", "prefix", "site", "layers",
-    "estimator", "w_intra", "w_inter", "code_prefix_tokens", "code_suffix_tokens", "max_length",
-    "dtype", "prompt_column", "id_column", "inputs_fingerprint", "limit", "window_rows", "batch_tokens",
-    "prefix_cache",
+    "weights_fingerprint", "template_fingerprint", "prompt_column", "id_column", "inputs_fingerprint", "limit",
+    "window_rows", *result_keys(ScoreOptions),
 )
 # a resumed run must also be the same shard
 RESUME_KEYS = SETTINGS_KEYS + ("num_shards", "shard_index")

@@ -12,7 +12,7 @@ import gc
 import math
 import platform
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -23,46 +23,10 @@ from anglerank.data.values import finite_or_none
 from anglerank.errors import UserError
 from anglerank.render import Renderer
 from anglerank.scoring import estimators, memory
+from anglerank.scoring.options import ScoreOptions
 
 # torch < 2.5 has the class only under torch.cuda (the same class in later versions)
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
-@dataclass
-class ScoreOptions:
-    """Everything that determines the numbers (and so must match on --resume)."""
-
-    model: str | None = None
-    preset: str = "none"
-    system: str | None = None
-    prefix: str | None = None
-    site: str = "mlp-input"
-    layers: list = field(default_factory=lambda: [-1])  # ints, 'all' or 'A:B'
-    estimator: str = estimators.DEFAULT  # a name in anglerank.scoring.estimators
-    w_intra: float = 1.0
-    w_inter: float | None = None  # None: the estimator's default (1 for paper, 8 for gainrl-code)
-    code_prefix_tokens: int = 110
-    code_suffix_tokens: int = 6
-    max_length: int = 4096
-    dtype: str = "auto"
-    device: str = "auto"
-    batch_tokens: int | None = None  # None: default_batch_tokens(device), or from free memory on CUDA
-    prefix_cache: bool = True  # run a prefix shared by rows once and reuse its key/value cache
-    device_map: str | dict | None = None  # accelerate placement over several devices (models.parse_device_map)
-
-    def __post_init__(self):
-        estimator = estimators.get(self.estimator)
-        if self.site not in hooks.SITES:
-            raise UserError(f"unknown hook site {self.site!r}; choose from {', '.join(hooks.SITES)}")
-        if self.w_inter is None:
-            self.w_inter = float(estimator.default_w_inter)
-        for name, w in (("--w-intra", self.w_intra), ("--w-inter", self.w_inter)):
-            if not math.isfinite(w):
-                raise UserError(f"{name} must be a finite number, got {w}")
-        if self.batch_tokens is not None and self.batch_tokens < 1:
-            raise UserError("--batch-tokens must be positive")
-        if not self.layers:
-            self.layers = [-1]
 
 
 # --- device / dtype ----------------------------------------------------------------

@@ -1,37 +1,35 @@
 """Configuration of `anglerank train`: one dataclass, TOML in, TOML out.
 
-This module exists so every knob of a GAIN-RL run is named, documented and
-checked in one place. Each field carries its help text (shown by
-``anglerank train --help``), a help panel and, for a number, its valid range
-(finite, and e.g. ``> 0``: checked before any work starts); ``__post_init__``
-holds the cross-field checks (TRL's ``GRPOConfig`` pattern). A run is configured from
-defaults, then a TOML file (``--config run.toml``), then command-line flags,
-and the resolved result is written to ``RUN_DIR/config.toml`` so
-``--config RUN_DIR/config.toml`` reproduces it.
-
-The GAIN-RL fields are the curriculum's (:class:`anglerank.curriculum.CurriculumConfig`):
-their defaults and help come from there, the one set of defaults shared with
-``anglerank sample`` and the TRL / verl integrations; :meth:`TrainConfig.curriculum`
-hands them over. Rank-unit fields follow :mod:`anglerank.curriculum.units`.
+Every setting of a run is a field declared once (:mod:`anglerank.settings`): the
+ones `train` shares are inherited from where they belong (the curriculum's from
+:class:`anglerank.curriculum.CurriculumSettings`, the model, prompt and angle ones
+from :mod:`anglerank.scoring.options`, the sampling and answer ones from
+:mod:`anglerank.rollouts`), the rest are declared here. Each field's help,
+panel, valid range and choices drive ``anglerank train --help``, the checks
+(before any work starts) and the TOML file; ``__post_init__`` holds the cross-field
+checks (TRL's ``GRPOConfig`` pattern). A run is configured from defaults, then a
+TOML file (``--config run.toml``), then command-line flags, and the resolved result
+is written to ``RUN_DIR/config.toml`` so ``--config RUN_DIR/config.toml`` reproduces
+it. Rank-unit fields follow :mod:`anglerank.curriculum.units`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
+from typing import Optional
 from pathlib import Path
 
-from anglerank.curriculum import DEFAULTS, HELP, RANK_FIELDS, CurriculumConfig, sampler_names
+from anglerank import settings
+from anglerank.curriculum import DEFAULTS, CurriculumConfig, CurriculumSettings, parse_rank_value
 from anglerank.errors import UserError
+from anglerank.rollouts import AnswerSettings, SamplingSettings
+from anglerank.scoring.options import AngleSettings, InputColumns, ModelSettings, PromptFormat, ScoreOptions
+from anglerank.settings import base_type, setting
 
 __all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "UNIT_FIELDS", "ALIASES", "SMOKE"]
 
-# Settings in rank units (an int is ranks / prompts, a float in (0, 1] a fraction of N): see curriculum.units.
-UNIT_FIELDS = (*RANK_FIELDS, "rescore_every")
 # Earlier names of settings, still read from TOML files (a run saved before the rename resumes) and flags.
 ALIASES = {"keep_checkpoints": "save_total_limit"}
 # `anglerank train --smoke`: a run that checks a set-up end to end in a minute or two on a laptop CPU (a 135M
@@ -41,42 +39,32 @@ SMOKE = {"limit": 32, "subset_size": 8, "epochs": 2, "prompts_per_step": 4, "num
          "save_total_limit": 1}
 
 
-def _f(default, help: str, panel: str, *, factory=None, flag: str | None = None, cli: bool = True,
-       valid: str | None = None):
-    """A setting. ``valid`` is the range of a numeric one (">= 1", "> 0", "[0, 1)", "(0, 1]", ..., or "any":
-    any finite number), checked for every field in one place, ``_check_ranges``."""
-    meta = {"help": help, "panel": panel, "flag": flag, "cli": cli, "valid": valid}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+def _f(default, help: str, panel: str, **meta):
+    """A setting of `anglerank train` alone (see :func:`anglerank.settings.setting`)."""
+    return setting(default, help, panel=panel, **meta)
 
 
-def _c(name: str, help: str | None = None, *, valid: str | None = None):
-    """A field owned by the curriculum: its default and help come from CurriculumConfig."""
-    return _f(DEFAULTS[name], help or HELP[name], "GAIN-RL", valid=valid)
+def _loss_types() -> tuple:
+    from anglerank.train.grpo import LOSS_TYPES  # the loss module imports torch: only when checked
+
+    return LOSS_TYPES
 
 
 D, M, R, W, L, G, O = "Data", "Model", "Rollouts", "Rewards", "Loss and optimiser", "GAIN-RL", "Run"
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a `anglerank train` run."""
+class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns, ModelSettings, AnswerSettings,
+                  SamplingSettings):
+    """Everything that defines a `anglerank train` run: the settings it shares with `score`, `passrate` and
+    `sample` by inheritance (each declared once, where it belongs), then its own."""
 
     # --- data -----------------------------------------------------------------------
     train_data: list = _f(None, "Training Parquet files, directories or globs (verl layout or plain columns).", D,
                           factory=list, cli=False)
     output_dir: str | None = _f(None, "Run directory: config.toml, metrics.jsonl, subsets.jsonl, checkpoints/.", D,
-                                flag="--output")
+                                flags=("--output", "-o"))
     eval_data: list | None = _f(None, "Held-out Parquet for greedy-accuracy evaluation (repeat for several files).", D)
-    prompt_column: str | None = _f(None, "Question column (as in `score`).", D)
-    id_column: str | None = _f(None, "Id column (as in `score`).", D)
-    answer_column: str | None = _f(
-        None, "Reference-answer column, dotted paths allowed. Default: the first of reward_model.ground_truth, "
-        "answer, solution, ground_truth that exists.", D)
-    preset: str = _f("none", "Prompt rendering (as in `score`), used for rollouts, scoring and eval alike.", D)
-    system: str | None = _f(None, "Set or replace the system message.", D)
-    prefix: str | None = _f(None, "Plain-text mode: PREFIX + question, no chat template.", D)
     max_prompt_length: int = _f(512, "Prompts longer than this many tokens are left out of the pool (counted in the log).", D,
                                 valid=">= 2")
     limit: int | None = _f(None, "Use only the first N training rows.", D, valid=">= 1")
@@ -84,9 +72,6 @@ class TrainConfig:
                                 valid=">= 1")
 
     # --- model ----------------------------------------------------------------------
-    model: str | None = _f(None, "Policy to train.", M)
-    dtype: str = _f("auto", "Compute dtype (weights and optimiser stay float32; bf16 runs under autocast).", M)
-    device: str = _f("auto", "Device.", M)
     threads: int | None = _f(None, "CPU threads for torch (default: the cores not busy with other work at "
                              "start-up, as the start-up line says; torch's own default takes every core, and on a "
                              "shared, busy CPU that is several times slower).", M, valid=">= 1")
@@ -100,10 +85,7 @@ class TrainConfig:
 
     # --- rollouts ---------------------------------------------------------------------
     num_generations: int = _f(8, "Completions per prompt (G, the group size).", R, valid=">= 2")
-    temperature: float = _f(0.9, "Sampling temperature for rollouts.", R, valid="> 0")
-    top_p: float = _f(1.0, "Nucleus sampling threshold (1 = off).", R, valid="(0, 1]")
     top_k: int = _f(0, "Top-k sampling (0 = off).", R, valid=">= 0")
-    max_new_tokens: int = _f(512, "Completion length limit; a completion stops earlier at EOS.", R, valid=">= 1")
     generation_batch_size: int = _f(64, "Sequences per `generate` call.", R, valid=">= 1")
     filter_groups: bool = _f(False, "Dynamic sampling (DAPO; verl's algorithm.filter_groups.enable): drop groups "
                              "whose G rewards are all equal (no advantage, no gradient) and roll out further "
@@ -118,17 +100,10 @@ class TrainConfig:
     reward: list = _f(None, "Reward function: 'math' (built-in checker), 'code' / 'code_all' (the last fenced Python "
                       "block run against the row's 'tests' in a sandbox: share passed / all or nothing) or "
                       "module:function / file.py:function with "
-                      "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several.", W,
+                      "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several. Default: math.", W,
                       factory=lambda: ["math"])
     reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W,
-                                    valid="any")
-    answer_format: str = _f("boxed", "How the built-in math checker finds a completion's final answer: boxed (as TRL's "
-                            "accuracy reward: a \\boxed{} or LaTeX answer, or GSM8K's '#### N'; a completion without "
-                            "one is wrong) or any (else the last number it writes).", W)
-    correct_threshold: float = _c(
-        "correct_threshold", "A completion counts as correct when its reward >= this (the curriculum's one rule): "
-        "the built-in math checker's reward (1 or 0) when the data has reference answers, else the total reward.",
-        valid="any")
+                                    valid="any", cli_type=Optional[list[float]])
 
     # --- loss and optimiser ----------------------------------------------------------------
     prompts_per_step: int = _f(8, "Prompts per rollout batch (x G completions); one optimiser update per batch "
@@ -138,14 +113,15 @@ class TrainConfig:
     num_iterations: int = _f(1, "Optimiser updates per rollout batch (GRPO's mu; >1 uses the clipped ratio).", L,
                              valid=">= 1")
     loss_type: str = _f("grpo", "grpo (mean per sequence), dapo/bnpo (mean per token over the batch), dr_grpo "
-                        "(sum / (B * max-new-tokens)).", L)
-    scale_rewards: str = _f("group", "group: advantage = (r - mean) / std within the group; none: r - mean (Dr. GRPO).", L)
+                        "(sum / (B * max-new-tokens)).", L, choices=_loss_types)
+    scale_rewards: str = _f("group", "group: advantage = (r - mean) / std within the group; none: r - mean (Dr. GRPO).", L,
+                              choices=("group", "none"))
     epsilon: float = _f(0.2, "Lower clip range of the ratio.", L, valid=">= 0")
     epsilon_high: float | None = _f(None, "Upper clip range (default: --epsilon; DAPO uses 0.28).", L, valid=">= 0")
     beta: float = _f(0.0, "KL penalty to the frozen initial policy (k3). 0 loads no reference model; the authors "
                      "used 0.005.", L, valid=">= 0")
     lr: float = _f(1e-6, "Peak learning rate (authors: 1e-6).", L, valid="> 0")
-    lr_schedule: str = _f("constant", "constant or cosine (after warm-up).", L)
+    lr_schedule: str = _f("constant", "constant or cosine (after warm-up).", L, choices=("constant", "cosine"))
     warmup_steps: int = _f(0, "Linear warm-up over this many optimiser updates.", L, valid=">= 0")
     min_lr_ratio: float = _f(0.0, "Cosine: final lr as a fraction of --lr.", L, valid="[0, 1]")
     weight_decay: float = _f(0.1, "AdamW decoupled weight decay (not applied to norms and biases).", L, valid=">= 0")
@@ -156,30 +132,19 @@ class TrainConfig:
 
     # --- GAIN-RL ------------------------------------------------------------------------
     epochs: int = _f(10, "Epochs; one epoch is one sampled subset of --subset-size prompts.", G, valid=">= 0")
-    subset_size: int = _c("subset_size", valid=">= 1")
-    sampler: str = _c("sampler")
-    mu0: float = _c("mu0", valid="any")
-    sigma: float = _c("sigma", valid="> 0")
-    step: float = _c("step", valid="any")
-    alpha: float = _c("alpha", valid="any")
-    beta_acc: float = _c("beta_acc", valid="[0, 1]")
-    adj_min: float = _c("adj_min", valid="any")
-    adj_max: float = _c("adj_max", valid="any")
-    wrap: bool = _c("wrap")
     keep_order: bool = _f(False, "Train an epoch's prompts in rank order instead of shuffled.", G)
-    ranking: str = _c("ranking")
     rescore_every: float = _f(
         0.5, "Re-score prompts with the live policy after every this many prompts trained: an integer is prompts, "
         "a float in (0, 1] a fraction of the pool (0.5: twice per pass over the data; 0: only the initial "
-        "scoring). Only the angle ranking follows the policy; the others are never re-scored.", G, valid=">= 0")
+        "scoring). Only the angle ranking follows the policy; the others are never re-scored.", G, valid=">= 0",
+        parse=parse_rank_value, cli_type=str)
     rescore_scope: str = _f("reachable", "reachable: re-score only the ranks the window can reach before the next "
-                            "re-scoring and re-order them among themselves; all: every prompt.", G)
+                            "re-scoring and re-order them among themselves; all: every prompt.", G,
+                            choices=("reachable", "all"))
     staleness_every: int = _f(0, "Diagnostic: every N epochs score every prompt with the live policy without using "
                               "it and log how far the ranking in use has drifted (Spearman; its time is logged "
                               "apart, as staleness_s). 0 = never.", G, valid=">= 0")
-    site: str = _f("mlp-input", "Hook site for scores and the angle term (as in `score`).", G)
     layer: int = _f(-1, "Decoder layer for scores and the angle term.", G, valid="any")
-    estimator: str = _f("paper", "Score estimator (as in `score`).", G)
     score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: 16384 on GPUs; on CPUs 4096 with AMX, else 1024).", G,
                                         valid=">= 1")
 
@@ -193,7 +158,8 @@ class TrainConfig:
     save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O, valid=">= 1")
     save_total_limit: int = _f(2, "Checkpoints to keep, oldest deleted first (TRL's option; --keep-checkpoints "
                                "is the same). The start-up line gives a checkpoint's size; one more is on disk "
-                               "while the next is written.", O, valid=">= 1")
+                               "while the next is written.", O, valid=">= 1",
+                               flags=("--save-total-limit", "--keep-checkpoints"))
     save_only_model: bool = _f(False, "Checkpoints without the optimiser state (weights, tokenizer, sampler and RNG "
                                "states): a third of the size; a resume then starts AdamW afresh.", O)
     seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O, valid="[0, 2**63)")
@@ -230,13 +196,7 @@ class TrainConfig:
         self.reward = [str(x) for x in self.reward or []]
         need(not isinstance(self.num_generations, int) or self.num_generations >= 2, "--num-generations must be "
              "at least 2: a group of one completion has no relative advantage, so GRPO would learn nothing")
-        _check_ranges(self)
-        from anglerank.train.grpo import LOSS_TYPES
-
-        need(self.loss_type in LOSS_TYPES, f"unknown --loss-type {self.loss_type!r}; choose from {', '.join(LOSS_TYPES)}")
-        need(self.scale_rewards in ("group", "none"), "--scale-rewards must be group or none")
-        need(self.lr_schedule in ("constant", "cosine"), "--lr-schedule must be constant or cosine")
-        need(self.rescore_scope in ("reachable", "all"), "--rescore-scope must be reachable or all")
+        settings.check(self)
         need(self.adj_min <= self.adj_max or _mixed_units(self.adj_min, self.adj_max),
              f"--adj-min ({self.adj_min}) > --adj-max ({self.adj_max})")
         if self.reward_weight is not None:
@@ -244,25 +204,26 @@ class TrainConfig:
             need(len(self.reward_weight) == len(self.reward),
                  f"{len(self.reward_weight)} --reward-weight values for {len(self.reward)} --reward functions")
         need(bool(self.reward), "at least one --reward is needed")
-        need(self.answer_format in ("boxed", "any"), f"--answer-format must be boxed or any, got {self.answer_format!r}")
-        need(self.preset in ("none", "gainrl"), f"unknown --preset {self.preset!r}; choose from none, gainrl")
-        names = sampler_names()
-        need(self.sampler in names, f"unknown --sampler {self.sampler!r}; choose from {', '.join(names)}")
-        from anglerank.scoring import estimators
-
-        names = estimators.names()  # before any model loads: the scorer would refuse it only then
-        need(self.estimator in names, f"unknown --estimator {self.estimator!r}; choose from {', '.join(names)}")
         self.curriculum()  # the curriculum checks its own fields
 
     @property
-    def uses_math_reward(self) -> bool:
-        """Whether the built-in math checker is one of the rewards (it then decides "correct")."""
-        return any(r.removeprefix("builtin:") == "math" for r in self.reward)
+    def reward_specs(self) -> list:
+        """The built-in rewards among --reward, each saying what it needs and whether it decides "correct"."""
+        from anglerank.rewards import registered
+
+        return registered(self.reward)
 
     def curriculum(self) -> CurriculumConfig:
         """The curriculum settings of this run (its seed is the run's seed)."""
         return CurriculumConfig(**{k: getattr(self, k) for k in DEFAULTS if k not in ("shuffle", "seed")},
                                 shuffle=not self.keep_order, seed=self.seed)
+
+    def score_options(self, **resolved) -> ScoreOptions:
+        """How this run scores its prompts: the settings it shares with `score` as they are, its one layer and
+        its own budget, and (``resolved``) the device and dtype in use."""
+        shared = {f.name: getattr(self, f.name) for f in fields(ScoreOptions) if hasattr(self, f.name)}
+        return ScoreOptions(**{**shared, "layers": [self.layer], "max_length": self.max_prompt_length,
+                               "batch_tokens": self.score_batch_tokens, **resolved})
 
     def with_absolute_paths(self) -> "TrainConfig":
         """The same config with local paths made absolute, so a saved run resumes from any directory."""
@@ -283,63 +244,23 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+# Settings in rank units (an int is ranks / prompts, a float in (0, 1] a fraction of N): see curriculum.units.
+UNIT_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("parse") is parse_rank_value)
+# The help panels in the order `--help` and config.toml show them.
+PANELS = (D, M, R, W, L, G, O)
+
+
+def in_panel_order() -> list:
+    """The fields of TrainConfig grouped by panel (inherited ones join their panel)."""
+    return sorted(fields(TrainConfig), key=lambda f: PANELS.index(f.metadata["panel"]))
+
+
 def _mixed_units(a, b) -> bool:
     """adj_min/adj_max in different units (fraction vs ranks) are checked after resolution."""
     return (isinstance(a, float) and 0 < abs(a) <= 1) != (isinstance(b, float) and 0 < abs(b) <= 1)
 
 
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def _check_ranges(cfg: TrainConfig) -> None:
-    """Every numeric setting against the range declared with its field: a finite number (an integer where
-    the field is one) in range, else one error naming the option, before any work starts."""
-    for f in fields(cfg):
-        valid = f.metadata.get("valid")
-        if valid is None:
-            continue
-        integer = _base_type(f.type) is int
-        value = getattr(cfg, f.name)
-        for v in value if isinstance(value, (list, tuple)) else [value]:
-            if v is None:  # an unset optional setting
-                continue
-            if (isinstance(v, bool) or not isinstance(v, int if integer else numbers.Real)
-                    or not math.isfinite(v) or not _within(v, valid)):
-                raise UserError(f"--{_flag(f.name)} must be {_describe(valid, integer)}, got {v!r}")
-
-
-def _within(v, valid: str) -> bool:
-    if valid == "any":
-        return True
-    if valid[0] in "[(":
-        lo, hi = (_number(x) for x in valid[1:-1].split(","))
-        return (lo <= v if valid[0] == "[" else lo < v) and (v <= hi if valid[-1] == "]" else v < hi)
-    op, bound = valid.split()
-    return v >= _number(bound) if op == ">=" else v > _number(bound)
-
-
-def _number(text: str):
-    base, _, power = text.strip().partition("**")
-    return int(base) ** int(power) if power else float(base)
-
-
-def _describe(valid: str, integer: bool) -> str:
-    if integer and valid in (">= 0", ">= 1"):
-        return "a positive integer" if valid == ">= 1" else "a non-negative integer"
-    kind = "an integer" if integer else "a finite number"
-    return kind if valid == "any" else f"{kind} in {valid}" if valid[0] in "[(" else f"{kind} {valid}"
-
-
 # --- TOML ------------------------------------------------------------------------------
-
-def _base_type(tp) -> type:
-    """The non-None type of a field annotation (str | None -> str, list | None -> list)."""
-    if isinstance(tp, str):
-        tp = eval(tp, {"list": list, "str": str, "int": int, "float": float, "bool": bool})  # noqa: S307
-    args = [a for a in typing.get_args(tp) if a is not type(None)] if isinstance(tp, types.UnionType) else [tp]
-    return args[0]
-
 
 def coerce(name: str, value):
     """Check and convert one TOML/CLI value for field ``name``; raise ValueError."""
@@ -348,7 +269,7 @@ def coerce(name: str, value):
         raise UserError(f"unknown setting {name!r}")
     if value is None:
         return None
-    base = _base_type(f.type)
+    base = base_type(f.type)
     if name in UNIT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{name} must be a number (ranks, or a fraction of N), got {value!r}")
@@ -425,7 +346,7 @@ def dump_toml(cfg: TrainConfig) -> str:
     """The resolved config as TOML (unset optional fields are written as comments)."""
     lines = ["# anglerank train: resolved configuration (reuse with --config)"]
     panel = None
-    for f in fields(TrainConfig):
+    for f in in_panel_order():
         if f.metadata["panel"] != panel:
             panel = f.metadata["panel"]
             lines.append(f"\n# --- {panel} ---")

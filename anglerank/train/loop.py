@@ -303,7 +303,7 @@ def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
                              batch_size=cfg.eval_batch_size)
     idx = list(range(len(pool.rows)))
     total = None
-    if not step.math_decides(pool, cfg):
+    if not step.verifier_decides(pool, cfg):
         total, _ = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight, pool.prompts, ro.texts,
                                            **pool.columns)
     judged = step.judge_rewards(pool, idx, ro.texts, total, cfg)

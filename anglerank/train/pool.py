@@ -1,7 +1,7 @@
 """The training prompts: the usable rows of the data, rendered once.
 
-A row is usable when its prompt renders, fits ``--max-prompt-length`` and (with
-an answer column) has a reference answer; the rest are counted by reason. The
+A row is usable when its prompt renders, fits ``--max-prompt-length`` and, when
+a reward reads the reference answer, has one; the rest are counted by reason. The
 pool keeps everything a step needs per prompt: token ids for rollouts, the
 record for re-scoring, the prompt value and the other columns for reward
 functions (TRL's calling convention), and the reference answer.
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from anglerank.data.reader import ParquetSource, field_type
+from anglerank.rewards.base import ANSWER
 
 if TYPE_CHECKING:
     from anglerank.render import Renderer
@@ -68,6 +69,7 @@ def load_pool(files: list[str], cfg: TrainConfig, renderer: Renderer, limit: int
     source = ParquetSource(files, prompt_column=cfg.prompt_column, id_column=cfg.id_column)
     stop = source.total_rows if limit is None else min(limit, source.total_rows)
     answer_column, answers, empty = _answers(source, cfg.answer_column, stop)
+    needs_answer = any(ANSWER in spec.columns for spec in cfg.reward_specs)
     keep, recs, ids, dropped = [], [], [], {"null": 0, "too_long": 0, "no_answer": 0}
     for rec in source.iter_records(0, stop):
         r = renderer.render(rec.question, rec.history)
@@ -75,7 +77,7 @@ def load_pool(files: list[str], cfg: TrainConfig, renderer: Renderer, limit: int
             dropped["null"] += 1
         elif r.truncated:
             dropped["too_long"] += 1
-        elif answers is not None and answers[rec.row] is None and cfg.uses_math_reward:
+        elif answers is not None and answers[rec.row] is None and needs_answer:
             dropped["no_answer"] += 1
         else:
             keep.append(rec.row)

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from anglerank.train.pool import ANSWER_COLUMNS, Pool, load_pool
 from anglerank.train.step import StepContext
 
 if TYPE_CHECKING:
+    from anglerank.rewards import RewardSpec
     from anglerank.scoring.engine import Scorer
 
 __all__ = ["Parts", "Threads", "build", "checkpoint_bytes", "cpu_threads"]
@@ -42,7 +43,7 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
     """The run's parts; the policy comes from ``ckpt`` when resuming."""
     from anglerank.generation import pad_token_id
     from anglerank.render import Renderer
-    from anglerank.scoring.engine import ScoreOptions, Scorer
+    from anglerank.scoring.engine import Scorer
 
     device, compute, amp_dtype = _precision(cfg)
     model, ref_model, tok, name, layer_idx, peft_model = _models(cfg, ckpt, device)
@@ -53,11 +54,7 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
     ctx = StepContext(cfg, model, ref_model, tok, _optimizer(cfg, model), pool, reward_funcs, layer_idx, device,
                       amp_dtype, pad_token_id(tok), max(1, cfg.epochs * steps * cfg.num_iterations),
                       torch.Generator().manual_seed(cfg.seed), peft=peft_model)
-    score_opt = ScoreOptions(model=cfg.model, preset=cfg.preset, system=cfg.system, prefix=cfg.prefix,
-                             site=cfg.site, layers=[cfg.layer], estimator=cfg.estimator,
-                             max_length=cfg.max_prompt_length, dtype=compute, device=device,
-                             batch_tokens=cfg.score_batch_tokens)
-    scorer = Scorer(model, tok, renderer, score_opt, device)
+    scorer = Scorer(model, tok, renderer, cfg.score_options(dtype=compute, device=device), device)
     return Parts(ctx, curriculum, scorer, eval_pool, {"model": name, "device": device, "dtype": compute},
                  [_checkpoint_note(cfg, peft_model or model, ctx.optimizer)])
 
@@ -138,14 +135,29 @@ def _data(cfg: TrainConfig, renderer) -> tuple[Pool, Pool | None, list]:
         raise UserError(f"--eval-by {cfg.eval_by!r}: the eval data has no such column (columns: "
                         f"{', '.join(eval_pool.columns)})")
     reward_funcs = [rewards.load_reward(s, answer_format=cfg.answer_format) for s in cfg.reward]
-    if any(f in (rewards.math_reward, rewards.math_reward_any) for f in reward_funcs) and pool.answers is None:
-        if pool.empty_answer_columns:
-            raise UserError(f"the built-in math reward needs reference answers, but every value of "
-                            f"{', '.join(pool.empty_answer_columns)} is null; fill it, or name the column that holds "
-                            "them with --answer-column")
-        raise UserError("the built-in math reward needs reference answers; pass --answer-column "
-                        f"(looked for {', '.join(ANSWER_COLUMNS)})")
+    for spec in cfg.reward_specs:
+        _check_columns(spec, pool)
     return pool, eval_pool, reward_funcs
+
+
+def _check_columns(spec: RewardSpec, pool: Pool) -> None:
+    """Refuse training data without a column a built-in reward reads, before the first rollout."""
+    from anglerank.rewards import ANSWER
+
+    for column, holds in spec.columns.items():
+        if column == ANSWER and pool.answers is None:  # the answer comes from --answer-column, not by its name
+            _no_answers(spec.name, pool)
+        elif column != ANSWER and column not in pool.columns:
+            raise UserError(f"the {spec.name} reward needs a {column!r} column: {holds}")
+
+
+def _no_answers(reward: str, pool: Pool) -> NoReturn:
+    if pool.empty_answer_columns:
+        raise UserError(f"the built-in {reward} reward needs reference answers, but every value of "
+                        f"{', '.join(pool.empty_answer_columns)} is null; fill it, or name the column that holds "
+                        "them with --answer-column")
+    raise UserError(f"the built-in {reward} reward needs reference answers; pass --answer-column "
+                    f"(looked for {', '.join(ANSWER_COLUMNS)})")
 
 
 def _optimizer(cfg: TrainConfig, model) -> torch.optim.Optimizer:

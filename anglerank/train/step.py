@@ -94,21 +94,39 @@ class StepAborted(Exception):
     """Ctrl-C arrived during the rollouts, before any weight changed: redo this step on resume."""
 
 
-def math_decides(pool: Pool, cfg: TrainConfig) -> bool:
-    """Whether the built-in math checker decides "correct": the run uses it and the data has answers."""
-    return pool.answers is not None and cfg.uses_math_reward
+def _verifier(cfg: TrainConfig):
+    """The run's first built-in reward that decides "correct" by itself (its spec), or None."""
+    return next((spec for spec in cfg.reward_specs if spec.decides_correct), None)
+
+
+def _row_columns(pool: Pool, seq_idx: list[int]) -> dict:
+    """What reward functions get besides prompts and completions, per completion of ``seq_idx``: the data's
+    columns and the reference answer."""
+    from anglerank.rewards import ANSWER
+
+    cols = {k: [v[i] for i in seq_idx] for k, v in pool.columns.items()}
+    if pool.answers is not None:
+        cols[ANSWER] = [pool.answers[i] for i in seq_idx]
+    return cols
+
+
+def verifier_decides(pool: Pool, cfg: TrainConfig) -> bool:
+    """Whether a verifier decides "correct" (the built-in math checker, say): the run uses one and the data has
+    every column it reads."""
+    spec = _verifier(cfg)
+    return spec is not None and set(spec.columns) <= set(_row_columns(pool, []))
 
 
 def judge_rewards(pool: Pool, seq_idx: list[int], texts: list[str], total: list[float] | None,
                   cfg: TrainConfig) -> list[float]:
     """The per-completion reward that decides "correct" (>= correct_threshold, the curriculum's one rule):
-    the built-in math checker when :func:`math_decides`, else the total reward."""
+    the verifier's own reward when :func:`verifier_decides`, else the total reward."""
     from anglerank import rewards
 
-    if not math_decides(pool, cfg):
+    if not verifier_decides(pool, cfg):
         return list(total)
-    check = rewards.load_reward("math", answer_format=cfg.answer_format)
-    return check([pool.prompts[i] for i in seq_idx], texts, answer=[pool.answers[i] for i in seq_idx])
+    check = rewards.load_reward(_verifier(cfg).name, answer_format=cfg.answer_format)
+    return check([pool.prompts[i] for i in seq_idx], texts, **_row_columns(pool, seq_idx))
 
 
 def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: Refill | None = None) -> StepResult:
@@ -124,7 +142,7 @@ def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: Re
                           upd["angle_B"], t_roll, t_total)
     record.update(rb.info)
     per_func = groups.per_func
-    if len(per_func) > 1 or list(per_func)[0] not in ("math_reward", "math_reward_any"):
+    if len(per_func) > 1 or _verifier(ctx.cfg) is None:  # a lone verifier's mean would repeat reward_mean
         for name, vals in per_func.items():
             v = [x for x in vals if not math.isnan(x)]
             record[f"reward/{name}"] = float(np.mean(v)) if v else None
@@ -180,12 +198,10 @@ def _roll(ctx: StepContext, batch: list[int]) -> Groups:
                              generator=ctx.generator)
     if ctx.stop_requested():
         raise StepAborted
-    cols = {k: [v[i] for i in seq_idx] for k, v in pool.columns.items()}
-    if pool.answers is not None:
-        cols["answer"] = [pool.answers[i] for i in seq_idx]
     try:
         total, per_func = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight,
-                                                  [pool.prompts[i] for i in seq_idx], ro.texts, **cols)
+                                                  [pool.prompts[i] for i in seq_idx], ro.texts,
+                                                  **_row_columns(pool, seq_idx))
     except rewards.NonFiniteReward as exc:
         raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
                                   f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers (return None for 'no reward')") from None
