@@ -27,7 +27,11 @@ from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
+from anglerank.curation.rank import rank as rank_command
+from anglerank.curation.sample import sample as sample_command
+from anglerank.data.writer import MANIFEST, checksum, load_scores, read_manifest
 from anglerank.errors import Interrupted, UserError
+from anglerank.scoring.options import ScoreOptions
 
 __all__ = ["manifest_of", "rank", "sample", "score"]
 
@@ -46,8 +50,6 @@ def score(data, output=None, *, progress: bool | Callable = True, prompt_column:
     ``resume``). ``options`` are those of :class:`anglerank.scoring.engine.ScoreOptions`
     (``model``, ``preset``, ``layers``, ``estimator``, ``dtype``, ``device``, ...).
     """
-    from anglerank.data.writer import load_scores
-    from anglerank.scoring.engine import ScoreOptions
     from anglerank.scoring.run import run_score
 
     _check_options(ScoreOptions, options, "score")
@@ -80,8 +82,6 @@ def rank(scores, data=None, output=None, **options) -> pa.Table:
     of :func:`anglerank.curation.rank.rank` (``by``, ``ascending``, ``drop_null``,
     ``layer``, ``force``, ``overwrite``, ``memory_mb``).
     """
-    from anglerank.curation.rank import rank as rank_command
-
     _check_options(rank_command, options, "rank")
     with _score_dir(scores) as scores_dir, _output(output, "ranked.parquet") as out:
         rank_command(scores_dir, _data(scores_dir, data), out, **options)
@@ -97,8 +97,6 @@ def sample(scores, data=None, output=None, *, subset, epochs: int, **options) ->
     ``concat=True``). ``options`` are those of :func:`anglerank.curation.sample.sample`
     (``sigma``, ``mu0``, ``step``, ``seed``, ``ranking``, ``wrap``, ...).
     """
-    from anglerank.curation.sample import sample as sample_command
-
     _check_options(sample_command, options, "sample")
     concat = bool(options.get("concat")) or output is None
     options["concat"] = concat
@@ -142,8 +140,6 @@ def _score_dir(scores) -> Iterator[Path]:
         return
     import pyarrow.ipc as ipc
 
-    from anglerank.data.writer import MANIFEST, checksum
-
     manifest = manifest_of(scores)
     table = scores.replace_schema_metadata(None)
     sink = pa.BufferOutputStream()
@@ -163,8 +159,6 @@ def _data(scores_dir: Path, data):
     """``data``, else the inputs recorded with the scores (in-memory inputs must be passed again)."""
     if data is not None:
         return data
-    from anglerank.data.writer import read_manifest
-
     inputs = (read_manifest(scores_dir) or {}).get("inputs") or []
     if any(entry.get("format") == "memory" for entry in inputs):
         raise UserError("the scores were computed from in-memory data; pass the same data as data=")

@@ -18,6 +18,10 @@ import random
 import sys
 from pathlib import Path
 
+from anglerank.cli import app
+from anglerank.data.reader import ParquetSource
+from anglerank.data.writer import load_scores, read_manifest
+
 # verl's GSM8K preprocessing asks for the answer after "####": its checker, the built-in
 # math reward and the TRL example's reward all read that form
 INSTRUCTION = 'Let\'s think step by step and output the final answer after "####".'
@@ -101,14 +105,10 @@ def _prepare_data(console, root: Path, rows: int) -> tuple[Path, bool]:
 
 def _score(console, data: Path, out: Path, fresh: bool) -> dict | None:
     """Score ``data`` into ``out`` unless a complete run is there; the manifest, or None on failure."""
-    from anglerank.data.writer import read_manifest
-
     manifest = None if fresh else read_manifest(out)
     if manifest and manifest.get("complete"):
         console.print(f"reusing scores in {out} (delete {out.parent}/ to recompute)")
         return manifest
-    from anglerank.cli import app
-
     args = ["score", str(data), "-o", str(out), "--prompt-column", "extra_info.question", "--preset", "gainrl"]
     args += ["--resume"] if manifest else ["--overwrite"] if fresh and out.exists() else []
     console.print("$ anglerank " + " ".join(args))
@@ -128,9 +128,7 @@ def _show(data: Path, out: Path, manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from anglerank.angles import spearman
-    from anglerank.data.reader import ParquetSource
-    from anglerank.data.writer import load_scores
+    from anglerank.angles import spearman  # imports torch
 
     scores = load_scores(out).to_pylist()
     questions = {rec.row: rec.question

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from anglerank import hooks
+from anglerank.model import hooks
 
 __all__ = ["site_readers", "target_nll_grads", "float32_model"]
 

@@ -4,7 +4,7 @@ For every prompt of the data, G completions are sampled at a temperature, each
 prompt from its own generator seeded by (seed, row), so a prompt's pass rate
 depends only on the model, the settings and its row (not on which rows ran
 before it, nor on an interruption). Each completion is judged by
-:func:`anglerank.grading.grade` with the reference answer, the checker of the
+:func:`anglerank.rewards.grading.grade` with the reference answer, the checker of the
 built-in ``math`` reward, with the same ``answer_format``.
 
 The output directory is resumable as ``anglerank score``'s is, with the same
@@ -36,18 +36,22 @@ from typing import Callable
 import pyarrow as pa
 import torch
 
-from anglerank import __version__, generation
+from anglerank import __version__
 from anglerank.data import manifest as manifests
 from anglerank.data.lock import output_lock
 from anglerank.data.parquet_out import ROW_GROUP_ROWS, AtomicParquet, assemble, check_added_columns, output_schema
 from anglerank.data.reader import InputError, ParquetSource, field_type
+from anglerank.model import generation, loading
 from anglerank.data.writer import (
     MANIFEST, OutputError, ScoreWriter, load_scores, own_files, part_problem, prepare_output_dir, read_manifest,
     refuse_links,
 )
 from anglerank.errors import Interrupted, UserError
-from anglerank.grading import grade, reference_answer
+from anglerank.model.device import resolve_device, resolve_dtype
+from anglerank.model.render import Renderer
+from anglerank.rewards.grading import grade, reference_answer
 from anglerank.rollouts import PassRateOptions
+from anglerank.scoring.engine import ScoreOptions
 from anglerank.scoring.options import PromptFormat
 from anglerank.settings import result_keys
 from anglerank.signals import StopOnSignal
@@ -103,13 +107,11 @@ def _schema(id_type: pa.DataType) -> pa.Schema:
 
 def _new_manifest(loaded, sopt, opt: PassRateOptions, source: ParquetSource, answer_column: str, dtype: str,
                   device: str, limit: int | None, total: int, commit_every: int) -> dict:
-    from anglerank import models
-
     files = source.fingerprints()
     return {
         "kind": KIND, "anglerank_version": __version__, "model": loaded.name, "model_path": str(loaded.path),
-        "weights_fingerprint": models.weights_fingerprint(loaded.path),
-        "template_fingerprint": models.text_fingerprint(getattr(loaded.tokenizer, "chat_template", None)),
+        "weights_fingerprint": loading.weights_fingerprint(loaded.path),
+        "template_fingerprint": loading.text_fingerprint(getattr(loaded.tokenizer, "chat_template", None)),
         "preset": sopt.preset, "system": sopt.system, "prefix": sopt.prefix, "max_length": sopt.max_length,
         "dtype": dtype, "device": device, "prompt_column": source.prompt_column, "id_column": source.id_column,
         **asdict(opt), "answer_column": answer_column, "inputs": files,
@@ -254,12 +256,8 @@ def run_passrate(inputs, output, *, options: PassRateOptions | None = None, scor
     ``score_options`` (an :class:`anglerank.scoring.engine.ScoreOptions`) gives the model,
     rendering (preset, system, prefix, max_length), dtype and device; its scoring fields
     are not used. ``progress(done, total)`` is called after each row. Pass ``loaded`` (a
-    models.LoadedModel) to reuse a model.
+    model.loading.LoadedModel) to reuse a model.
     """
-    from anglerank import models
-    from anglerank.render import Renderer
-    from anglerank.scoring.engine import ScoreOptions, resolve_device, resolve_dtype
-
     opt, sopt = options or PassRateOptions(), score_options or ScoreOptions()
     if limit is not None and limit < 0:
         raise UserError("--limit must be >= 0")
@@ -276,7 +274,7 @@ def run_passrate(inputs, output, *, options: PassRateOptions | None = None, scor
         device = resolve_device(sopt.device)
         dtype = resolve_dtype(sopt.dtype, device)
         if loaded is None:
-            loaded = models.load(sopt.model, device=device, dtype=dtype)
+            loaded = loading.load(sopt.model, device=device, dtype=dtype)
         renderer = Renderer(loaded.tokenizer, sopt.preset, sopt.system, sopt.prefix, sopt.max_length)
         new = _new_manifest(loaded, sopt, opt, source, answer_column, dtype, device, limit, total, commit_every)
         manifest, start, previous = _resume_or_start(out, new, resume, overwrite, warn)

@@ -19,10 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from anglerank.errors import MissingExtra, UserError
-from anglerank.train.metrics import read_metrics
 
-__all__ = ["plot_prompts", "plot_prompts_of_runs", "plot_report", "plot_runs", "plot_scores", "require_matplotlib",
-           "smooth"]
+__all__ = ["plot_prompts", "plot_report", "plot_runs", "plot_scores", "require_matplotlib", "smooth"]
 
 
 def require_matplotlib(what: str = "--plot") -> None:
@@ -174,19 +172,18 @@ def _draw_run(ax, label: str, recs: list[dict], c: str) -> None:
         ax[5].plot(ex, [r.get("angle") for r in epochs], marker=".", label=label, color=c)
 
 
-def plot_runs(run_dirs, output=None, labels: list[str] | None = None, title: str | None = None,
-              colors: list[str] | None = None) -> Path:
-    """Draw the curves of ``run_dirs`` into one PNG (default ``RUN_DIR/curves.png``); return its path.
+def plot_runs(runs, output, title: str | None = None, colors: list[str] | None = None) -> Path:
+    """Draw the curves of training runs into one PNG at ``output``; return its path.
 
-    Reward and accuracy per step, held-out accuracy against steps and wall-clock
-    time, the sampling window (mu and the subset's mean rank) and the epoch angle;
-    several runs are overlaid. ``labels`` and ``colors`` (matplotlib colour specs)
-    are per run; by default the directory name and one colour per run.
+    ``runs`` holds one ``(label, records)`` pair per run, the records of its
+    ``metrics.jsonl`` (:func:`anglerank.train.metrics.read_metrics`). Reward and
+    accuracy per step, held-out accuracy against steps and wall-clock time, the
+    sampling window (mu and the subset's mean rank) and the epoch angle; several runs
+    are overlaid. ``colors`` (matplotlib colour specs) are per run; by default one
+    colour per run.
     """
-    run_dirs = [Path(d) for d in run_dirs]
-    if not run_dirs:
+    if not runs:
         raise UserError("give at least one run directory")
-    runs = [(labels[i] if labels else d.name, read_metrics(d)) for i, d in enumerate(run_dirs)]
     fig = _figure("`anglerank plot`", figsize=(15, 8.5))
     ax = fig.subplots(2, 3).ravel()
     for i, (label, recs) in enumerate(runs):
@@ -200,49 +197,21 @@ def plot_runs(run_dirs, output=None, labels: list[str] | None = None, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, Path(output) if output else run_dirs[0] / "curves.png")
+    return _save(fig, Path(output))
 
 
 # --------------------------------------------------------------------------- train: per-prompt records
 
-def plot_prompts_of_runs(run_dirs, output=None) -> list[Path]:
-    """:func:`plot_prompts` for every run of ``run_dirs`` with per-prompt records and at least one step.
-
-    Each goes to ``RUN_DIR/prompts.png``; with ``output`` (the curves' PNG) next to it as
-    ``NAME-prompts.png`` (one run) or ``NAME-RUN-prompts.png`` (several).
-    """
-    from anglerank.train.records import is_run_dir, read_records
-
-    run_dirs = [Path(d) for d in run_dirs]
-    out = []
-    for d in run_dirs:
-        if not is_run_dir(d):
-            continue
-        header, recs = read_records(d)
-        if not recs:
-            continue
-        if output is None:
-            path = d / "prompts.png"
-        else:
-            o = Path(output)
-            path = o.with_name(f"{o.stem}{'-' + d.name if len(run_dirs) > 1 else ''}-prompts{o.suffix or '.png'}")
-        out.append(plot_prompts(header, recs, path, title=d.name))
-    return out
-
-
-def plot_prompts(header: dict, recs: list[dict], path, title: str = "") -> Path:
+def plot_prompts(data: dict, path, title: str = "") -> Path:
     """What practitioners read from per-prompt records, as one PNG: accuracy by rank decile over training
     (heatmap), a data map in the style of dataset cartography (one point per prompt: variability of its
     correctness across draws against its mean correctness) and the share of zero-variance groups over
-    training, split into all correct and all wrong."""
-    from anglerank.train import records as R
-
-    if not recs:
-        raise UserError("no per-prompt records to draw: the run has no training step yet")
-    n, G = int(header["n_prompts"]), int(header["num_generations"])
+    training, split into all correct and all wrong. ``data`` is what
+    :func:`anglerank.train.records.prompt_figure_data` makes of a run's records."""
+    n = data["n_prompts"]
     fig = _figure("`anglerank plot`", figsize=(17, 5))
     ax = fig.subplots(1, 3)
-    acc, ends = R.accuracy_by_decile_over_training(recs, n, G)
+    acc, ends = data["accuracy"], data["ends"]
     from matplotlib import colormaps
 
     im = ax[0].imshow(acc, aspect="auto", cmap=colormaps["viridis"].with_extremes(bad="#e8e8e8"), vmin=0, vmax=1,
@@ -252,12 +221,12 @@ def plot_prompts(header: dict, recs: list[dict], path, title: str = "") -> Path:
     ax[0].set_yticks(range(10), [f"{10 * d}-{10 * d + 10}%" for d in range(10)], fontsize=8)
     ax[0].set(title="accuracy by rank decile", xlabel="training progress (last step of each bin)",
               ylabel="rank decile (top = first ranked)")
-    cart = R.cartography(recs, G)
+    cart = data["cartography"]
     sc = ax[1].scatter(cart["variability"], cart["confidence"], c=cart["draws"], s=14, cmap="plasma", alpha=0.7)
     fig.colorbar(sc, ax=ax[1], label="draws")
     ax[1].set(title=f"data map ({len(cart['id']):,} prompts drawn of {n:,})", ylim=(-0.03, 1.03),
               xlabel="variability (std of correctness across draws)", ylabel="mean correctness")
-    zv = R.zero_variance_over_training(recs, G)
+    zv = data["zero_variance"]
     x, bottom = np.arange(len(zv["step"])), np.zeros(len(zv["step"]))
     for key, label, color in (("all_correct", "all correct", "#55A868"), ("all_wrong", "all wrong", "#C44E52"),
                               ("other", "equal, neither", "#8C8C8C")):

@@ -33,7 +33,8 @@ class Registry:
     def load_builtin(self) -> None:
         package = importlib.import_module(self.package)
         for mod in pkgutil.iter_modules(package.__path__):
-            importlib.import_module(f"{self.package}.{mod.name}")
+            if not mod.name.startswith("_"):  # private modules hold no entries (the rewards' sandbox scripts)
+                importlib.import_module(f"{self.package}.{mod.name}")
 
     def names(self) -> list[str]:
         self.load_builtin()

@@ -11,7 +11,7 @@ module measures that on a seeded sample of a dataset instead of taking it on fai
    with respect to (a) the weight matrices that read the hooked site at each
    requested layer and (b) all parameters; one prompt per backward pass, float32;
 3. optionally pass rates from G sampled completions judged by
-   :func:`anglerank.grading.grade` (the checker of the ``math`` reward), sampled as
+   :func:`anglerank.rewards.grading.grade` (the checker of the ``math`` reward), sampled as
    ``anglerank passrate`` samples them, or read from a ``passrate`` output;
 4. Spearman rank correlations of ``score``/``intra``/``inter`` with all of the
    above and with question length, raw and with question length partialled out
@@ -19,7 +19,7 @@ module measures that on a seeded sample of a dataset instead of taking it on fai
    bootstrap intervals and a plain verdict (overall, with question length
    partialled out, and per group of ``group_column``).
 
-Completions come from :func:`anglerank.generation.generate`, the trainer's own
+Completions come from :func:`anglerank.model.generation.generate`, the trainer's own
 generation path. The caller's model is left as given: gradients are taken on a
 float32 copy unless the model already is float32 (see :func:`anglerank.gradnorms.float32_model`).
 
@@ -37,12 +37,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from anglerank import __version__, generation
+from anglerank import __version__
 from anglerank.correlation import CONTROL, correlations, pass_rate_agreement
-from anglerank.data.reader import InputError, ParquetSource, Record
+from anglerank.data.reader import InputError, ParquetSource, Record, field_type
 from anglerank.gradnorms import float32_model, site_readers, target_nll_grads
-from anglerank.grading import reference_answer
+from anglerank.model import generation
 from anglerank.passrate import PassRateOptions, pass_rates_at, rollout_correct
+from anglerank.rewards.grading import reference_answer
 from anglerank.rollouts import ValidateOptions
 from anglerank.scoring.engine import ScoreOptions, build_scorer
 
@@ -63,8 +64,6 @@ def sample_rows(total: int, samples: int, seed: int) -> list[int]:
 
 def check_column(source: ParquetSource, column: str, what: str, numeric_ok: bool) -> None:
     import pyarrow as pa
-
-    from anglerank.data.reader import field_type
 
     t = field_type(source.schema, column)
     if t is None:
@@ -87,7 +86,7 @@ class _Plan:
 
     source: ParquetSource
     scorer: Any  # anglerank.scoring.engine.Scorer
-    loaded: Any  # anglerank.models.LoadedModel
+    loaded: Any  # anglerank.model.loading.LoadedModel
     owned: bool  # run_validate loaded the model itself, so it may change it in place
     device: str
     dtype: str
@@ -363,7 +362,7 @@ def run_validate(
     Returns a JSON-ready report: settings, ``per_sample`` (one row per sample and
     layer, with every value the correlations use) and ``correlations``.
     ``progress(stage, done, total)`` is called as work completes. Pass ``loaded`` (a
-    models.LoadedModel) to reuse a model; it is left as given (dtype, weights,
+    model.loading.LoadedModel) to reuse a model; it is left as given (dtype, weights,
     ``requires_grad``, training mode): a model that is not float32 is copied to
     float32 for the generation and gradient stages. ``estimate(seconds, samples)`` is
     called once, early, with the expected time of the generation, gradient and rollout

@@ -42,9 +42,9 @@ def one(name: str, work: Path) -> dict:
                       save_every=100, **{**train_cfg, "epochs": 5}, **CONFIGS[name])
     train(cfg, overwrite=True)
     steps = read_metrics(run, "step")[1:]
-    from anglerank import models
+    from anglerank.model import loading
 
-    model = models.load(None, "cpu", "float32").model
+    model = loading.load(None, "cpu", "float32").model
     if cfg.lora_r:
         from anglerank.train import lora
 

@@ -49,9 +49,9 @@ def make_data(src: Path, n: int, out: Path) -> Path:
 def make_tiny_model(folder: Path) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from anglerank import models
+    from anglerank.model import loading
 
-    tok = AutoTokenizer.from_pretrained(models.prepare_embedded())
+    tok = AutoTokenizer.from_pretrained(loading.prepare_embedded())
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192)
     LlamaForCausalLM(cfg).save_pretrained(folder)

@@ -6,7 +6,7 @@ The earlier design (every test its own program, the asserts appended to it, exit
 taken from git at ``--old-rev`` (``git archive`` into a temporary directory, put first on the path of
 its worker process); the current one is this checkout. Each round runs one worker process per design,
 alternating which goes first, so a busy machine slows both alike. A worker times
-``anglerank.coding.pass_fractions`` on one completion at a time, one worker thread, after one untimed
+``anglerank.rewards.coding.pass_fractions`` on one completion at a time, one worker thread, after one untimed
 call (imports, and the current design's one-off isolation check):
 
 - ``asserts``: a correct function against a list of 5 assert statements;
@@ -40,7 +40,7 @@ IO_TESTS = [{"input": f"{a} {b}\n", "output": f"{a + b}\n"} for a, b in ((1, 2),
 WORKER = r"""
 import json, sys, time
 import anglerank
-from anglerank.coding import pass_fractions
+from anglerank.rewards.coding import pass_fractions
 cases = json.loads(sys.argv[1])
 out = {"module": anglerank.__file__}
 pass_fractions(*cases["asserts"][:2])  # warm-up: imports, and the one-off isolation check of the new design
@@ -75,7 +75,7 @@ def main() -> None:
     ap.add_argument("--old-rev", default="c1d274f", help="git revision of the earlier design")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "sandbox.json")
     args = ap.parse_args()
-    from anglerank.sandbox import isolation
+    from anglerank.rewards.sandbox import isolation
 
     cases = {"asserts": ([ADD], [ASSERTS], 1), "stdin/stdout": ([IO_PROGRAM], [IO_TESTS], 1),
              "8 completions": ([ADD] * 8, [ASSERTS] * 8, None)}

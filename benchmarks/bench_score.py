@@ -35,11 +35,13 @@ from pathlib import Path
 
 import torch
 
-from anglerank import angles, models
+from anglerank import angles
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores
+from anglerank.model import loading
+from anglerank.model.device import resolve_device, resolve_dtype
 from anglerank.scoring.distributed import auto_window_rows
-from anglerank.scoring.engine import ScoreOptions, resolve_device, resolve_dtype
+from anglerank.scoring.engine import ScoreOptions
 from anglerank.scoring.run import run_score
 from common import authors_reference, machine, write_json
 
@@ -92,7 +94,7 @@ def main() -> None:
     ap.add_argument("--cli", action="store_true", help="also time the `anglerank score` command, start-up included")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_score.json")
     args = ap.parse_args()
-    path = models.prepare_embedded()
+    path = loading.prepare_embedded()
     device = resolve_device(args.device)
     # before this process holds any model: on the VM measured here, a parent holding a loaded model
     # made the child's page faults 6x dearer (one-row start-up 3.2-3.8 s -> 5.3-7.2 s), unlike a user's shell
@@ -106,7 +108,8 @@ def main() -> None:
     ref_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     ref_model.to(device)
     auto_dtype = resolve_dtype("auto", device)
-    loaded = {"auto": models.load(str(path), device, auto_dtype), "float32": models.load(str(path), device, "float32")}
+    loaded = {"auto": loading.load(str(path), device, auto_dtype),
+              "float32": loading.load(str(path), device, "float32")}
     # name -> (label, dtype option, prefix cache)
     variants = {
         "auto": (f"anglerank score, default (dtype auto = {auto_dtype})", "auto", True),

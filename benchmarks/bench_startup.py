@@ -75,9 +75,9 @@ def reference_code(path: Path, dtype: str, pause: bool) -> str:
 # faults 6x dearer (README, "Start-up"), and one that had imported torch slowed them too.
 SETUP = """
 import json, os, sys, torch, transformers
-from anglerank import models
-from anglerank.scoring.engine import cpu_description, resolve_dtype
-path = models.resolve_model_path(None)  # converts the embedded model once, before any timing
+from anglerank.model import loading
+from anglerank.model.device import cpu_description, resolve_dtype
+path = loading.resolve_model_path(None)  # converts the embedded model once, before any timing
 print(json.dumps({"path": str(path), "dtype": resolve_dtype("auto", "cpu"),
                   "machine": f"{cpu_description()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                              f"transformers {transformers.__version__}, Python {sys.version.split()[0]}"}))

@@ -253,7 +253,7 @@ def run_job(arm: str, seed: int, spec: dict, data: dict, work: Path, runs_out: P
     print(f"[{arm}/s{seed}] {'resuming' if resume else 'starting'} in {run_dir}", file=sys.stderr, flush=True)
     train(cfg, resume=resume, overwrite=not resume, on_event=_printer(f"{arm}/s{seed}"))
     res = summarise_run(arm, seed, run_dir, data)
-    from anglerank.scoring.engine import cpu_description, resolve_device, resolve_dtype
+    from anglerank.model.device import cpu_description, resolve_device, resolve_dtype
 
     device = resolve_device(cfg.device)  # runs on different machines differ in precision: say which
     res.update(machine=cpu_description() if device == "cpu" else device, dtype=resolve_dtype(cfg.dtype, device))
@@ -567,15 +567,20 @@ def _ci(d) -> str:
     return f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
 
 
+def machines_line(result: dict) -> str:
+    """Where the report and its runs ran: runs may come from several machines, each in its own precision."""
+    where = {}
+    for r in result["runs"]:
+        key = f"{r.get('machine', 'unrecorded')}, {r.get('dtype', 'unrecorded')}"
+        where[key] = where.get(key, 0) + 1
+    return (f"Report written on: {result['machine']}. Runs: "
+            + "; ".join(f"{n} on {k}" for k, n in where.items()) + ".")
+
+
 def markdown(result: dict) -> str:
     """The README table: per arm, and per problem kind."""
     summ, runs = result["summary"], result["runs"]
-    where = {}
-    for r in result["runs"]:  # runs may come from several machines: each says where and in which precision
-        key = f"{r.get('machine', 'unrecorded')}, {r.get('dtype', 'unrecorded')}"
-        where[key] = where.get(key, 0) + 1
-    lines = [f"Report written on: {result['machine']}. Runs: " + "; ".join(f"{n} on {k}" for k, n in where.items())
-             + ".", "",
+    lines = [machines_line(result), "",
              "| arm | seeds | AUC (mean acc.) | final acc. | steps to uniform's final, per seed | speed-up vs "
              "uniform | AUC - uniform [95% CI] | final - uniform [95% CI] | window sweeps | distinct prompts | "
              "zero-variance groups | re-scoring share of wall time |",
@@ -611,12 +616,7 @@ def markdown(result: dict) -> str:
 def markdown_fixed_target(result: dict) -> str:
     """The results page's tables for a configuration with a fixed target."""
     s, target = result["summary"], result["config"]["target"]
-    where = {}
-    for r in result["runs"]:  # runs may come from several machines: each says where and in which precision
-        key = f"{r.get('machine', 'unrecorded')}, {r.get('dtype', 'unrecorded')}"
-        where[key] = where.get(key, 0) + 1
-    lines = [f"Report written on: {result['machine']}. Runs: " + "; ".join(f"{n} on {k}" for k, n in where.items())
-             + ".", "",
+    lines = [machines_line(result), "",
              f"| arm | seeds | AUC over steps | AUC over the first {s['rollout_budget']} rollouts | final acc. | rollouts | steps to {target:.2f} | "
              f"rollouts to {target:.2f} | never drawn | draws per prompt (min / median / max) | re-drawn within 3 "
              "epochs | zero-variance groups (all correct / all wrong) |", "|---|" * 1 + "---|" * 11]

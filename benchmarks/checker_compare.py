@@ -1,6 +1,6 @@
 """The old home-made answer checker against the math-verify one, on real completions.
 
-Why this exists: ``anglerank.grading`` replaced its own extractor/normaliser by
+Why this exists: ``anglerank.rewards.grading`` replaced its own extractor/normaliser by
 math-verify, the judge of TRL's ``accuracy_reward``. This script shows where the
 two disagree and who is right:
 
@@ -11,7 +11,7 @@ two disagree and who is right:
    ``benchmarks/results/checker_pairs.jsonl`` so ``--pairs FILE`` reruns the
    comparison without the model;
 2. judge every pair with the old checker (``answers_match(extract_answer(c),
-   reference_answer(r))``) and the new :func:`anglerank.grading.grade` in both
+   reference_answer(r))``) and the new :func:`anglerank.rewards.grading.grade` in both
    answer formats, and time both;
 3. list every disagreement with the verdict read by hand (``VERDICTS`` below);
 4. run a handcrafted list of hard format cases through both checkers.
@@ -67,11 +67,11 @@ def sample_problems(n: int, seed: int) -> list[dict]:
 def generate_pairs(problems: list[dict], max_new_tokens: int, batch: int, seed: int) -> tuple[list[dict], dict]:
     import torch
 
-    from anglerank import generation, models
-    from anglerank.render import Renderer
+    from anglerank.model import generation, loading
+    from anglerank.model.render import Renderer
 
     torch.set_num_threads(1)
-    lm = models.load(None, "cpu", "float32")
+    lm = loading.load(None, "cpu", "float32")
     renderer = Renderer(lm.tokenizer, "none", None, None, 1024)
     ids = [renderer.render(p["question"]).ids for p in problems]
     order = sorted(range(len(problems)), key=lambda i: len(ids[i]))  # similar lengths per batch: less padding
@@ -113,7 +113,7 @@ def old_judge(completion: str, reference) -> bool:
 
 
 def new_judge(completion: str, reference, fmt: str) -> bool:
-    from anglerank.grading import grade
+    from anglerank.rewards.grading import grade
 
     return grade(completion, reference, fmt)
 
@@ -128,7 +128,7 @@ def timed(fn, pairs, repeats: int = 3) -> tuple[list[bool], float]:
     """Verdicts and the best of ``repeats`` timings (ms per pair): the machine is shared."""
     fn(pairs[0]["completion"], pairs[0]["reference"])  # warm-up: imports, regex compilation
     best = float("inf")
-    from anglerank import grading
+    from anglerank.rewards import grading
 
     for _ in range(repeats):
         grading._parse_reference.cache_clear()  # each repeat parses every reference afresh

@@ -21,7 +21,7 @@ def authors_reference(model, tok, records, preset: str) -> tuple[list[float], in
     import torch
 
     from anglerank import angles
-    from anglerank.render import Renderer
+    from anglerank.model.render import Renderer
 
     target = model.model.layers[-1].mlp.up_proj
     renderer = Renderer(tok, preset)
@@ -49,7 +49,7 @@ def machine(device: str = "cpu") -> str:
         import torch
 
         return torch.cuda.get_device_name(device)
-    from anglerank.scoring.engine import cpu_description
+    from anglerank.model.device import cpu_description
 
     return f"{cpu_description()}, {os.cpu_count()} cores"
 

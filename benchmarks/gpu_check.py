@@ -158,8 +158,8 @@ def write_prompts(data: Path, rows: int | None, target: Path) -> int:
 def check_bundle_tokenizer(src: Path, bundle: Path) -> None:
     """The bundle's tokenizer must render GSM8K prompts to the same ids as the original."""
     from anglerank.data.reader import ParquetSource
-    from anglerank.models import load_tokenizer
-    from anglerank.render import Renderer
+    from anglerank.model.loading import load_tokenizer
+    from anglerank.model.render import Renderer
 
     a, b = Renderer(load_tokenizer(src), "gainrl"), Renderer(load_tokenizer(bundle), "gainrl")
     for rec in ParquetSource([str(bundle / PROMPTS_FILE)]).iter_records(stop_row=16):
@@ -169,9 +169,9 @@ def check_bundle_tokenizer(src: Path, bundle: Path) -> None:
 
 
 def cmd_prepare(args) -> None:
-    from anglerank import models
+    from anglerank.model import loading
 
-    src = Path(args.tokenizer_from) if args.tokenizer_from else models.prepare_embedded()
+    src = Path(args.tokenizer_from) if args.tokenizer_from else loading.prepare_embedded()
     bundle = Path(args.bundle)
     tmp = Path(tempfile.mkdtemp(prefix=".gpu_bundle-", dir=bundle.parent))
     try:
@@ -360,7 +360,7 @@ class Context:
         self.args, self.budget, self.report, self.work, self.device, self.env = args, budget, report, work, device, env
         self.bundle = Path(args.bundle)
         self.prompts = self.bundle / PROMPTS_FILE
-        from anglerank.scoring.engine import resolve_dtype
+        from anglerank.model.device import resolve_dtype
 
         self.default_dtype = resolve_dtype("auto", device)
 
@@ -395,7 +395,7 @@ def cmd_run(args) -> None:
     watch = guard_imports(args.block_imports)
     import pyarrow.parquet as pq
 
-    from anglerank.scoring.engine import resolve_device
+    from anglerank.model.device import resolve_device
 
     rows = pq.read_metadata(prompts).num_rows
     args.n = rows if not args.n or args.n > rows else args.n  # 0: every prompt in the bundle

@@ -158,7 +158,7 @@ def environment(device: str, smoke: bool) -> dict:
     if cuda:
         name = torch.cuda.get_device_name(device)
     else:
-        from anglerank.scoring.engine import cpu_description
+        from anglerank.model.device import cpu_description
 
         name = f"CPU {cpu_description()}"
     measured = measure_matmul_tflops(device, 512 if smoke else 8192, 10 if smoke else 30)
@@ -183,7 +183,7 @@ def build_model(shape: str, bundle: Path, work: Path, device: str, seed: int) ->
     import torch
     import transformers
 
-    from anglerank.models import load_tokenizer, quiet_hf_loading
+    from anglerank.model.loading import load_tokenizer, quiet_hf_loading
 
     tok = load_tokenizer(bundle)
     cfg_dict = {**QWEN2_COMMON, **SHAPES[shape], "vocab_size": len(tok), "bos_token_id": tok.bos_token_id,
@@ -207,9 +207,9 @@ def build_model(shape: str, bundle: Path, work: Path, device: str, seed: int) ->
 
 
 def load_model(path: str, device: str, dtype: str):
-    from anglerank import models
+    from anglerank.model import loading
 
-    loaded = models.load(path, device, dtype)
+    loaded = loading.load(path, device, dtype)
     got = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     if got != dtype:  # an older transformers may ignore the dtype argument: say so instead of timing the wrong thing
         raise RuntimeError(f"asked for {dtype} weights, got {got}")
@@ -258,8 +258,8 @@ def score_inprocess(loaded, prompts: Path, out: Path, n: int, dtype: str, device
     """The scoring loop through the library (model already loaded); a hook counts what runs."""
     import torch
 
-    from anglerank import hooks
     from anglerank.data.writer import load_scores
+    from anglerank.model import hooks
     from anglerank.scoring.engine import ScoreOptions
     from anglerank.scoring.run import run_score
 

@@ -49,12 +49,12 @@ def _score(loaded, records, layer: int, dtype: str, device: str, **opt) -> list:
 
 
 def _load(path: str, device: str, dtype: str, keep: int | None, device_map=None):
-    from anglerank import models
+    from anglerank.model import loading
 
     free_memory()
     before = _allocated(device) or 0
     t0 = time.perf_counter()
-    loaded = models.load(path, device, dtype, keep_layers=(lambda depth: keep) if keep else None,
+    loaded = loading.load(path, device, dtype, keep_layers=(lambda depth: keep) if keep else None,
                          device_map=device_map)
     seconds = time.perf_counter() - t0
     after = _allocated(device)
@@ -74,10 +74,10 @@ def _diff(a: list, b: list) -> float | None:
 def truncated_loading(path: str, prompts: Path, n: int, dtype: str, device: str) -> dict:
     """Full load against one up to a middle layer: parameters, GPU memory, load time, identical scores;
     then --device-map auto (every visible GPU) with the truncation, identical scores again."""
-    from anglerank import models
+    from anglerank.model import loading
     from anglerank.scoring import memory
 
-    cfg = models.load_config(path).to_dict()
+    cfg = loading.load_config(path).to_dict()
     layer = cfg["num_hidden_layers"] // 2 - 1
     records = _records(prompts, n)
     out = {"layer": layer, "num_layers": cfg["num_hidden_layers"], "prompts": len(records),
@@ -104,10 +104,10 @@ def budget_vs_peak(path: str, prompts: Path, n: int, dtype: str, device: str, wo
     estimate times the largest batch that ran, against the peak less the weights."""
     import torch
 
-    from anglerank import hooks, models
+    from anglerank.model import hooks, loading
     from anglerank.scoring.run import run_score
 
-    loaded = models.load(path, device, dtype, keep_layers=lambda depth: depth)  # as `score` loads for layer -1
+    loaded = loading.load(path, device, dtype, keep_layers=lambda depth: depth)  # as `score` loads for layer -1
     largest = {"tokens": 0}
 
     def on_forward(module, args, kwargs):  # the budget counts a cached prefix too: the mask's width
@@ -141,10 +141,10 @@ def forced_backoff(path: str, prompts: Path, n: int, dtype: str, device: str) ->
     """A budget that cannot fit: the scorer halves it until it does, and scores like an unconstrained run."""
     import torch
 
-    from anglerank import hooks, models
+    from anglerank.model import hooks, loading
     from anglerank.scoring.engine import ScoreOptions, build_scorer
 
-    loaded = models.load(path, device, dtype, keep_layers=lambda depth: depth)
+    loaded = loading.load(path, device, dtype, keep_layers=lambda depth: depth)
     records = _records(prompts, n)
     layer = len(hooks.decoder_layers(loaded.model)) - 1
     want = _score(loaded, records, layer, dtype, device, batch_tokens=BACKOFF_START)

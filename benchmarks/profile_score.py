@@ -43,9 +43,10 @@ from pathlib import Path
 import torch
 from torch.autograd.profiler import record_function
 
-from anglerank import hooks, models
 from anglerank.data.reader import ParquetSource
-from anglerank.scoring.engine import ScoreOptions, build_scorer, cpu_description, cpu_flags, resolve_dtype
+from anglerank.model import hooks, loading
+from anglerank.model.device import cpu_description, cpu_flags, resolve_dtype
+from anglerank.scoring.engine import ScoreOptions, build_scorer
 from common import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -449,7 +450,7 @@ def main() -> None:
     machine = machine_info()
     opt = ScoreOptions(preset=args.preset, device="cpu")  # dtype auto, default batch budget, cache on
     dtype = resolve_dtype("auto", "cpu")  # what `anglerank score` uses here: bf16 with AVX512-BF16/AMX
-    scorer = build_scorer(opt, models.load(None, "cpu", dtype))[0]
+    scorer = build_scorer(opt, loading.load(None, "cpu", dtype))[0]
     records = list(ParquetSource([str(args.data)]).iter_records(stop_row=args.n))
     args.n = len(records)
     wins = windows(records, args.window)

@@ -36,11 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anglerank import angles, models
+from anglerank import angles
 from anglerank.angles import spearman
 from anglerank.correlation import correlations, partial_spearman
 from anglerank.data.reader import ParquetSource
-from anglerank.render import Renderer
+from anglerank.model import loading
+from anglerank.model.render import Renderer
 from anglerank.scoring.engine import ScoreOptions, Scorer, make_batches
 from anglerank.validate import ValidateOptions, run_validate, sample_rows
 from common import write_json
@@ -313,7 +314,7 @@ def build_report() -> tuple[dict, str]:
                   and s["layer"] == max(parts["passrate-gsm8k"]["layers"])]
             pk = parts["passrate-gsm8k"]
             md += [f"Pass-rate run ({len(pr)} other seeded GSM8K prompts, G={pk['rollouts']}, T={pk['temperature']}, "
-                   f"≤{pk['max_new_tokens']} new tokens, judged by `anglerank.grading.grade(completion, "
+                   f"≤{pk['max_new_tokens']} new tokens, judged by `anglerank.rewards.grading.grade(completion, "
                    f"reward_model.ground_truth, {pk.get('answer_format', 'boxed')!r})`): mean pass rate {np.mean(pr):.3f}; "
                    f"{sum(p > 0 for p in pr)} prompts with at least one correct sample"
                    + (", so every correlation with pass rate is undefined (n/a)." if not any(pr) else "."), ""]
@@ -345,7 +346,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     RESULTS = args.results
     todo = list(STAGES) if args.stage == "all" else ([] if args.stage == "report" else [args.stage])
-    loaded = models.load(None, device="cpu", dtype="float32") if todo else None
+    loaded = loading.load(None, device="cpu", dtype="float32") if todo else None
     for st in todo:
         t0 = time.perf_counter()
         _log(f"stage {st} ...")

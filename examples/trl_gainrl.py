@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from trl import GRPOConfig
 
     from anglerank.integrations.trl import GainRLConfig, GainRLGRPOTrainer
-    from anglerank.models import resolve_model_path
+    from anglerank.model.loading import resolve_model_path
 
     train = as_chat_prompts(load_dataset("parquet", data_files=a.data, split="train"))
     if a.max_rows:

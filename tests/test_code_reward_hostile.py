@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from anglerank.coding import pass_fractions
 from anglerank.rewards import code_reward, code_reward_all
-from anglerank.sandbox import Limits, SandboxUnavailable, UNISOLATED_ENV, isolation, run_python
+from anglerank.rewards.coding import pass_fractions
+from anglerank.rewards.sandbox import Limits, SandboxUnavailable, UNISOLATED_ENV, isolation, run_python
 
 ADD = ["assert add(1, 2) == 3", "assert add(5, 7) == 12", "assert add(-4, 4) == 0", "assert add(10, 20) == 30"]
 EVEN = ["assert is_even(4)", "assert not is_even(3)"]

@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from anglerank.cli_common import user_errors
+from anglerank.cli.common import user_errors
 from anglerank.data.reader import InputError
 from anglerank.errors import Interrupted, MissingExtra, UserError
 
@@ -161,7 +161,7 @@ def test_score_and_train_collect_again_once_work_begins(quiet, tiny_model_dir, q
 
 
 def test_validate_progress_resumes_collecting(restore_gc):
-    from anglerank import cli_validate
+    from anglerank.cli import validate as cli_validate
 
     for quiet in (False, True):
         gc.disable()

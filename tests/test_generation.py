@@ -1,4 +1,4 @@
-"""anglerank.generation: the one generate path of train and validate.
+"""anglerank.model.generation: the one generate path of train and validate.
 
 Sampling from an explicit generator (reproducible, the caller's global RNG left
 alone), the global RNG without one, left padding and the cut at the first EOS.
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anglerank import generation
-from anglerank.models import ModelError
+from anglerank.model import generation
+from anglerank.model.loading import ModelError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

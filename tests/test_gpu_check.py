@@ -71,7 +71,7 @@ def test_authors_reference_is_the_full_matrix_by_hand(tiny_model, tiny_tokenizer
     import torch
 
     from anglerank.data.reader import ParquetSource
-    from anglerank.render import Renderer
+    from anglerank.model.render import Renderer
 
     records = list(ParquetSource([str(questions_parquet)]).iter_records(stop_row=3))
     scores, tokens = _sibling("common").authors_reference(tiny_model, tiny_tokenizer, records, "gainrl")

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from anglerank import hooks, models
 from anglerank.cli import app
 from anglerank.data.writer import load_scores, read_manifest
-from anglerank.render import Renderer
+from anglerank.model import hooks, loading
+from anglerank.model.render import Renderer
 from anglerank.scoring import memory
 from anglerank.scoring.distributed import gpu_share
 from anglerank.scoring.engine import ScoreOptions, Scorer, build_scorer
@@ -123,7 +123,7 @@ def _oom_above(monkeypatch, model, max_tokens: int) -> list[int]:
 
 @pytest.fixture
 def fresh_tiny(tiny_model_dir):
-    return models.load(str(tiny_model_dir), "cpu", "float32", keep_layers=lambda depth: depth)
+    return loading.load(str(tiny_model_dir), "cpu", "float32", keep_layers=lambda depth: depth)
 
 
 def test_backoff_scores_like_an_unconstrained_run_and_is_recorded(tmp_path, fresh_tiny, questions_parquet,
@@ -206,9 +206,9 @@ def _records():
 
 @pytest.mark.parametrize("layers", [[-2], [1], [0, -1], ["0:2"]])
 def test_truncated_loading_tiny_model(tiny_model_dir, layers, one_thread):
-    full = models.load(str(tiny_model_dir), "cpu", "float32")
+    full = loading.load(str(tiny_model_dir), "cpu", "float32")
     keep = max(hooks.layer_indices(3, layers)) + 1
-    part = models.load(str(tiny_model_dir), "cpu", "float32", keep_layers=lambda depth: keep)
+    part = loading.load(str(tiny_model_dir), "cpu", "float32", keep_layers=lambda depth: keep)
     assert len(hooks.decoder_layers(part.model)) == keep and part.num_layers == 3
     assert not hasattr(part.model, "lm_head")
     assert sum(p.numel() for p in part.model.parameters()) < sum(p.numel() for p in full.model.parameters())
@@ -229,9 +229,9 @@ def test_truncated_loading_cuts_per_layer_types(tmp_path, tiny_tokenizer, one_th
     assert cfg.layer_types == ["full_attention", "sliding_attention", "sliding_attention", "sliding_attention"]
     tf.AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
-    part = models.load(str(tmp_path), "cpu", "float32", keep_layers=lambda depth: 2)
+    part = loading.load(str(tmp_path), "cpu", "float32", keep_layers=lambda depth: 2)
     assert part.model.config.layer_types == ["full_attention", "sliding_attention"]
-    full = models.load(str(tmp_path), "cpu", "float32")
+    full = loading.load(str(tmp_path), "cpu", "float32")
     assert _score(_records(), part, layers=[1])[1] == _score(_records(), full, layers=[1])[1]
 
 
@@ -245,8 +245,8 @@ def test_score_loads_only_what_it_hooks(tmp_path, tiny_model_dir, questions_parq
 @pytest.mark.integration
 def test_truncated_loading_embedded_model(embedded_model_dir):
     """SmolLM2-135M, layer 15 of 30: 16 layers and no LM head loaded, the same scores."""
-    full = models.load(str(embedded_model_dir), "cpu", "float32")
-    part = models.load(str(embedded_model_dir), "cpu", "float32", keep_layers=lambda depth: 16)
+    full = loading.load(str(embedded_model_dir), "cpu", "float32")
+    part = loading.load(str(embedded_model_dir), "cpu", "float32", keep_layers=lambda depth: 16)
     n_full = sum(p.numel() for p in full.model.parameters())
     n_part = sum(p.numel() for p in part.model.parameters())
     # embedding 49152 * 576 = 28311552 (tied: also the LM head); a layer 2*576*576 + 2*576*192 + 3*576*1536
@@ -282,9 +282,9 @@ def test_explicit_device_map_on_cpu(tmp_path, tiny_model_dir, questions_parquet)
 def test_fit_device_map_keeps_the_loaded_modules(tiny_model_dir):
     from transformers import AutoModel
 
-    cfg = models.load_config(tiny_model_dir)
-    models.truncate_config(cfg, 2)
-    fitted = models.fit_device_map(_cpu_map(3), AutoModel, cfg)
+    cfg = loading.load_config(tiny_model_dir)
+    loading.truncate_config(cfg, 2)
+    fitted = loading.fit_device_map(_cpu_map(3), AutoModel, cfg)
     assert fitted == {"embed_tokens": "cpu", "layers.0": "cpu", "layers.1": "cpu", "norm": "cpu", "rotary_emb": "cpu"}
 
 

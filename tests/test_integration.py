@@ -10,7 +10,7 @@ import torch
 from anglerank import angles
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores
-from anglerank.render import Renderer
+from anglerank.model.render import Renderer
 from anglerank.scoring.run import run_score
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ def test_embedded_model_converts_from_scratch_into_temporary_cache(embedded_conv
     import os
     from pathlib import Path
 
-    from anglerank import models
+    from anglerank.model import loading
 
     folder, was_empty = embedded_conversion
     assert was_empty  # nothing reused from an earlier run or from the user's cache
@@ -35,8 +35,8 @@ def test_embedded_model_converts_from_scratch_into_temporary_cache(embedded_conv
     assert "quantization_config" not in config  # saved as a plain float checkpoint
     # a second call (and the default --model) reuse the conversion instead of redoing it
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
-    assert models.prepare_embedded() == folder
-    assert models.resolve_model_path(None) == folder
+    assert loading.prepare_embedded() == folder
+    assert loading.resolve_model_path(None) == folder
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
 
 

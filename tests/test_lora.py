@@ -84,7 +84,7 @@ def test_scores_see_the_adapter(tiny_model, tiny_tokenizer):
     import copy
 
     from anglerank.data.reader import Record
-    from anglerank.render import Renderer
+    from anglerank.model.render import Renderer
     from anglerank.scoring.engine import ScoreOptions, Scorer
     from anglerank.train import lora
     from anglerank.train.config import TrainConfig

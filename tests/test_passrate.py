@@ -20,9 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from anglerank import generation, passrate
+from anglerank import passrate
 from anglerank.correlation import MIN_INTERVAL_N, bootstrap_spearman, pass_rate_agreement, verdict
 from anglerank.errors import Interrupted
+from anglerank.model import generation
 from anglerank.scoring.engine import ScoreOptions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,10 +116,10 @@ def test_the_output_ranks_train_and_rank(measured, tmp_path, tiny_model_dir):
 
 def test_resume_after_interruption_gives_identical_output(tmp_path, tiny_model_dir, questions_parquet,
                                                           monkeypatch):
-    from anglerank import models
+    from anglerank.model import loading
 
     monkeypatch.setattr(passrate, "grade", lambda text, ref, fmt: len(text) % 2 == 0)  # varies with sampling
-    loaded = models.load(str(tiny_model_dir), device="cpu", dtype="float32")
+    loaded = loading.load(str(tiny_model_dir), device="cpu", dtype="float32")
     sopt = ScoreOptions(model=str(tiny_model_dir), dtype="float32", device="cpu")
     opt = passrate.PassRateOptions(rollouts=4, max_new_tokens=6, seed=3)
 

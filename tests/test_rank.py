@@ -560,10 +560,11 @@ def test_plots_leave_matplotlib_global_state_alone(tmp_path):
     code = f"""
 import sys, numpy as np, matplotlib
 from anglerank.plots import plot_runs, plot_scores
+from anglerank.train.metrics import read_metrics
 before = dict.__getitem__(matplotlib.rcParams, "backend")
 v = np.array([0.1, 0.2, np.nan, 0.4])
 plot_scores({{"intra": v, "inter": v, "score": v, "n_question": np.arange(4.0)}}, {str(tmp_path / "s.png")!r})
-plot_runs([{str(run)!r}])
+plot_runs([("run", read_metrics({str(run)!r}))], {str(run / "curves.png")!r})
 print(dict.__getitem__(matplotlib.rcParams, "backend") == before, "matplotlib.pyplot" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

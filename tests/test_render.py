@@ -2,7 +2,7 @@
 
 import pytest
 
-from anglerank.render import GAINRL_SYSTEM, Renderer, RenderError, question_from_messages
+from anglerank.model.render import GAINRL_SYSTEM, Renderer, RenderError, question_from_messages
 from conftest import CHATML, LLAMA3, NO_SYSTEM, make_tokenizer
 
 Q = "Natalia sold 48 clips in April. How many clips did she sell?"

@@ -1,4 +1,4 @@
-"""Tests for anglerank.grading (the math-verify answer judge) and anglerank.rewards
+"""Tests for anglerank.rewards.grading (the math-verify answer judge) and anglerank.rewards
 (the TRL-style math rewards, loading and combining reward functions).
 
 The expectations come from the spec (math-verify's notion of equivalence, TRL's
@@ -12,9 +12,9 @@ import threading
 
 import pytest
 
-from anglerank import grading
 from anglerank.errors import UserError
-from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade, reference_answer
+from anglerank.rewards import grading
+from anglerank.rewards.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT, grade, reference_answer
 from anglerank.rewards import (
     NonFiniteReward,
     RewardError,

@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from anglerank import generation
-from anglerank.generation import Rollouts
+from anglerank.model import generation
+from anglerank.model.generation import Rollouts
 from anglerank.train import step
 from anglerank.train.config import TrainConfig
 from anglerank.train.engine import HFRolloutEngine, RolloutEngine

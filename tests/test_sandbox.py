@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from anglerank.coding import extract_code, normalise_tests
 from anglerank.rewards import RewardError, code_reward, code_reward_all, load_reward
-from anglerank.sandbox import Limits, isolation, run_python
+from anglerank.rewards.coding import extract_code, normalise_tests
+from anglerank.rewards.sandbox import Limits, isolation, run_python
 
 ADD = "```python\ndef add(a, b):\n    return a + b\n```"
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(0, 0) == 0"]

@@ -11,11 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from anglerank import angles, hooks
+from anglerank import angles
 from anglerank.cli import app
 from anglerank.data.reader import ParquetSource
 from anglerank.data.writer import load_scores, read_manifest
-from anglerank.render import Renderer
+from anglerank.model import hooks
+from anglerank.model.render import Renderer
 from anglerank.scoring.engine import ScoreOptions, Scorer, build_scorer, make_batches
 from anglerank.scoring.run import run_score
 from conftest import make_model, make_tokenizer
@@ -217,20 +218,20 @@ def test_scorer_uses_angles_combine(tiny_tokenizer, tiny_model, monkeypatch):
 def test_model_load_leaves_hf_logging_as_it_was(tiny_model_dir, tmp_path):
     from transformers.utils import logging as hf_logging
 
-    from anglerank import models
+    from anglerank.model import loading
 
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     try:
         for level, on in ((hf_logging.INFO, True), (hf_logging.WARNING, False)):
             hf_logging.set_verbosity(level)
             (hf_logging.enable_progress_bar if on else hf_logging.disable_progress_bar)()
-            models.load(str(tiny_model_dir))
+            loading.load(str(tiny_model_dir))
             assert hf_logging.get_verbosity() == level and hf_logging.is_progress_bar_enabled() == on
             broken = tmp_path / f"broken-{level}"
             broken.mkdir()
             (broken / "config.json").write_text("{}")
-            with pytest.raises(models.ModelError):  # a failed load restores them too
-                models.load(str(broken))
+            with pytest.raises(loading.ModelError):  # a failed load restores them too
+                loading.load(str(broken))
             assert hf_logging.get_verbosity() == level and hf_logging.is_progress_bar_enabled() == on
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -451,19 +452,19 @@ def test_every_command_option_has_help():
     ({"avx512_bf16", "amx_bf16", "amx_tile"}, "cpu", 4096), ({"avx512_bf16", "avx512f"}, "cpu", 1024),
     (set(), "cpu", 1024), ({"amx_bf16"}, "cuda", 16384)])
 def test_default_batch_budget_follows_the_cpu(flags, device, expected, monkeypatch):
-    from anglerank.scoring import engine
+    from anglerank.model import device as machine
 
-    monkeypatch.setattr(engine, "cpu_flags", lambda: frozenset(flags))
-    assert engine.default_batch_tokens(device) == expected
+    monkeypatch.setattr(machine, "cpu_flags", lambda: frozenset(flags))
+    assert machine.default_batch_tokens(device) == expected
 
 
 def test_resume_keeps_the_recorded_batch_budget(tmp_path, tiny_model_dir, questions_parquet, monkeypatch):
     """A run started on one CPU and resumed on another (other default) continues with its own budget."""
-    from anglerank.scoring import engine
+    from anglerank.model import device
 
     out = tmp_path / "s"
     kw = dict(model=str(tiny_model_dir), dtype="float32", device="cpu", window_rows=8, commit_every=8)
-    monkeypatch.setattr(engine, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     run_score([str(questions_parquet)], out, **kw)
     full = load_scores(out).to_pylist()
     assert read_manifest(out)["batch_tokens"] == 1024
@@ -471,6 +472,6 @@ def test_resume_keeps_the_recorded_batch_budget(tmp_path, tiny_model_dir, questi
     m["parts"], m["next_row"], m["complete"] = m["parts"][:1], 8, False
     (out / "manifest.json").write_text(json.dumps(m))
     (out / "DONE").unlink(missing_ok=True)
-    monkeypatch.setattr(engine, "cpu_flags", lambda: frozenset({"amx_bf16"}))  # "another machine": default 4096
+    monkeypatch.setattr(device, "cpu_flags", lambda: frozenset({"amx_bf16"}))  # "another machine": default 4096
     assert run_score([str(questions_parquet)], out, resume=True, **kw)["batch_tokens"] == 1024
     assert load_scores(out).to_pylist() == full

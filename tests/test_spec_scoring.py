@@ -17,9 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anglerank import angles, hooks
+from anglerank import angles
 from anglerank.data.writer import load_scores, read_manifest
-from anglerank.render import GAINRL_SHOT, GAINRL_SYSTEM
+from anglerank.model import hooks
+from anglerank.model.render import GAINRL_SHOT, GAINRL_SYSTEM
 from anglerank.scoring.run import run_score
 from conftest import make_model
 

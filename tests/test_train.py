@@ -17,12 +17,12 @@ import torch
 from typer.testing import CliRunner
 
 from anglerank.cli import app
-from anglerank import generation
 from anglerank.curriculum.samplers.ordered import OrderedSampler
 from anglerank.curriculum.samplers.uniform import UniformSampler
+from anglerank.model import generation
 from anglerank.train import checkpoint, grpo, rollout, step
-from anglerank.train.metrics import read_metrics
 from anglerank.train.config import TrainConfig, build_config, dump_toml, load_toml
+from anglerank.train.metrics import read_metrics
 
 runner = CliRunner()
 

@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from anglerank import generation
 from anglerank.cli import app
 from anglerank.errors import UserError
+from anglerank.model import generation
 from anglerank.train import checkpoint
 from anglerank.train.config import TrainConfig, load_toml
 from anglerank.train.metrics import read_metrics

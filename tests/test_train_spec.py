@@ -19,9 +19,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from anglerank import generation
 from anglerank.cli import app
-from anglerank.generation import Rollouts
+from anglerank.model import generation
+from anglerank.model.generation import Rollouts
 from anglerank.train import step
 from anglerank.train.config import TrainConfig
 from anglerank.train.metrics import read_metrics

@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from anglerank.cli import app
+from anglerank.settings import base_type as _base_type
 from anglerank.train import checkpoint
 from anglerank.train.config import TrainConfig
-from anglerank.settings import base_type as _base_type
 from anglerank.train.metrics import Jsonl, read_metrics
 from conftest import HASH_REWARD
 from hostile import can_make_small_disk, cli_argv, env, one_error_line, on_small_disk
@@ -342,15 +342,15 @@ def sigterm_is_survivable():
 
 
 def test_sigterm_during_export_leaves_nothing_half_written(tmp_path, trained, monkeypatch, sigterm_is_survivable):
-    from anglerank import models
+    from anglerank.model import loading
 
-    real = models.load_tokenizer
+    real = loading.load_tokenizer
 
     def terminated_while_writing(path):  # the weights are loaded; SIGTERM arrives now
         os.kill(os.getpid(), signal.SIGTERM)
         return real(path)
 
-    monkeypatch.setattr(models, "load_tokenizer", terminated_while_writing)
+    monkeypatch.setattr(loading, "load_tokenizer", terminated_while_writing)
     out = tmp_path / "exported"
     res = runner.invoke(app, ["export", str(trained), "-o", str(out)])
     assert res.exit_code == 143, res.output
@@ -363,11 +363,11 @@ def test_export_survives_the_run_deleting_its_checkpoint(tmp_path, trained, monk
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from anglerank import models
+    from anglerank.model import loading
 
     ck = checkpoint.latest_checkpoint(trained)
     saved = load_file(str(ck / "model.safetensors"))
-    real = models.load
+    real = loading.load
 
     def pruned_meanwhile(*a, **k):
         import shutil
@@ -375,7 +375,7 @@ def test_export_survives_the_run_deleting_its_checkpoint(tmp_path, trained, monk
         shutil.rmtree(ck, ignore_errors=True)
         return real(*a, **k)
 
-    monkeypatch.setattr(models, "load", pruned_meanwhile)
+    monkeypatch.setattr(loading, "load", pruned_meanwhile)
     out = tmp_path / "out"
     res = runner.invoke(app, ["export", str(trained), "-o", str(out)])
     assert res.exit_code == 0, res.output

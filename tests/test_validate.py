@@ -14,12 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from anglerank import generation, models
 from anglerank.angles import rankdata, spearman
 from anglerank.correlation import correlations, partial_spearman
 from anglerank.data.reader import InputError, ParquetSource
 from anglerank.errors import UserError
-from anglerank.render import Renderer
+from anglerank.model import generation, loading
+from anglerank.model.render import Renderer
 from anglerank.scoring.engine import ScoreOptions
 from anglerank.validate import ValidateOptions, run_validate, sample_rows, site_readers
 from conftest import make_model, make_tokenizer
@@ -47,7 +47,7 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model_dir):
-    return models.load(str(tiny_model_dir), device="cpu", dtype="float32")
+    return loading.load(str(tiny_model_dir), device="cpu", dtype="float32")
 
 
 def _run(data, loaded, tiny_model_dir, layers=(-1,), site="mlp-input", **kw):
@@ -236,7 +236,7 @@ def test_pass_rates_use_the_math_checker(data, loaded, tiny_model_dir, monkeypat
 
 
 def test_callers_model_is_left_as_given(data, tiny_model_dir):
-    lm = models.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    lm = loading.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
     lm.model.train()
     lm.model.model.embed_tokens.weight.requires_grad_(False)
     flags = [p.requires_grad for p in lm.model.parameters()]
@@ -253,8 +253,8 @@ def test_callers_model_is_left_as_given(data, tiny_model_dir):
 
 def test_gradients_of_a_bf16_model_are_taken_in_float32(data, loaded, tiny_model_dir):
     """The float32 copy of a bf16 model gives the gradients of the bf16 weights read in float32."""
-    lm = models.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
-    ref = models.LoadedModel(make_model("llama", vocab_size=len(loaded.tokenizer)), lm.tokenizer, lm.path, lm.name)
+    lm = loading.load(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    ref = loading.LoadedModel(make_model("llama", vocab_size=len(loaded.tokenizer)), lm.tokenizer, lm.path, lm.name)
     ref.model.load_state_dict({k: v.float() for k, v in lm.model.state_dict().items()})
     kw = dict(samples=3, target_column="extra_info.answer", max_new_tokens=12)
     got, want = _run(data, lm, tiny_model_dir, **kw), _run(data, ref, tiny_model_dir, **kw)

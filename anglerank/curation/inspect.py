@@ -16,6 +16,9 @@ from anglerank.curation.scores import ROW, load_layer_scores, open_data, open_ma
 from anglerank.data.reader import ParquetFiles, field_type
 from anglerank.data.values import finite_or_none
 from anglerank.errors import UserError
+from anglerank.model.render import question_from_messages
+from anglerank.plots import plot_prompts, plot_scores, require_matplotlib
+from anglerank.train.records import prompt_figure_data, read_records, summary
 
 __all__ = ["inspect", "inspect_run", "text_histogram", "QUANTILES", "group_notes", "note_label", "null_warning"]
 
@@ -42,8 +45,6 @@ def inspect(
     ``data`` is given), and ``layers`` (per-layer score summary when several were
     scored). Defaults to the last scored layer. ``plot`` writes a PNG (needs matplotlib).
     """
-    from anglerank.plots import plot_scores, require_matplotlib
-
     if k < 0:
         raise UserError("-k must be >= 0")
     if bins < 1:
@@ -82,15 +83,12 @@ def inspect(
 def inspect_run(run_dir, plot=None) -> dict:
     """Summary of a training run's per-prompt records (``anglerank.train.records.summary``); ``plot`` writes
     their figures to a PNG (needs matplotlib)."""
-    from anglerank.plots import plot_prompts, require_matplotlib
-    from anglerank.train.records import read_records, summary
-
     if plot is not None:
         require_matplotlib()
     header, recs = read_records(run_dir)
     res = {"run_dir": str(run_dir), **summary(header, recs)}
     if plot is not None:
-        res["plot"] = str(plot_prompts(header, recs, plot, title=str(run_dir)))
+        res["plot"] = str(plot_prompts(prompt_figure_data(header, recs), plot, title=str(run_dir)))
     return res
 
 
@@ -227,8 +225,6 @@ def _extremes(f, k: int):
 
 def _questions(files: ParquetFiles, manifest: dict, rows: list[int]) -> dict[int, str | None]:
     """The question text of the given rows, read the way `score` read them."""
-    from anglerank.render import question_from_messages
-
     col = manifest.get("prompt_column")
     if not col or not rows or field_type(files.schema, col) is None:
         return {}

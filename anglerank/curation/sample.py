@@ -29,6 +29,7 @@ from anglerank.curation.scores import (
     ROW, check_memory_mb, covers_all_rows, load_layer_scores, open_data, provenance, rank_table, verify_inputs,
     window_rows as _window,
 )
+from anglerank.curriculum import draw_schedule, sweep_sampler
 from anglerank.curriculum.rankings import Ranking
 from anglerank.curriculum.units import parse_rank_value
 from anglerank.data.parquet_out import (
@@ -161,8 +162,6 @@ def _walk_order(table, ranking: Ranking, files: ParquetFiles, scores, seed: int)
 def _schedule(n: int, subset, epochs: int, *, mu0, sigma, step, seed: int, shuffle: bool,
               wrap: bool) -> tuple[list[np.ndarray], dict]:
     """Every epoch's draw (rank positions) and the resolved settings, from the curriculum's sweep."""
-    from anglerank.curriculum import draw_schedule, sweep_sampler
-
     def parse(v):
         return None if v is None else parse_rank_value(v)
 

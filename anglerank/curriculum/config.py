@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from anglerank.curriculum.rankings import RANKING_HELP, Ranking
+from anglerank.curriculum.registry import sampler_names
 from anglerank.curriculum.units import parse_rank_value, positive_int
 from anglerank.errors import UserError
 from anglerank.settings import setting
@@ -45,8 +46,6 @@ def _f(default, help: str, *, valid: str = "any", rank_units: bool = False, **me
 
 
 def _sampler_names() -> list[str]:
-    from anglerank.curriculum.registry import sampler_names  # the registry imports this module
-
     return sampler_names()
 
 

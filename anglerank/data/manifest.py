@@ -14,6 +14,7 @@ from dataclasses import asdict
 
 from anglerank import __version__
 from anglerank.data.writer import OutputError
+from anglerank.model import loading
 from anglerank.scoring.options import ScoreOptions
 from anglerank.settings import result_keys
 
@@ -40,18 +41,16 @@ def build(options, loaded, *, layers: list[int], num_layers: int, dtype: str, de
           num_shards: int, shard_index: int, row_start: int, row_stop: int) -> dict:
     """The manifest of a new run, before any part: how it was scored and which rows it covers.
 
-    ``options`` is the scorer's (resolved) ScoreOptions, ``loaded`` a models.LoadedModel,
+    ``options`` is the scorer's (resolved) ScoreOptions, ``loaded`` a model.loading.LoadedModel,
     ``source`` the ParquetSource being scored.
     """
-    from anglerank import models
-
     files = source.fingerprints()
     return {
         "anglerank_version": __version__,
         "model": loaded.name,
         "model_path": str(loaded.path),
-        "weights_fingerprint": models.weights_fingerprint(loaded.path),
-        "template_fingerprint": models.text_fingerprint(getattr(loaded.tokenizer, "chat_template", None)),
+        "weights_fingerprint": loading.weights_fingerprint(loaded.path),
+        "template_fingerprint": loading.text_fingerprint(getattr(loaded.tokenizer, "chat_template", None)),
         **{k: v for k, v in asdict(options).items() if k not in ("model", "dtype", "device", "layers")},
         "layers": layers,
         "num_layers": num_layers,

@@ -28,7 +28,7 @@ import pyarrow as pa
 from anglerank.data.fragments import InputError, file_fingerprint, from_memory, open_file
 from anglerank.data.locate import locate
 from anglerank.data.values import get_dotted
-from anglerank.render import question_from_messages
+from anglerank.model.render import question_from_messages
 
 __all__ = ["InputError", "InputFiles", "InputSource", "ParquetFiles", "ParquetSource", "Record", "field_type",
            "file_fingerprint", "open_inputs"]

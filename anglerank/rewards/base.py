@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
 from anglerank.errors import UserError
-from anglerank.rollouts import DEFAULT_ANSWER_FORMAT
 from anglerank.registry import Registry
+from anglerank.rollouts import DEFAULT_ANSWER_FORMAT
 
 __all__ = ["ANSWER", "RewardError", "NonFiniteReward", "RewardSettings", "RewardSpec", "REGISTRY", "register",
            "completion_text"]
@@ -39,7 +39,7 @@ class NonFiniteReward(RewardError):
 class RewardSettings:
     """The run's settings a built-in reward may be built from."""
 
-    answer_format: str = DEFAULT_ANSWER_FORMAT  # how a math completion's final answer is found (anglerank.grading)
+    answer_format: str = DEFAULT_ANSWER_FORMAT  # how a math completion's final answer is found (rewards.grading)
 
 
 class RewardSpec(Protocol):

@@ -1,7 +1,7 @@
 """The built-in ``code`` and ``code_all`` rewards: a completion's last fenced Python block against the row's tests.
 
 ``code`` pays the share of the tests passed, ``code_all`` 1.0 only when every test passes. The
-programs run in :mod:`anglerank.sandbox` (see :mod:`anglerank.coding` and ``docs/rewards.md``).
+programs run in :mod:`anglerank.rewards.sandbox` (see :mod:`anglerank.rewards.coding` and ``docs/rewards.md``).
 Neither is a verifier of its own: "correct" is the total reward reaching the run's threshold.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from anglerank.rewards.base import RewardError, RewardSettings, completion_text, register
+from anglerank.rewards.coding import pass_fractions
 
 __all__ = ["CodeReward", "CodeAllReward", "code_reward", "code_reward_all"]
 
@@ -21,15 +22,13 @@ def code_reward(prompts, completions, tests=None, **kwargs) -> list[float]:
 
     TRL reward-function signature; ``tests`` is the data column (a list of
     ``assert`` statements, or of ``{"input", "output"}`` stdin/stdout pairs, per
-    row; see :mod:`anglerank.coding`). The program runs in :mod:`anglerank.sandbox`
+    row; see :mod:`anglerank.rewards.coding`). The program runs in :mod:`anglerank.rewards.sandbox`
     (a private root with nothing of the machine but the Python installation, no
     network, limits); the tests run outside it and count only plain results, so
     exiting early or returning an object that equals anything earns nothing.
-    :class:`anglerank.sandbox.SandboxUnavailable` (a RewardError here) where
+    :class:`anglerank.rewards.sandbox.SandboxUnavailable` (a RewardError here) where
     programs cannot be isolated; see ``docs/rewards.md``.
     """
-    from anglerank.coding import pass_fractions
-
     if tests is None:
         raise RewardError(f"the code reward needs a 'tests' column: {TESTS['tests']}")
     if len(tests) != len(completions):

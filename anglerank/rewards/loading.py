@@ -15,8 +15,8 @@ import sys
 from typing import Any, Callable, Iterable
 
 from anglerank.errors import one_line
-from anglerank.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT
 from anglerank.rewards.base import REGISTRY, RewardError, RewardSettings, RewardSpec
+from anglerank.rewards.grading import ANSWER_FORMATS, DEFAULT_ANSWER_FORMAT
 
 __all__ = ["load_reward", "registered"]
 
@@ -80,7 +80,7 @@ def load_reward(spec: str, answer_format: str = DEFAULT_ANSWER_FORMAT) -> Callab
 
     A built-in reward is built from the settings: ``answer_format`` picks the
     built-in math reward, ``"boxed"`` gives :func:`math_reward`, ``"any"``
-    :func:`math_reward_any` (see :mod:`anglerank.grading`); it does not affect
+    :func:`math_reward_any` (see :mod:`anglerank.rewards.grading`); it does not affect
     the user's functions. Raises a one-line RewardError when the module, file or
     function cannot be found or the attribute is not callable, or the answer
     format is unknown.

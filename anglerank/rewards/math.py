@@ -1,6 +1,6 @@
 """The built-in ``math`` reward: 1.0 when a completion's final answer equals the row's reference answer.
 
-Answers are judged by :func:`anglerank.grading.grade` (math-verify). The run's answer format picks
+Answers are judged by :func:`anglerank.rewards.grading.grade` (math-verify). The run's answer format picks
 the function: ``boxed`` gives :func:`math_reward`, ``any`` :func:`math_reward_any`. It is a verifier,
 so its verdict decides "correct" whatever other rewards a run adds.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from anglerank.grading import grade
 from anglerank.rewards.base import ANSWER, RewardError, RewardSettings, completion_text, register
+from anglerank.rewards.grading import grade
 
 __all__ = ["MathReward", "math_reward", "math_reward_any"]
 
@@ -34,7 +34,7 @@ def math_reward(prompts, completions, answer=None, **kwargs) -> list[float]:
     TRL reward-function signature. The reference comes from the ``answer``
     column (falls back to a ``solution`` column): a bare answer, a MATH solution
     with ``\\boxed{}`` or a GSM8K solution ending in ``#### N``. Judged by
-    :func:`anglerank.grading.grade` with ``answer_format="boxed"``: math-verify,
+    :func:`anglerank.rewards.grading.grade` with ``answer_format="boxed"``: math-verify,
     reading the completion as TRL's ``accuracy_reward`` does (``\\boxed{}``, or
     LaTeX after "answer"), plus GSM8K's ``#### N``; an unmarked answer scores 0.
     """

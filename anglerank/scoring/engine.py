@@ -7,88 +7,26 @@ output parts and resume, and the trainer uses it directly to re-score with live 
 
 from __future__ import annotations
 
-import functools
 import gc
 import math
-import platform
 import warnings
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
-from anglerank import angles, hooks
+from anglerank import angles
 from anglerank.data.reader import Record
 from anglerank.data.values import finite_or_none
 from anglerank.errors import UserError
-from anglerank.render import Renderer
+from anglerank.model import hooks, loading
+from anglerank.model.device import cpu_description, default_batch_tokens, resolve_device, resolve_dtype
+from anglerank.model.render import Renderer
 from anglerank.scoring import estimators, memory
 from anglerank.scoring.options import ScoreOptions
 
 # torch < 2.5 has the class only under torch.cuda (the same class in later versions)
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
-
-
-# --- device / dtype ----------------------------------------------------------------
-
-def _cpuinfo(field: str) -> str:
-    """A field of the first CPU in Linux's /proc/cpuinfo ('' elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((x.partition(":")[2].strip() for x in fh if x.startswith(field)), "")
-    except OSError:
-        return ""
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset:
-    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
-    return frozenset(_cpuinfo("flags").split())
-
-
-def cpu_description() -> str:
-    """The CPU model and the bf16 units that choose the defaults, e.g. 'AMD EPYC (AVX512-BF16, no AMX)'."""
-    flags = cpu_flags()
-    isa = "AMX" if "amx_bf16" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags else "no bf16 units"
-    return f"{_cpuinfo('model name') or platform.machine()} ({isa})"
-
-
-def cpu_has_bf16() -> bool:
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} requested but CUDA is not available")
-    if device != "cpu" and not device.startswith("cuda") and device != "mps":
-        raise UserError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype == "auto":
-        if device.startswith("cuda"):
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-        return "bfloat16" if device == "cpu" and cpu_has_bf16() else "float32"
-    if dtype not in ("bfloat16", "float16", "float32"):
-        raise UserError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
-    return dtype
-
-
-def default_batch_tokens(device: str) -> int:
-    """The token budget per forward batch when none is given (on CUDA: when the model's shape or the
-    free memory is unknown, see :func:`anglerank.scoring.memory.cuda_budget`); recorded in the manifest.
-
-    GPUs want large batches (16384). CPUs want small ones that stay in cache: 1024 was
-    measured best on AVX512-BF16 without AMX (bench_score.py); AMX's tile units want
-    longer matrices, and 4096 is what issue 12's reporter measured best on a 2-core
-    CPU with AMX (3,441 tokens/s against 2,827 at 1024 and 2,072 at 16384).
-    """
-    if str(device) != "cpu":
-        return 16384
-    return 4096 if "amx_bf16" in cpu_flags() else 1024
 
 
 def _release_device_memory() -> None:
@@ -425,13 +363,11 @@ def build_scorer(opt: ScoreOptions, loaded=None, *, truncate: bool = False,
     out-of-memory back-offs. Returns ``(scorer, loaded, device, dtype)``; ``opt`` is left
     as it was given.
     """
-    from anglerank import models
-
     device = resolve_device(opt.device)
     dtype = resolve_dtype(opt.dtype, device)
     if loaded is None:
         keep = (lambda depth: max(hooks.layer_indices(depth, opt.layers)) + 1) if truncate else None
-        loaded = models.load(opt.model, device=device, dtype=dtype, keep_layers=keep, device_map=opt.device_map)
+        loaded = loading.load(opt.model, device=device, dtype=dtype, keep_layers=keep, device_map=opt.device_map)
     if opt.device_map is not None:  # the ids go where the embedding is; accelerate moves the rest
         device = str(loaded.model.get_input_embeddings().weight.device)
     renderer = Renderer(loaded.tokenizer, opt.preset, opt.system, opt.prefix, opt.max_length)

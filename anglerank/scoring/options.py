@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from anglerank import settings
 from anglerank.errors import UserError
-from anglerank.render import PRESETS
+from anglerank.model.render import PRESETS
 from anglerank.scoring import estimators
 from anglerank.settings import setting
 
@@ -28,7 +28,7 @@ MODEL, DATA, ANGLE = "Model", "Data", "GAIN-RL"  # help panels (of `anglerank tr
 
 
 def _sites() -> tuple:
-    from anglerank.hooks import SITES  # where the sites are implemented (imports torch: only when checked)
+    from anglerank.model.hooks import SITES  # where the sites are implemented (imports torch: only when checked)
 
     return SITES
 

@@ -58,7 +58,7 @@ def run_score(
 
     ``options`` (or keyword arguments of :class:`ScoreOptions`) select model, preset,
     site, layers, estimator and performance settings; it is not modified. ``progress(done,
-    total, tokens)`` is called after each batch. Pass ``loaded`` (a models.LoadedModel) to
+    total, tokens)`` is called after each batch. Pass ``loaded`` (a model.loading.LoadedModel) to
     reuse a model. With ``num_shards``/``shard_index`` (or under torchrun) this process
     scores one shard into ``output/shard-IIIII-of-NNNNN``;
     :func:`anglerank.scoring.distributed.merge` joins them.

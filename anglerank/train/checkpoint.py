@@ -28,7 +28,9 @@ from pathlib import Path
 import torch
 
 from anglerank.data.lock import LOCK_NAME
+from anglerank.data.reader import ParquetFiles
 from anglerank.errors import UserError, one_line
+from anglerank.model.loading import quiet_hf_loading
 from anglerank.train.config import TrainConfig, dump_toml, load_toml
 from anglerank.train.metrics import linked, replace_run_file, stage_run_file
 
@@ -211,8 +213,6 @@ def save_checkpoint(run_dir: Path, model, tok, optimizer, generator: torch.Gener
 def _write_checkpoint(tmp: Path, final: Path, model, tok, optimizer, rng: dict, state: dict) -> Path:
     """Every file of the checkpoint into the new folder ``tmp``, then LATEST's next content staged beside it
     (returned). A failed write removes ``tmp`` and raises one error naming the file (as in ``final``)."""
-    from anglerank.models import quiet_hf_loading
-
     weights = "adapter_model.safetensors" if hasattr(model, "peft_config") else "model.safetensors"
     parts = [(weights, lambda: model.save_pretrained(tmp, safe_serialization=True)),
              ("tokenizer.json", lambda: tok.save_pretrained(tmp)),
@@ -365,8 +365,6 @@ def check_inputs(run_dir: Path, cfg: TrainConfig, force: bool) -> None:
 
 
 def _fingerprints(cfg: TrainConfig) -> dict:
-    from anglerank.data.reader import ParquetFiles
-
     return {"train": ParquetFiles(cfg.train_data).fingerprints(),
             "eval": ParquetFiles(cfg.eval_data).fingerprints() if cfg.eval_data else None}
 

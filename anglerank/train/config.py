@@ -27,6 +27,7 @@ from anglerank.errors import UserError
 from anglerank.rollouts import AnswerSettings, SamplingSettings
 from anglerank.scoring.options import AngleSettings, InputColumns, ModelSettings, PromptFormat, ScoreOptions
 from anglerank.settings import base_type, setting
+from anglerank.train.tracking import REPORT_TO
 
 __all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "UNIT_FIELDS", "ALIASES", "SMOKE"]
 
@@ -185,8 +186,6 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         self.report_to = [str(x).strip().lower() for x in self.report_to or ["none"]]
-        from anglerank.train.tracking import REPORT_TO
-
         for x in self.report_to:
             need(x in REPORT_TO, f"unknown --report-to {x!r}; choose from {', '.join(REPORT_TO)}")
         if self.reward_weight is not None and not isinstance(self.reward_weight, (list, tuple)):

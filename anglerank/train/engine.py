@@ -8,7 +8,7 @@ separate inference process) is one class, handed to the run's
 ``StepContext``.
 
 :class:`HFRolloutEngine` is the built-in one: Hugging Face ``generate`` on the
-policy module itself (:func:`anglerank.generation.generate`), in process, so it
+policy module itself (:func:`anglerank.model.generation.generate`), in process, so it
 always samples from the current weights and ``update_weights`` has nothing to do.
 """
 
@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Callable, Protocol, runtime_checkable
 
 import torch
 
+from anglerank.model import generation
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from anglerank.generation import Rollouts
+    from anglerank.model.generation import Rollouts
 
 __all__ = ["RolloutEngine", "HFRolloutEngine"]
 
@@ -55,8 +57,6 @@ class HFRolloutEngine:
     def generate(self, prompt_ids: list[list[int]], *, max_new_tokens: int, greedy: bool = False,
                  temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, batch_size: int = 64,
                  generator: torch.Generator | None = None, stop_flag: Callable[[], bool] | None = None) -> Rollouts:
-        from anglerank import generation
-
         return generation.generate(self.model, self.tokenizer, prompt_ids, max_new_tokens=max_new_tokens,
                                    greedy=greedy, temperature=temperature, top_p=top_p, top_k=top_k,
                                    batch_size=batch_size, device=self.device, autocast_dtype=self.autocast_dtype,

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from anglerank import rewards
 from anglerank.curriculum import Curriculum, correct
 from anglerank.data.lock import output_lock
 from anglerank.errors import Interrupted, UserError
@@ -55,7 +56,7 @@ from anglerank.train.checkpoint import EpochMetrics, RunState
 from anglerank.train.config import TrainConfig
 from anglerank.train.metrics import Jsonl
 from anglerank.train.records import RECORDS_FILE, Records, step_lines
-from anglerank.train.setup import cpu_threads
+from anglerank.train.setup import build, cpu_threads
 
 if TYPE_CHECKING:
     from anglerank.scoring.engine import Scorer
@@ -295,8 +296,6 @@ def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
     cfg, st, ctx, pool = run.cfg, run.st, run.ctx, run.eval_pool
     if pool is None or not cfg.eval_every or not (first or st.epoch % cfg.eval_every == 0 or st.epoch == cfg.epochs):
         return None
-    from anglerank import rewards
-
     t0 = time.perf_counter()
     ro = ctx.engine.generate(pool.prompt_ids, greedy=True,
                              max_new_tokens=cfg.eval_max_new_tokens or cfg.max_new_tokens,
@@ -359,8 +358,6 @@ def _start_record(run: _Run) -> dict:
 
 def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
     """Models, data, optimiser, curriculum and scorer; the state restored from ``ckpt`` when resuming."""
-    from anglerank.train.setup import build
-
     parts = build(cfg, ckpt)
     for note in parts.notes:
         emit("log", {"message": note})

@@ -18,6 +18,8 @@ import shutil
 from pathlib import Path
 
 from anglerank.errors import MissingExtra, UserError
+from anglerank.model import loading
+from anglerank.train.config import load_toml
 
 __all__ = ["attach", "is_adapter_checkpoint", "export_run", "export_merged", "DEFAULT_TARGETS"]
 
@@ -68,7 +70,6 @@ def export_run(run: Path, output: Path, overwrite: bool = False) -> Path:
 
 def _export_one(run: Path, output: Path, overwrite: bool) -> Path:
     from anglerank.train.checkpoint import latest_checkpoint
-    from anglerank.train.config import load_toml
 
     ck = run if (run / "trainer_state.json").exists() else latest_checkpoint(run)
     if ck is None:
@@ -123,22 +124,21 @@ def _check_output(output: Path, overwrite: bool) -> None:
 
 def _build(checkpoint: Path, tmp: Path, base_model: str | None, output: Path) -> None:
     """The merged weights and the tokenizer into ``tmp``, read from a snapshot of ``checkpoint``."""
-    from anglerank import models
     from anglerank.train.checkpoint import share_weights, write_failure
 
     snap = tmp / ".checkpoint"
     _snapshot(checkpoint, snap)
     try:
         if is_adapter_checkpoint(snap):
-            loaded = models.load(base_model, "cpu", "float32")
+            loaded = loading.load(base_model, "cpu", "float32")
             merged = _peft().PeftModel.from_pretrained(loaded.model, str(snap)).merge_and_unload()
         else:
-            merged = models.load(str(snap), "cpu", "float32").model
-        tok = models.load_tokenizer(snap)
+            merged = loading.load(str(snap), "cpu", "float32").model
+        tok = loading.load_tokenizer(snap)
     except UserError as exc:  # name the checkpoint, not its snapshot
         raise UserError(str(exc).replace(str(snap), str(checkpoint))) from None
     shutil.rmtree(snap)
-    with models.quiet_hf_loading():
+    with loading.quiet_hf_loading():
         for name, write in (("model.safetensors", lambda: merged.save_pretrained(tmp, safe_serialization=True)),
                             ("tokenizer.json", lambda: tok.save_pretrained(tmp))):
             try:

@@ -16,7 +16,7 @@ from anglerank.data.reader import ParquetSource, field_type
 from anglerank.rewards.base import ANSWER
 
 if TYPE_CHECKING:
-    from anglerank.render import Renderer
+    from anglerank.model.render import Renderer
     from anglerank.train.config import TrainConfig
 
 __all__ = ["Pool", "load_pool", "ANSWER_COLUMNS"]

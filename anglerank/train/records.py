@@ -228,6 +228,17 @@ def cartography(recs: list[dict], num_generations: int) -> dict:
             "variability": [float(np.std(by[i])) for i in ids], "draws": [len(by[i]) for i in ids]}
 
 
+def prompt_figure_data(header: dict, recs: list[dict]) -> dict:
+    """What :func:`anglerank.plots.plot_prompts` draws of a run's per-prompt records: accuracy by rank
+    decile over training, the data map and the zero-variance groups over training."""
+    if not recs:
+        raise UserError("no per-prompt records to draw: the run has no training step yet")
+    n, G = int(header["n_prompts"]), int(header["num_generations"])
+    acc, ends = accuracy_by_decile_over_training(recs, n, G)
+    return {"n_prompts": n, "accuracy": acc, "ends": ends, "cartography": cartography(recs, G),
+            "zero_variance": zero_variance_over_training(recs, G)}
+
+
 def summary(header: dict, recs: list[dict]) -> dict:
     """Everything ``anglerank inspect RUN_DIR`` shows, as a JSON-ready dict."""
     n, G = int(header["n_prompts"]), int(header["num_generations"])

@@ -2,7 +2,7 @@
 their tensor layout.
 
 The training forward uses the layout generation used (see
-:mod:`anglerank.generation`): left-padded prompt then right-padded completion,
+:mod:`anglerank.model.generation`): left-padded prompt then right-padded completion,
 with explicit ``position_ids`` counted over real tokens, so a left-padded row
 sees the same positions it was generated with (``generate`` derives positions
 from the attention mask, a plain forward does not).
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from anglerank.generation import Rollouts, left_pad
+from anglerank.model.generation import Rollouts, left_pad
 
 __all__ = ["Groups", "RolloutBatch", "Packed", "pack", "trim"]
 

@@ -15,16 +15,23 @@ from typing import TYPE_CHECKING, NoReturn
 import numpy as np
 import torch
 
+from anglerank import rewards
 from anglerank.curriculum import Curriculum, Ranking, sampler_class
 from anglerank.data.values import get_dotted
 from anglerank.errors import UserError
+from anglerank.model import hooks, loading
+from anglerank.model.device import resolve_device, resolve_dtype
+from anglerank.model.generation import pad_token_id
+from anglerank.model.render import Renderer
+from anglerank.rewards import ANSWER
+from anglerank.scoring.engine import Scorer
+from anglerank.train import lora
 from anglerank.train.config import TrainConfig
 from anglerank.train.pool import ANSWER_COLUMNS, Pool, load_pool
 from anglerank.train.step import StepContext
 
 if TYPE_CHECKING:
     from anglerank.rewards import RewardSpec
-    from anglerank.scoring.engine import Scorer
 
 __all__ = ["Parts", "Threads", "build", "checkpoint_bytes", "cpu_threads"]
 
@@ -41,10 +48,6 @@ class Parts:
 
 def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
     """The run's parts; the policy comes from ``ckpt`` when resuming."""
-    from anglerank.generation import pad_token_id
-    from anglerank.render import Renderer
-    from anglerank.scoring.engine import Scorer
-
     device, compute, amp_dtype = _precision(cfg)
     model, ref_model, tok, name, layer_idx, peft_model = _models(cfg, ckpt, device)
     renderer = Renderer(tok, cfg.preset, cfg.system, cfg.prefix, cfg.max_prompt_length)
@@ -78,8 +81,6 @@ def _initial_order(cfg: TrainConfig, pool: Pool) -> np.ndarray:
 
 def _precision(cfg: TrainConfig) -> tuple[str, str, torch.dtype | None]:
     """(device, compute dtype name, autocast dtype); weights and optimiser stay float32."""
-    from anglerank.scoring.engine import resolve_device, resolve_dtype
-
     device = resolve_device(cfg.device)
     compute = resolve_dtype(cfg.dtype, device)
     if compute == "float16":
@@ -94,10 +95,7 @@ def _models(cfg: TrainConfig, ckpt: Path | None, device: str):
     """The policy (float32; with LoRA the base model with the adapter injected), the frozen reference for
     the KL term (beta > 0 without LoRA; with LoRA the same model, adapter off), the tokenizer, the peft
     wrapper (or None)."""
-    from anglerank import hooks, models
-    from anglerank.train import lora
-
-    loaded = models.load(str(ckpt) if ckpt and not cfg.lora_r else cfg.model, device=device, dtype="float32")
+    loaded = loading.load(str(ckpt) if ckpt and not cfg.lora_r else cfg.model, device=device, dtype="float32")
     model, tok, peft_model = loaded.model, loaded.tokenizer, None
     if cfg.lora_r:
         peft_model = lora.attach(model, cfg, ckpt)
@@ -110,14 +108,12 @@ def _models(cfg: TrainConfig, ckpt: Path | None, device: str):
     hooks.site_module(model, layer_idx, cfg.site)  # fails early on a bad site
     ref_model = None
     if cfg.beta > 0 and peft_model is None:
-        ref_model = models.load(cfg.model, device=device, dtype="float32").model
+        ref_model = loading.load(cfg.model, device=device, dtype="float32").model
         ref_model.requires_grad_(False).eval()
     return model, ref_model, tok, loaded.name, layer_idx, peft_model
 
 
 def _data(cfg: TrainConfig, renderer) -> tuple[Pool, Pool | None, list]:
-    from anglerank import rewards
-
     pool = load_pool(cfg.train_data, cfg, renderer, limit=cfg.limit)
     if not pool.rows:
         d = pool.dropped
@@ -142,8 +138,6 @@ def _data(cfg: TrainConfig, renderer) -> tuple[Pool, Pool | None, list]:
 
 def _check_columns(spec: RewardSpec, pool: Pool) -> None:
     """Refuse training data without a column a built-in reward reads, before the first rollout."""
-    from anglerank.rewards import ANSWER
-
     for column, holds in spec.columns.items():
         if column == ANSWER and pool.answers is None:  # the answer comes from --answer-column, not by its name
             _no_answers(spec.name, pool)

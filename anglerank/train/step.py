@@ -26,8 +26,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from anglerank import angles, hooks
+from anglerank import angles, rewards
 from anglerank.curriculum import correct
+from anglerank.model import hooks
+from anglerank.rewards import ANSWER
 from anglerank.train import grpo, rollout
 from anglerank.train.engine import HFRolloutEngine, RolloutEngine
 from anglerank.train.rollout import Groups, RolloutBatch
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
     from anglerank.curriculum import Curriculum
-    from anglerank.generation import Rollouts
+    from anglerank.model.generation import Rollouts
     from anglerank.train.config import TrainConfig
     from anglerank.train.pool import Pool
 
@@ -102,8 +104,6 @@ def _verifier(cfg: TrainConfig):
 def _row_columns(pool: Pool, seq_idx: list[int]) -> dict:
     """What reward functions get besides prompts and completions, per completion of ``seq_idx``: the data's
     columns and the reference answer."""
-    from anglerank.rewards import ANSWER
-
     cols = {k: [v[i] for i in seq_idx] for k, v in pool.columns.items()}
     if pool.answers is not None:
         cols[ANSWER] = [pool.answers[i] for i in seq_idx]
@@ -121,8 +121,6 @@ def judge_rewards(pool: Pool, seq_idx: list[int], texts: list[str], total: list[
                   cfg: TrainConfig) -> list[float]:
     """The per-completion reward that decides "correct" (>= correct_threshold, the curriculum's one rule):
     the verifier's own reward when :func:`verifier_decides`, else the total reward."""
-    from anglerank import rewards
-
     if not verifier_decides(pool, cfg):
         return list(total)
     check = rewards.load_reward(_verifier(cfg).name, answer_format=cfg.answer_format)
@@ -188,8 +186,6 @@ def update_policy(ctx: StepContext, rb: RolloutBatch, updates_done: int) -> dict
 
 def _roll(ctx: StepContext, batch: list[int]) -> Groups:
     """G completions of each prompt of ``batch``, rewarded and judged."""
-    from anglerank import rewards
-
     cfg, pool, G = ctx.cfg, ctx.pool, ctx.cfg.num_generations
     seq_idx = [i for i in batch for _ in range(G)]
     ro = ctx.engine.generate([pool.prompt_ids[i] for i in seq_idx], max_new_tokens=cfg.max_new_tokens,

@@ -13,6 +13,7 @@ import numbers
 
 import numpy as np
 
+from anglerank.curriculum.config import DEFAULTS
 from anglerank.curriculum.registry import register
 from anglerank.curriculum.samplers.gainrl import GaussianRankSampler
 from anglerank.curriculum.units import epoch_size, resolve_rank_units
@@ -38,8 +39,6 @@ def sweep_sampler(n_items: int, subset_size, epochs: int, *, mu0=0, sigma=None, 
     curriculum default; ``step=None`` moves the centre from ``mu0`` to the
     last rank over the epochs.
     """
-    from anglerank.curriculum.config import DEFAULTS
-
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
         raise UserError(f"epochs must be a non-negative integer, got {epochs!r}")
     k = int(round(resolve_rank_units(subset_size, n_items)))

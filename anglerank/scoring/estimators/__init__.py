@@ -19,7 +19,7 @@ from anglerank.registry import Registry
 if TYPE_CHECKING:
     import torch
 
-    from anglerank.render import Rendered
+    from anglerank.model.render import Rendered
     from anglerank.scoring.engine import ScoreOptions
 
 __all__ = ["DEFAULT", "Estimator", "register", "get", "names"]

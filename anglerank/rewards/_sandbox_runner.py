@@ -8,7 +8,7 @@ Runs inside the sandbox as ``python -I -S -B runner.py [--serve] /work/main.py``
   attribute, iterate, index... Results travel as plain values or, for anything
   else, as references to objects that stay here.
 
-Nothing this process sends is trusted: the judge (:mod:`anglerank._sandbox_judge`)
+Nothing this process sends is trusted: the judge (:mod:`anglerank.rewards._sandbox_judge`)
 decodes every answer into exact built-in values and runs the tests itself. So
 this module only has to be right for honest programs, and :func:`decode` has to
 be strict for hostile ones.

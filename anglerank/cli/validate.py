@@ -19,10 +19,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from anglerank.cli_common import (
+from anglerank.cli.common import (
     JsonOpt, LimitOpt, OverwriteOpt, QuietOpt, err, score_options, startup_over, user_errors, with_settings,
 )
 from anglerank.errors import UserError
+from anglerank.plots import VALIDATE_LABELS as Y_LABELS, plot_report, require_matplotlib
 from anglerank.rollouts import PassRateOptions, ValidateOptions
 from anglerank.scoring.options import InputColumns, ModelSettings, PromptFormat, ScoreOptions
 from anglerank.settings import values
@@ -59,7 +60,6 @@ def print_verdict(report: dict) -> None:
 
 def print_report(report: dict) -> None:
     from anglerank.correlation import MIN_INTERVAL_N
-    from anglerank.plots import VALIDATE_LABELS as Y_LABELS
 
     head = Table(title="anglerank validate", show_header=False, title_justify="left")
     head.add_row("model", f"{report['model']} (scores {report['dtype']}, gradients float32, {report['device']})")
@@ -166,7 +166,6 @@ def validate(
     correlations, raw and with question length (tokens) partialled out, and with pass rates a plain verdict:
     does the angle ranking agree with measured difficulty on this sample (seeded bootstrap 95% interval)?
     """
-    from anglerank.plots import plot_report, require_matplotlib
     from anglerank.validate import run_validate
 
     sopt, vopt = score_options(settings), ValidateOptions(**values(ValidateOptions, settings))

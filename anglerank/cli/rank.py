@@ -13,12 +13,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from anglerank.cli_common import (
+from anglerank.cli.common import (
     DataOpt, JsonOpt, QuietOpt, SeedOpt, curriculum_warnings, err, user_errors, warning_line, with_settings,
 )
 from anglerank.curriculum.config import CurriculumSettings
 from anglerank.errors import UserError
 from anglerank.settings import values
+from anglerank.train.records import decile_rows, is_run_dir, summary_rows
 
 # --- options of these commands (names kept distinct from score's --layer/--overwrite help) ---
 
@@ -208,7 +209,6 @@ def inspect_cmd(
     """Summarise a score directory: counts, nulls, statistics, length correlation, histogram, extremes; or a
     training run: prompts drawn, re-draws, zero-variance groups, accuracy by rank decile."""
     from anglerank.curation.inspect import inspect
-    from anglerank.train.records import is_run_dir
 
     if is_run_dir(scores_dir):
         if data or layer is not None:
@@ -232,7 +232,6 @@ def _inspect_run(run_dir: Path, plot: Path | None, json_out: bool) -> None:
     from rich import box
 
     from anglerank.curation.inspect import inspect_run
-    from anglerank.train.records import decile_rows, summary_rows
 
     with warnings.catch_warnings(record=True) as caught:  # a torn last line: say so in one line
         warnings.simplefilter("always")

@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
+from anglerank.curriculum import CurriculumWarning
 from anglerank.errors import Interrupted, UserError
 from anglerank.scoring.options import ModelSettings, ScoreOptions
 from anglerank.settings import option, parameters, values
@@ -165,8 +166,6 @@ def curriculum_warnings():
     """Show the curriculum's warnings (a subset size that covers every row) as one ``warning:`` line each,
     when they happen; every other warning is shown as before."""
     import warnings
-
-    from anglerank.curriculum import CurriculumWarning
 
     with warnings.catch_warnings():
         shown = warnings.showwarning

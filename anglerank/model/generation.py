@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from anglerank.models import ModelError
+from anglerank.model.loading import ModelError
 
 __all__ = ["Rollouts", "eos_token_ids", "pad_token_id", "left_pad", "generate"]
 

@@ -1,13 +1,12 @@
-"""The `anglerank` command line: thin Typer commands over the library.
+"""The `score`, `merge` and `info` commands, registered on the main app by ``anglerank.cli``.
 
-Human output goes to a stderr rich console, machine output (JSON) to stdout. User
-mistakes end in one `error:` line and exit code 2, never a traceback.
+Human output goes to the stderr console, ``--json`` output to stdout; user mistakes end
+in one ``error:`` line, exit 2.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,36 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from anglerank.cli_common import (
-    JsonOpt, LimitOpt, ModelOpt, OverwriteOpt, QuietOpt, ReadableHelpGroup, err, error_line, freeze_at_exit,
-    pause_gc_for_startup, score_options, startup_over, user_errors, warning_line, with_settings,
+from anglerank.cli.common import (
+    JsonOpt, LimitOpt, ModelOpt, OverwriteOpt, QuietOpt, err, score_options, startup_over, user_errors,
+    warning_line, with_settings,
 )
 from anglerank.errors import UserError
 from anglerank.scoring.options import InputColumns, ScoreOptions
-
-app = typer.Typer(
-    cls=ReadableHelpGroup,
-    help="GAIN-RL angle-concentration scoring and curricula for RL fine-tuning of LLMs.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        from anglerank import __version__
-
-        typer.echo(f"anglerank {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _main_options(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-):
-    """GAIN-RL angle-concentration scoring and curricula for RL fine-tuning of LLMs."""
 
 
 def _progress(quiet: bool):
@@ -104,8 +79,6 @@ def _summary(manifest: dict, out: Path, title: str = "anglerank score") -> None:
     err.print(tab)
 
 
-@app.command()
-@user_errors
 @with_settings(InputColumns, ScoreOptions, layers=True)
 def score(
     inputs: Annotated[list[str], typer.Argument(help="Parquet, JSON Lines (.jsonl, .jsonl.gz), JSON or Arrow files, directories or globs of them, datasets save_to_disk folders, or hf://datasets/OWNER/NAME or hf://datasets/OWNER/NAME/PATH paths.", show_default=False)],
@@ -182,8 +155,6 @@ def _merge_after_torchrun(output: Path, rank0: bool, overwrite: bool) -> None:
         dist.destroy_process_group()
 
 
-@app.command("merge")
-@user_errors
 def merge_cmd(
     output: Annotated[Path, typer.Argument(help="The --output directory of a sharded `anglerank score` run.")],
     overwrite: OverwriteOpt = False,
@@ -198,19 +169,17 @@ def merge_cmd(
     _warn_if_mostly_null(output)
 
 
-@app.command()
-@user_errors
 def info(model: ModelOpt = None, json_out: JsonOpt = False):
     """Show the resolved model folder, architecture, layers, hidden size, chat template and hook sites."""
-    from anglerank import hooks, models
+    from anglerank.model import hooks, loading
 
-    path = models.resolve_model_path(model)
-    d = {"model": model or models.DEFAULT_MODEL, "path": str(path), **models.describe(path)}
+    path = loading.resolve_model_path(model)
+    d = {"model": model or loading.DEFAULT_MODEL, "path": str(path), **loading.describe(path)}
     try:
         import torch
         from transformers import AutoModelForCausalLM
 
-        cfg = models.load_config(path)  # one line for configs it cannot read (custom model code)
+        cfg = loading.load_config(path)  # one line for configs it cannot read (custom model code)
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(cfg)
         d["hook_sites"] = hooks.hook_sites(skeleton)
@@ -228,62 +197,7 @@ def info(model: ModelOpt = None, json_out: JsonOpt = False):
     Console().print(tab)
 
 
-# Other command groups live in their own modules and register themselves here.
-from anglerank import cli_rank, cli_train, cli_validate  # noqa: E402
-for _module in (cli_validate, cli_rank, cli_train):
-    _module.register(app)
-
-
-def _tune_allocator() -> None:
-    """Keep the heap from creeping on long runs (glibc only).
-
-    Capping glibc's arenas limits fragmentation from batches of varying shapes. (A low
-    mmap threshold flattened memory further but halved CPU throughput: every large
-    activation became an mmap/munmap with fresh page faults.)
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-8, 2)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
-
-
-# Commands that load a model: their start-up (torch, transformers, the weights) leaves ~400k long-lived
-# objects, and collecting them over and over during it costs seconds; the others never pause the collector.
-MODEL_COMMANDS = frozenset({"score", "validate", "passrate", "train"})
-
-
-def main():
-    """The `anglerank` entry point: command-line mistakes end in one error line too."""
-    try:
-        from typer._click import exceptions as cx  # typer >= 0.24 vendors click
-    except ImportError:
-        from click import exceptions as cx
-
-    _tune_allocator()
-    if len(sys.argv) > 1 and sys.argv[1] in MODEL_COMMANDS:  # their first progress report turns it back on
-        pause_gc_for_startup()
-    try:
-        code = app(standalone_mode=False)
-    except cx.NoArgsIsHelpError as exc:
-        err.print(exc.format_message())
-        sys.exit(2)
-    except cx.UsageError as exc:  # a malformed command line (unknown option, bad value, missing argument)
-        hint = f"; see '{exc.ctx.command_path} --help'" if exc.ctx else ""
-        error_line(f"{exc.format_message().rstrip('.')}{hint}")
-        sys.exit(2)
-    except typer.Abort:  # typer >= 0.29 keeps Abort out of its vendored click
-        err.print("[yellow]interrupted[/]")
-        sys.exit(130)
-    except cx.ClickException as exc:
-        error_line(exc.format_message())
-        sys.exit(exc.exit_code)
-    finally:
-        freeze_at_exit()
-    sys.exit(code if isinstance(code, int) else 0)
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer) -> None:
+    app.command("score")(user_errors(score))
+    app.command("merge")(user_errors(merge_cmd))
+    app.command("info")(user_errors(info))

@@ -2,7 +2,7 @@
 
 Scoring only needs one (or a few) layers' activations, so running the later layers,
 the final norm and the LM head is wasted work: a hook on the deepest requested site
-raises ``_StopForward`` once everything has been captured (and ``models.load`` with
+raises ``_StopForward`` once everything has been captured (and ``loading.load`` with
 ``keep_layers`` does not even load them).
 """
 

@@ -21,7 +21,7 @@ trainer's own, threaded process. Standard library only. Steps:
 
 Where step 2 is refused the job fails closed with one line naming what is missing,
 unless isolation was waived; then the program runs as a plain child with limits.
-The tests themselves run here (:mod:`anglerank._sandbox_judge`), never in the program.
+The tests themselves run here (:mod:`anglerank.rewards._sandbox_judge`), never in the program.
 """
 
 import ctypes

@@ -7,7 +7,7 @@ stdin/stdout pairs (APPS / CodeContests style) as a list of
 ``{"input": ..., "output": ...}`` or one ``{"inputs": [...], "outputs": [...]}``;
 either may arrive as a JSON string.
 
-The tests never enter the program's process (:mod:`anglerank.sandbox`): an
+The tests never enter the program's process (:mod:`anglerank.rewards.sandbox`): an
 assert test runs in the judge against the program's functions, which answer
 with plain values only, and passes when it runs to its end; an stdin/stdout
 test passes when the program exits 0 and prints the expected output (compared
@@ -20,7 +20,7 @@ import json
 import re
 from typing import Any
 
-from anglerank.sandbox import Limits, check, judge_many
+from anglerank.rewards.sandbox import Limits, check, judge_many
 
 __all__ = ["extract_code", "normalise_tests", "pass_fractions"]
 
@@ -59,7 +59,7 @@ def pass_fractions(completions: list[str], tests: list[Any], limits: Limits = Li
                    workers: int | None = None) -> list[float]:
     """Per completion: the share of its row's tests passed (0 without a code block or without tests).
 
-    Raises :class:`anglerank.sandbox.SandboxUnavailable` where programs cannot be isolated (unless waived),
+    Raises :class:`anglerank.rewards.sandbox.SandboxUnavailable` where programs cannot be isolated (unless waived),
     whether or not a completion holds code."""
     cases = [normalise_tests(t) for t in tests]
     check(limits)

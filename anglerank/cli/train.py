@@ -3,7 +3,7 @@
 `anglerank train` has one option per field of :class:`anglerank.train.config.TrainConfig`;
 the command's signature is generated from the dataclass so names, defaults and help
 text cannot drift apart, and options shared with `score` reuse the aliases in
-``cli_common``. A flag given on the command line overrides the same key of
+:mod:`anglerank.cli.common`. A flag given on the command line overrides the same key of
 ``--config run.toml``, which overrides the default.
 """
 
@@ -17,11 +17,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from anglerank import cli_common as cc
+from anglerank.cli import common as cc
 from anglerank import settings
-from anglerank.cli_common import curriculum_warnings, err, startup_over, user_errors
+from anglerank.cli.common import curriculum_warnings, err, startup_over, user_errors
+from anglerank.curriculum import parse_rank_value
 from anglerank.errors import UserError
-from anglerank.train.config import SMOKE, UNIT_FIELDS, TrainConfig, in_panel_order
+from anglerank.plots import plot_prompts, plot_runs
+from anglerank.signals import abort_on_signal
+from anglerank.train.config import SMOKE, UNIT_FIELDS, TrainConfig, build_config, in_panel_order
+from anglerank.train.display import Display
+from anglerank.train.lora import export_run
+from anglerank.train.metrics import read_metrics
+from anglerank.train.records import is_run_dir, prompt_figure_data, read_records
 
 TRAIN_HELP = """Train a policy with GRPO on a GAIN-RL curriculum (or a uniform/ordered baseline).
 
@@ -84,8 +91,6 @@ def _smoke_help() -> str:
 
 def _given(ctx: typer.Context, values: dict) -> dict:
     """Only the settings typed on the command line (so a TOML file is not overridden by defaults)."""
-    from anglerank.curriculum import parse_rank_value
-
     names = {f.name for f in fields(TrainConfig)}
     out = {}
     for name, value in values.items():
@@ -106,8 +111,6 @@ def _given(ctx: typer.Context, values: dict) -> dict:
 
 def train_cmd(ctx: typer.Context, **kw):
     from anglerank.train.checkpoint import resume_config
-    from anglerank.train.config import build_config
-    from anglerank.train.display import Display
     from anglerank.train.loop import train
 
     given = _given(ctx, kw)
@@ -152,15 +155,38 @@ def plot_cmd(
     per-prompt records (accuracy by rank decile, data map, zero-variance groups) to RUN_DIR/prompts.png."""
     import warnings
 
-    from anglerank.plots import plot_prompts_of_runs, plot_runs
-
+    run_dirs = [Path(d) for d in run_dirs]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = [plot_runs(run_dirs, output), *plot_prompts_of_runs(run_dirs, output)]
+        runs = [(d.name, read_metrics(d)) for d in run_dirs]
+        out = [plot_runs(runs, output or run_dirs[0] / "curves.png"), *_plot_prompts_of_runs(run_dirs, output)]
     for w in caught:
         err.print(f"warning: {w.message}", soft_wrap=True)
     for path in out:
         err.print(f"wrote {path}")
+
+
+def _plot_prompts_of_runs(run_dirs: list[Path], output: Path | None) -> list[Path]:
+    """:func:`anglerank.plots.plot_prompts` for every run of ``run_dirs`` with per-prompt records and at least
+    one step.
+
+    Each goes to ``RUN_DIR/prompts.png``; with ``output`` (the curves' PNG) next to it as
+    ``NAME-prompts.png`` (one run) or ``NAME-RUN-prompts.png`` (several).
+    """
+    out = []
+    for d in run_dirs:
+        if not is_run_dir(d):
+            continue
+        header, recs = read_records(d)
+        if not recs:
+            continue
+        if output is None:
+            path = d / "prompts.png"
+        else:
+            o = Path(output)
+            path = o.with_name(f"{o.stem}{'-' + d.name if len(run_dirs) > 1 else ''}-prompts{o.suffix or '.png'}")
+        out.append(plot_prompts(prompt_figure_data(header, recs), path, title=d.name))
+    return out
 
 
 def export_cmd(
@@ -175,9 +201,6 @@ def export_cmd(
 
     The folder is built aside and renamed into place: an interrupted export leaves nothing half-written.
     """
-    from anglerank.signals import abort_on_signal
-    from anglerank.train.lora import export_run
-
     with abort_on_signal(f"interrupted; {output} was left as it was"):
         out = export_run(run, output, overwrite)
     err.print(f"wrote {out}")
