@@ -38,7 +38,7 @@ bench: $(VENV)/.installed
 clean:
 	rm -rf .demo
 
-# Optional: the tests against the real verl (tests/test_verl_real.py, tests/test_integrations_verl.py).
+# Optional: the tests against the real verl (VERL_TESTS).
 # verl pins versions that conflict with ours (numpy, transformers), so it gets its own venv; torch
 # comes first from the same TORCH_SPEC. `make verl-test` is verl 0.9 (the verl_main entry point);
 # `make verl-test-08` is 0.8; `make verl-test-07` is 0.7 (the data.sampler.class_path hook).
@@ -50,6 +50,7 @@ VERL_SPEC ?= verl==0.9.1
 VERL_DEPS := cachetools uvicorn fastapi
 VERL_EXTRA ?= $(VERL_DEPS) TransferQueue==0.1.11
 VERL_PY := $(VERL_VENV)/bin/python
+VERL_TESTS := tests/integration/test_verl_real.py tests/integration/test_integrations_verl.py
 
 .PHONY: verl-test verl-test-08 verl-test-07
 
@@ -61,7 +62,7 @@ $(VERL_VENV)/.installed-verl: pyproject.toml Makefile
 	touch $@
 
 verl-test: $(VERL_VENV)/.installed-verl
-	$(VERL_PY) -m pytest -q -p no:cacheprovider tests/test_verl_real.py tests/test_integrations_verl.py
+	$(VERL_PY) -m pytest -q -p no:cacheprovider $(VERL_TESTS)
 
 verl-test-08:
 	$(MAKE) verl-test VERL_VENV=.venv-verl08 VERL_SPEC=verl==0.8.0 VERL_EXTRA='$(VERL_DEPS) pyarrow==20.0.0'

@@ -28,7 +28,8 @@ __all__ = ["setting", "override", "check", "option", "parameters", "values", "re
 
 def setting(default=MISSING, help: str = "", *, factory: Callable | None = None, flags: tuple | None = None,
             panel: str | None = None, valid: str | None = None, choices=None, result: bool = False,
-            cli: bool = True, parse: Callable | None = None, cli_type=None, metavar: str | None = None) -> Field:
+            cli: bool = True, parse: Callable | None = None, cli_type=None, metavar: str | None = None,
+            resume: bool = False) -> Field:
     """A dataclass field with what every consumer needs to know about it.
 
     ``valid``: the range of a number (">= 1", "> 0", "[0, 1)", "(0, 1]", or "any": any finite number).
@@ -36,9 +37,10 @@ def setting(default=MISSING, help: str = "", *, factory: Callable | None = None,
     ``result``: the value changes the numbers a run produces, so it is recorded and checked on ``--resume``.
     ``parse`` / ``cli_type``: how a command-line string becomes the value (e.g. rank units), and its type there.
     ``cli``: False for a setting with no option of its own (given as an argument, or derived).
+    ``resume``: a resumed training run may change it (it does not change what was trained so far).
     """
     meta = {"help": help, "flags": flags, "panel": panel, "valid": valid, "choices": choices, "result": result,
-            "cli": cli, "parse": parse, "cli_type": cli_type, "metavar": metavar}
+            "cli": cli, "parse": parse, "cli_type": cli_type, "metavar": metavar, "resume": resume}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

@@ -61,7 +61,7 @@ def make_batches(lengths: list[int], batch_tokens: int) -> list[list[int]]:
 
 # --- the shared-prefix cache ------------------------------------------------------------
 
-# Model families whose cached forward is tested equal to the uncached one (tests/test_score.py);
+# Model families whose cached forward is tested equal to the uncached one (tests/unit/scoring/test_score.py);
 # others always run the whole prompt.
 PREFIX_CACHE_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma2", "gpt2", "gpt_neox"})
 

@@ -52,7 +52,7 @@ class ModelSettings:
     dtype: str = setting("auto", "auto|bfloat16|float16|float32. auto: bf16 on CUDA and on CPUs with AMX/AVX512-BF16, "
                          "else float32. Training keeps weights and optimiser in float32 and runs bf16 under "
                          "autocast.", panel=MODEL, choices=DTYPES, result=True)
-    device: str = setting("auto", "auto|cpu|cuda|cuda:N.", panel=MODEL)
+    device: str = setting("auto", "auto|cpu|cuda|cuda:N.", panel=MODEL, resume=True)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from anglerank.data.lock import LOCK_NAME
 from anglerank.data.reader import ParquetFiles
 from anglerank.errors import UserError, one_line
 from anglerank.model.loading import quiet_hf_loading
-from anglerank.train.config import TrainConfig, dump_toml, load_toml
+from anglerank.train.config import RESUME_OVERRIDABLE, TrainConfig, dump_toml, load_toml
 from anglerank.train.metrics import linked, replace_run_file, stage_run_file
 
 __all__ = ["RunState", "EpochMetrics", "prepare_run_dir", "refuse_links", "start_run", "latest_checkpoint",
@@ -44,10 +44,6 @@ _STEP = re.compile(r"step-\d{1,12}")  # a checkpoint folder's name
 _TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed")
 RUN_FILES = ("config.toml", "inputs.json", "metrics.jsonl", "subsets.jsonl", "prompts.jsonl", "checkpoints",
              "curves.png", "prompts.png")
-# Settings a resumed run may change (they do not affect what was trained so far).
-RESUME_OVERRIDABLE = ("epochs", "eval_every", "save_every", "save_total_limit", "eval_batch_size",
-                      "generation_batch_size", "device", "threads", "gradient_checkpointing", "staleness_every",
-                      "save_only_model", "report_to")
 
 
 @dataclass

@@ -29,7 +29,8 @@ from anglerank.scoring.options import AngleSettings, InputColumns, ModelSettings
 from anglerank.settings import base_type, setting
 from anglerank.train.tracking import REPORT_TO
 
-__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "UNIT_FIELDS", "ALIASES", "SMOKE"]
+__all__ = ["TrainConfig", "build_config", "coerce", "load_toml", "dump_toml", "UNIT_FIELDS", "ALIASES", "SMOKE",
+           "RESUME_OVERRIDABLE"]
 
 # Earlier names of settings, still read from TOML files (a run saved before the rename resumes) and flags.
 ALIASES = {"keep_checkpoints": "save_total_limit"}
@@ -75,8 +76,9 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
     # --- model ----------------------------------------------------------------------
     threads: int | None = _f(None, "CPU threads for torch (default: the cores not busy with other work at "
                              "start-up, as the start-up line says; torch's own default takes every core, and on a "
-                             "shared, busy CPU that is several times slower).", M, valid=">= 1")
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% slower).", M)
+                             "shared, busy CPU that is several times slower).", M, valid=">= 1", resume=True)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% slower).", M,
+                                      resume=True)
     lora_r: int = _f(0, "LoRA rank (peft); 0 trains every weight. With LoRA the KL reference is the base model with "
                      "the adapter switched off, and checkpoints hold the adapter.", M, valid=">= 0")
     lora_alpha: float = _f(16.0, "LoRA scaling alpha (the update is scaled by alpha / r).", M, valid="> 0")
@@ -87,7 +89,8 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
     # --- rollouts ---------------------------------------------------------------------
     num_generations: int = _f(8, "Completions per prompt (G, the group size).", R, valid=">= 2")
     top_k: int = _f(0, "Top-k sampling (0 = off).", R, valid=">= 0")
-    generation_batch_size: int = _f(64, "Sequences per `generate` call.", R, valid=">= 1")
+    generation_batch_size: int = _f(64, "Sequences per `generate` call.", R, valid=">= 1",
+                                   resume=True)
     filter_groups: bool = _f(False, "Dynamic sampling (DAPO; verl's algorithm.filter_groups.enable): drop groups "
                              "whose G rewards are all equal (no advantage, no gradient) and roll out further "
                              "prompts of the epoch, then further draws of the sampler, until the step has "
@@ -132,7 +135,8 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
     max_grad_norm: float = _f(0.1, "Clip the global gradient norm (0 = no clipping).", L, valid=">= 0")
 
     # --- GAIN-RL ------------------------------------------------------------------------
-    epochs: int = _f(10, "Epochs; one epoch is one sampled subset of --subset-size prompts.", G, valid=">= 0")
+    epochs: int = _f(10, "Epochs; one epoch is one sampled subset of --subset-size prompts.", G, valid=">= 0",
+                     resume=True)
     keep_order: bool = _f(False, "Train an epoch's prompts in rank order instead of shuffled.", G)
     rescore_every: float = _f(
         0.5, "Re-score prompts with the live policy after every this many prompts trained: an integer is prompts, "
@@ -144,29 +148,34 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
                             choices=("reachable", "all"))
     staleness_every: int = _f(0, "Diagnostic: every N epochs score every prompt with the live policy without using "
                               "it and log how far the ranking in use has drifted (Spearman; its time is logged "
-                              "apart, as staleness_s). 0 = never.", G, valid=">= 0")
+                              "apart, as staleness_s). 0 = never.", G, valid=">= 0",
+                              resume=True)
     layer: int = _f(-1, "Decoder layer for scores and the angle term.", G, valid="any")
     score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: 16384 on GPUs; on CPUs 4096 with AMX, else 1024).", G,
                                         valid=">= 1")
 
     # --- run ----------------------------------------------------------------------------
     eval_every: int = _f(1, "Evaluate every N epochs (and before the first and after the last; 0 = never).", O,
-                         valid=">= 0")
+                         valid=">= 0", resume=True)
     eval_max_new_tokens: int | None = _f(None, "Eval completion limit (default: --max-new-tokens).", O, valid=">= 1")
-    eval_batch_size: int = _f(32, "Prompts per greedy eval `generate` call.", O, valid=">= 1")
+    eval_batch_size: int = _f(32, "Prompts per greedy eval `generate` call.", O, valid=">= 1",
+                              resume=True)
     eval_by: str | None = _f("data_source", "Also report eval accuracy per value of this column (verl's per "
                              "data_source validation metrics; skipped when the default column is absent).", O)
-    save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O, valid=">= 1")
+    save_every: int = _f(1, "Checkpoint every N epochs (and at the end, and on Ctrl-C).", O, valid=">= 1",
+                            resume=True)
     save_total_limit: int = _f(2, "Checkpoints to keep, oldest deleted first (TRL's option; --keep-checkpoints "
                                "is the same). The start-up line gives a checkpoint's size; one more is on disk "
                                "while the next is written.", O, valid=">= 1",
-                               flags=("--save-total-limit", "--keep-checkpoints"))
+                               flags=("--save-total-limit", "--keep-checkpoints"), resume=True)
     save_only_model: bool = _f(False, "Checkpoints without the optimiser state (weights, tokenizer, sampler and RNG "
-                               "states): a third of the size; a resume then starts AdamW afresh.", O)
+                               "states): a third of the size; a resume then starts AdamW afresh.", O,
+                               resume=True)
     seed: int = _f(0, "Seed for sampling, rollouts and the eval subset.", O, valid="[0, 2**63)")
     report_to: list = _f(None, "Experiment trackers, as TRL's option: none, tensorboard (RUN_DIR/tensorboard), wandb "
                          "(offline under RUN_DIR/wandb unless WANDB_MODE says otherwise) or trackio; repeat for "
-                         "several. metrics.jsonl is always written.", O, factory=lambda: ["none"])
+                         "several. metrics.jsonl is always written.", O, factory=lambda: ["none"],
+                         resume=True)
     keep_checkpoints: dataclasses.InitVar[int | None] = None  # the earlier name of save_total_limit
 
     def __post_init__(self, keep_checkpoints: int | None):
@@ -245,6 +254,8 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
 
 # Settings in rank units (an int is ranks / prompts, a float in (0, 1] a fraction of N): see curriculum.units.
 UNIT_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("parse") is parse_rank_value)
+# Settings a resumed run may change (they do not affect what was trained so far).
+RESUME_OVERRIDABLE = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("resume"))
 # The help panels in the order `--help` and config.toml show them.
 PANELS = (D, M, R, W, L, G, O)
 
