@@ -126,8 +126,8 @@ def score_options(params: dict) -> ScoreOptions:
 
 def with_settings(*groups, skip=(), layers: bool = False):
     """Give a command one option per field of the settings dataclasses ``groups`` (their help, flags and
-    defaults; a group may be ``(class, [names])``), after its own parameters; the command receives them as its ``**settings``. ``layers`` adds the
-    command-line form of ScoreOptions.layers (--layer / --layers)."""
+    defaults; a group may be ``(class, [names])``), after its own parameters; the command receives them as
+    its ``**settings``. ``layers`` adds the command-line form of ScoreOptions.layers (--layer / --layers)."""
     def wrap(fn):
         hints = typing.get_type_hints(fn, include_extras=True)  # the command's own options, resolved
         own = [p.replace(annotation=hints.get(p.name, p.annotation))
