@@ -10,9 +10,9 @@ What they judge with lives here as well: :mod:`~anglerank.rewards.grading` (answ
 checking), :mod:`~anglerank.rewards.coding` and :mod:`~anglerank.rewards.sandbox`
 (programs against tests, in a sandbox whose scripts are the ``_sandbox_*.py`` files;
 they run as ``python -I``, so ``math.py`` and ``code.py`` beside them never stand in
-for the standard library's modules). Here too: the loader for any reward (a built-in's name, ``"module:function"`` or
-``"file.py:function"``) and the helper that combines several reward functions into
-one weighted reward. No torch.
+for the standard library's modules). Here too: the loader for any reward (a built-in's
+name, ``"module:function"`` or ``"file.py:function"``) and the helper that combines
+several reward functions into one weighted reward. No torch.
 """
 
 from __future__ import annotations
