@@ -176,16 +176,15 @@ def _annotation(f: Field, panels: bool):
     return Annotated[tp, typer.Option(*flags, help=help, **extra)]
 
 
-def values(cls, params: dict, *, only=None) -> dict[str, Any]:
+def values(cls, params: dict) -> dict[str, Any]:
     """The keyword arguments for ``cls`` among a command's parameters (its ``locals()``), parsed from their
     command-line form; a field the command does not offer keeps its default."""
-    names = only if only is not None else [f.name for f in fields(cls)]
     out = {}
-    for name in names:
-        if name not in params:
+    for f in fields(cls):
+        if f.name not in params:
             continue
-        value, parse = params[name], field_of(cls, name).metadata.get("parse")
+        value, parse = params[f.name], f.metadata.get("parse")
         if parse is not None and value is None:  # not given: the field's default
             continue
-        out[name] = parse(value) if parse is not None and isinstance(value, str) else value
+        out[f.name] = parse(value) if parse is not None and isinstance(value, str) else value
     return out

@@ -169,8 +169,8 @@ def sample_cmd(
     with curriculum_warnings():
         s = sample(scores_dir, _scored_data(scores_dir, data), subset, epochs, output, step=step, seed=seed,
                    keep_order=keep_order, concat=concat, by=by, ascending=ascending,
-                   **values(CurriculumSettings, settings), include_null=include_null, force=force, layer=layer, overwrite=overwrite,
-                   memory_mb=memory_mb)
+                   include_null=include_null, force=force, layer=layer, overwrite=overwrite, memory_mb=memory_mb,
+                   **values(CurriculumSettings, settings))
     if json_out:
         typer.echo(json.dumps(s, indent=2))
     _warnings(s)

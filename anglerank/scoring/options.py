@@ -12,11 +12,9 @@ No torch here: the command line builds its options from these fields.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from anglerank import settings
-from anglerank.errors import UserError
 from anglerank.model.render import PRESETS
 from anglerank.scoring import estimators
 from anglerank.settings import setting
@@ -124,9 +122,7 @@ class ScoreOptions(AngleSettings, PromptFormat, ModelSettings):
 
     def __post_init__(self):
         settings.check(self)
-        if self.w_inter is None:
+        if self.w_inter is None:  # a given one was checked above; an estimator's default is a finite constant
             self.w_inter = float(estimators.get(self.estimator).default_w_inter)
-        if not math.isfinite(self.w_inter):
-            raise UserError(f"--w-inter must be a finite number, got {self.w_inter}")
         if not self.layers:
             self.layers = [-1]
