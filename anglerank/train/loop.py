@@ -304,7 +304,7 @@ def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
     total = None
     if not step.verifier_decides(pool, cfg):
         total, _ = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight, pool.prompts, ro.texts,
-                                           **pool.columns)
+                                           **step.row_columns(pool, idx))
     judged = step.judge_rewards(pool, idx, ro.texts, total, cfg)
     st.last_eval = {"epoch": st.epoch, "step": st.global_step,
                     "eval_accuracy": _accuracy(judged, cfg.correct_threshold), "eval_n": len(idx),

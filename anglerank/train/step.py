@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from anglerank.train.pool import Pool
 
 __all__ = ["StepContext", "StepResult", "StepAborted", "Refill", "RolloutBatch", "train_step", "produce_batch",
-           "update_policy", "sequence_angles", "micro_batch_weight", "judge_rewards", "float32_head"]
+           "update_policy", "sequence_angles", "micro_batch_weight", "judge_rewards", "float32_head", "row_columns"]
 
 
 @dataclass
@@ -101,7 +101,7 @@ def _verifier(cfg: TrainConfig):
     return next((spec for spec in cfg.reward_specs if spec.decides_correct), None)
 
 
-def _row_columns(pool: Pool, seq_idx: list[int]) -> dict:
+def row_columns(pool: Pool, seq_idx: list[int]) -> dict:
     """What reward functions get besides prompts and completions, per completion of ``seq_idx``: the data's
     columns and the reference answer."""
     cols = {k: [v[i] for i in seq_idx] for k, v in pool.columns.items()}
@@ -114,7 +114,7 @@ def verifier_decides(pool: Pool, cfg: TrainConfig) -> bool:
     """Whether a verifier decides "correct" (the built-in math checker, say): the run uses one and the data has
     every column it reads."""
     spec = _verifier(cfg)
-    return spec is not None and set(spec.columns) <= set(_row_columns(pool, []))
+    return spec is not None and set(spec.columns) <= set(row_columns(pool, []))
 
 
 def judge_rewards(pool: Pool, seq_idx: list[int], texts: list[str], total: list[float] | None,
@@ -124,7 +124,7 @@ def judge_rewards(pool: Pool, seq_idx: list[int], texts: list[str], total: list[
     if not verifier_decides(pool, cfg):
         return list(total)
     check = rewards.load_reward(_verifier(cfg).name, answer_format=cfg.answer_format)
-    return check([pool.prompts[i] for i in seq_idx], texts, **_row_columns(pool, seq_idx))
+    return check([pool.prompts[i] for i in seq_idx], texts, **row_columns(pool, seq_idx))
 
 
 def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: Refill | None = None) -> StepResult:
@@ -197,7 +197,7 @@ def _roll(ctx: StepContext, batch: list[int]) -> Groups:
     try:
         total, per_func = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight,
                                                   [pool.prompts[i] for i in seq_idx], ro.texts,
-                                                  **_row_columns(pool, seq_idx))
+                                                  **row_columns(pool, seq_idx))
     except rewards.NonFiniteReward as exc:
         raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
                                   f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers (return None for 'no reward')") from None
