@@ -101,3 +101,51 @@ def test_no_eos_is_a_model_error():
     lm = _ScriptedLM([], eos_id=None)
     with pytest.raises(ModelError, match="no EOS"):
         generation.generate(lm, tok, [[1]], max_new_tokens=2)
+
+
+# ---------------------------------------------------------------- prompts shared by their repeats
+
+def _groups(tok, G=4):
+    """Three prompts of different lengths (so left padding differs), each repeated G times, as a GRPO batch."""
+    texts = ["What is 2+2?", "How many apples does Tom have after he buys three more?", "Name a colour."]
+    return [tok(t)["input_ids"] for t in texts for _ in range(G)]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma2", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("greedy", [False, True])
+def test_sharing_a_repeated_prompt_changes_no_completion(kind, greedy, tiny_tokenizer):
+    from helpers import make_model
+
+    model = make_model(kind)
+    prompts = _groups(tiny_tokenizer)
+    ids, mask = generation.left_pad(prompts[:7], 0)
+    assert generation.shared_prompt_cache(model, prompts[:7], ids, mask)  # this family takes the shared path
+    out = {}
+    for share in (False, True):
+        out[share] = generation.generate(model, tiny_tokenizer, prompts, max_new_tokens=8, greedy=greedy,
+                                         temperature=1.0, batch_size=7, generator=torch.Generator().manual_seed(5),
+                                         share_prompts=share)
+    assert out[True].completion_ids == out[False].completion_ids
+    assert len({tuple(c) for c in out[True].completion_ids}) > (1 if greedy else 3)  # not a degenerate model
+
+
+def test_each_distinct_prompt_is_read_once(tiny_tokenizer):
+    """The prompt tokens that reach the model: every distinct prompt of a batch once (all but its last token),
+    plus one token per sequence, instead of every sequence's whole prompt."""
+    from helpers import make_model
+
+    model = make_model("llama")
+    prompts = _groups(tiny_tokenizer, G=4)
+    seen = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(args[0].shape))
+    try:
+        generation.generate(model, tiny_tokenizer, prompts, max_new_tokens=1, greedy=True, batch_size=12)
+    finally:
+        handle.remove()
+    P = max(map(len, prompts))
+    assert seen == [torch.Size([3, P - 1]), torch.Size([12, 1])]
+
+
+def test_distinct_prompts_take_the_plain_path(tiny_model, tiny_tokenizer):
+    ids, mask = generation.left_pad(_prompts(tiny_tokenizer)[:2], 0)
+    assert generation.shared_prompt_cache(tiny_model, _prompts(tiny_tokenizer)[:2], ids, mask) == {}
