@@ -115,7 +115,8 @@ class _Measured:
     passes: dict[int, float]  # row -> pass rate
 
 
-def _plan(inputs, sopt: ScoreOptions, vopt: ValidateOptions, prompt_column, id_column, loaded) -> _Plan:
+def _plan(inputs, sopt: ScoreOptions, vopt: ValidateOptions, prompt_column, id_column, loaded,
+          warn: Callable[[str], None] | None = None) -> _Plan:
     """Check the inputs, load the model unless given, draw the sample and render it."""
     source = ParquetSource(inputs, prompt_column=prompt_column, id_column=id_column)
     if vopt.target_column:
@@ -129,7 +130,7 @@ def _plan(inputs, sopt: ScoreOptions, vopt: ValidateOptions, prompt_column, id_c
     if vopt.pass_rates:
         pass_rates_at(vopt.pass_rates, source, [], {})  # a wrong file fails now, not after the gradients
     owned = loaded is None
-    scorer, loaded, device, dtype = build_scorer(sopt, loaded)
+    scorer, loaded, device, dtype = build_scorer(sopt, loaded, warn=warn)
     rows = sample_rows(source.total_rows, vopt.samples, vopt.seed)
     wanted = set(rows)
     records = [r for r in source.iter_records() if r.row in wanted]
@@ -356,6 +357,7 @@ def run_validate(
     loaded=None,
     progress: Progress | None = None,
     estimate: Callable[[float, int], None] | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> dict:
     """Measure the angle signal against gradient norms (and pass rates) on a sample.
 
@@ -367,12 +369,13 @@ def run_validate(
     float32 for the generation and gradient stages. ``estimate(seconds, samples)`` is
     called once, early, with the expected time of the generation, gradient and rollout
     stages, timed on the first prompt (whose measurements are kept: the report is the same).
+    ``warn(message)`` hears about out-of-memory back-offs (default: a RuntimeWarning).
     """
     sopt = score_options or ScoreOptions()
     vopt = options or ValidateOptions()
     tick = progress or (lambda stage, done, total: None)
     t0 = time.perf_counter()
-    plan = _plan(inputs, sopt, vopt, prompt_column, id_column, loaded)
+    plan = _plan(inputs, sopt, vopt, prompt_column, id_column, loaded, warn)
     by_row = _score(plan, tick)
     measured = _measure(plan, sopt.site, vopt, tick, estimate)
     per_sample = _per_sample(plan, by_row, measured, rollouts=bool(vopt.rollouts or vopt.pass_rates))

@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from anglerank.cli.common import (
@@ -109,7 +108,7 @@ def score(
             inputs, output, options=opt, prompt_column=prompt_column, id_column=id_column, limit=limit,
             overwrite=overwrite, resume=resume, commit_every=commit_every, progress=cb,
             num_shards=num_shards, shard_index=shard_index,
-            warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}", highlight=False, soft_wrap=True),
+            warn=warning_line,
         )
     if dist_env is not None:
         _merge_after_torchrun(output, rank0, overwrite or resume)

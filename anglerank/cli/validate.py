@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from anglerank.cli.common import (
-    JsonOpt, LimitOpt, OverwriteOpt, QuietOpt, err, score_options, startup_over, user_errors, with_settings,
+    JsonOpt, LimitOpt, OverwriteOpt, QuietOpt, err, score_options, startup_over, user_errors, warning_line,
+    with_settings,
 )
 from anglerank.errors import UserError
 from anglerank.plots import VALIDATE_LABELS as Y_LABELS, plot_report, require_matplotlib
@@ -175,7 +175,8 @@ def validate(
         raise UserError(f"--json {json_file} is a directory")
     with _progress(quiet) as progress:
         report = run_validate(inputs, score_options=sopt, options=vopt, prompt_column=settings["prompt_column"],
-                              id_column=settings["id_column"], progress=progress, estimate=None if quiet else say_estimate)
+                              id_column=settings["id_column"], progress=progress, estimate=None if quiet else say_estimate,
+                              warn=warning_line)
     _write_json(report, json_file)
     if plot is not None:
         plot_report(report, plot)
@@ -220,8 +221,7 @@ def passrate(
         manifest = run_passrate(inputs, output, options=opt, score_options=sopt,
                                 prompt_column=settings["prompt_column"], id_column=settings["id_column"], limit=limit, overwrite=overwrite, resume=resume,
                                 commit_every=commit_every, progress=lambda done, total: update("passrate", done, total),
-                                warn=lambda m: err.print(f"[yellow]warning:[/] {escape(m)}", highlight=False,
-                                                         soft_wrap=True))
+                                warn=warning_line)
     if json_out:
         typer.echo(json.dumps(manifest, indent=2, default=str))
     if not quiet:

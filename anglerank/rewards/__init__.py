@@ -21,9 +21,9 @@ from anglerank.rewards.base import (ANSWER, REGISTRY, NonFiniteReward, RewardErr
                                     register)
 from anglerank.rewards.code import code_reward, code_reward_all
 from anglerank.rewards.combine import combine_rewards
-from anglerank.rewards.loading import load_reward, registered
+from anglerank.rewards.loading import decider_index, load_reward, registered
 from anglerank.rewards.math import math_reward, math_reward_any
 
 __all__ = ["code_reward", "code_reward_all", "RewardError", "NonFiniteReward", "math_reward", "math_reward_any",
            "load_reward", "combine_rewards", "ANSWER", "REGISTRY", "RewardSettings", "RewardSpec", "register",
-           "registered"]
+           "registered", "decider_index"]

@@ -12,7 +12,7 @@ import importlib.util
 import os
 import re
 import sys
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from anglerank.errors import one_line
 from anglerank.rewards.base import REGISTRY, RewardError, RewardSettings, RewardSpec
@@ -28,6 +28,17 @@ def registered(specs: Iterable[str]) -> list[type[RewardSpec]]:
     names = REGISTRY.names()
     found = [s.strip().removeprefix(_PREFIX) for s in specs]
     return [REGISTRY.get(n) for n in found if n in names]
+
+
+def decider_index(specs: Sequence[str]) -> int | None:
+    """The position among ``specs`` (``--reward`` values) of the first built-in reward that decides "correct" by
+    itself (a verifier), or None."""
+    names = REGISTRY.names()
+    for i, s in enumerate(specs):
+        name = s.strip().removeprefix(_PREFIX)
+        if name in names and REGISTRY.get(name).decides_correct:
+            return i
+    return None
 
 
 def _import_file(path: str):

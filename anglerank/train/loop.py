@@ -305,7 +305,7 @@ def _evaluate_if_due(run: _Run, first: bool = False) -> float | None:
     if not step.verifier_decides(pool, cfg):
         total, _ = rewards.combine_rewards(ctx.reward_funcs, cfg.reward_weight, pool.prompts, ro.texts,
                                            **step.row_columns(pool, idx))
-    judged = step.judge_rewards(pool, idx, ro.texts, total, cfg)
+    judged = step.judge_rewards(ctx, pool, idx, ro.texts, total)
     st.last_eval = {"epoch": st.epoch, "step": st.global_step,
                     "eval_accuracy": _accuracy(judged, cfg.correct_threshold), "eval_n": len(idx),
                     "eval_completion_len_mean": float(np.mean([len(c) for c in ro.completion_ids])),
@@ -358,7 +358,7 @@ def _start_record(run: _Run) -> dict:
 
 def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
     """Models, data, optimiser, curriculum and scorer; the state restored from ``ckpt`` when resuming."""
-    parts = build(cfg, ckpt)
+    parts = build(cfg, ckpt, warn=lambda m: emit("log", {"message": f"warning: {m}"}))
     for note in parts.notes:
         emit("log", {"message": note})
     run_dir = Path(cfg.output_dir)

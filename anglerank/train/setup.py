@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 import numpy as np
 import torch
@@ -46,8 +46,9 @@ class Parts:
     notes: list = field(default_factory=list)  # start-up lines for the log (e.g. a checkpoint's size)
 
 
-def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
-    """The run's parts; the policy comes from ``ckpt`` when resuming."""
+def build(cfg: TrainConfig, ckpt: Path | None, warn: Callable[[str], None] | None = None) -> Parts:
+    """The run's parts; the policy comes from ``ckpt`` when resuming. ``warn`` hears about the scorer's
+    out-of-memory back-offs."""
     device, compute, amp_dtype = _precision(cfg)
     model, ref_model, tok, name, layer_idx, peft_model = _models(cfg, ckpt, device)
     renderer = Renderer(tok, cfg.preset, cfg.system, cfg.prefix, cfg.max_prompt_length)
@@ -57,7 +58,7 @@ def build(cfg: TrainConfig, ckpt: Path | None) -> Parts:
     ctx = StepContext(cfg, model, ref_model, tok, _optimizer(cfg, model), pool, reward_funcs, layer_idx, device,
                       amp_dtype, pad_token_id(tok), max(1, cfg.epochs * steps * cfg.num_iterations),
                       torch.Generator().manual_seed(cfg.seed), peft=peft_model)
-    scorer = Scorer(model, tok, renderer, cfg.score_options(dtype=compute, device=device), device)
+    scorer = Scorer(model, tok, renderer, cfg.score_options(dtype=compute, device=device), device, warn=warn)
     return Parts(ctx, curriculum, scorer, eval_pool, {"model": name, "device": device, "dtype": compute},
                  [_checkpoint_note(cfg, peft_model or model, ctx.optimizer)])
 

@@ -98,7 +98,8 @@ class StepAborted(Exception):
 
 def _verifier(cfg: TrainConfig):
     """The run's first built-in reward that decides "correct" by itself (its spec), or None."""
-    return next((spec for spec in cfg.reward_specs if spec.decides_correct), None)
+    i = rewards.decider_index(cfg.reward)
+    return None if i is None else rewards.registered([cfg.reward[i]])[0]
 
 
 def row_columns(pool: Pool, seq_idx: list[int]) -> dict:
@@ -117,14 +118,17 @@ def verifier_decides(pool: Pool, cfg: TrainConfig) -> bool:
     return spec is not None and set(spec.columns) <= set(row_columns(pool, []))
 
 
-def judge_rewards(pool: Pool, seq_idx: list[int], texts: list[str], total: list[float] | None,
-                  cfg: TrainConfig) -> list[float]:
+def judge_rewards(ctx: StepContext, pool: Pool, seq_idx: list[int], texts: list[str], total: list[float] | None,
+                  per_func: dict[str, list[float]] | None = None) -> list[float]:
     """The per-completion reward that decides "correct" (>= correct_threshold, the curriculum's one rule):
-    the verifier's own reward when :func:`verifier_decides`, else the total reward."""
-    if not verifier_decides(pool, cfg):
+    the verifier's own reward when :func:`verifier_decides`, else the total reward. ``per_func`` (from
+    ``combine_rewards``, in ``--reward`` order) already holds the verifier's values: they are not graded again."""
+    if not verifier_decides(pool, ctx.cfg):
         return list(total)
-    check = rewards.load_reward(_verifier(cfg).name, answer_format=cfg.answer_format)
-    return check([pool.prompts[i] for i in seq_idx], texts, **row_columns(pool, seq_idx))
+    i = rewards.decider_index(ctx.cfg.reward)
+    if per_func is not None:
+        return list(list(per_func.values())[i])
+    return list(ctx.reward_funcs[i]([pool.prompts[j] for j in seq_idx], texts, **row_columns(pool, seq_idx)))
 
 
 def train_step(ctx: StepContext, batch: list[int], updates_done: int, refill: Refill | None = None) -> StepResult:
@@ -201,7 +205,7 @@ def _roll(ctx: StepContext, batch: list[int]) -> Groups:
     except rewards.NonFiniteReward as exc:
         raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
                                   f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers (return None for 'no reward')") from None
-    judged = judge_rewards(pool, seq_idx, ro.texts, total, cfg)
+    judged = judge_rewards(ctx, pool, seq_idx, ro.texts, total, per_func)
     return Groups(list(batch), ro, list(total), list(judged), {k: list(v) for k, v in per_func.items()})
 
 

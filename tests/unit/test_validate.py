@@ -302,3 +302,34 @@ def test_plot_writes_png(report, tmp_path):
 
     plot_report(report, tmp_path / "v.png")
     assert (tmp_path / "v.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_out_of_memory_backoff_is_one_warning_line(data, tiny_model_dir, tmp_path, monkeypatch):
+    """The scorer halving its batch after an out-of-memory is news for the user: a ``warning:`` line on the
+    console, not a Python RuntimeWarning with a source path."""
+    import warnings
+
+    from typer.testing import CliRunner
+
+    from anglerank.cli import app
+    from anglerank.model import hooks
+
+    run, tokens = hooks.run_until_captured, []
+
+    def limited(model, ids, mask, *a, **k):
+        if ids.numel() > 120:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        tokens.append(ids.numel())
+        return run(model, ids, mask, *a, **k)
+
+    monkeypatch.setattr(hooks, "run_until_captured", limited)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a RuntimeWarning would fail the command
+        res = CliRunner().invoke(app, ["validate", str(data), "--model", str(tiny_model_dir), "--dtype", "float32",
+                                       "--device", "cpu", "--samples", "12", "--max-new-tokens", "4",
+                                       "--batch-tokens", "4096", "--json", str(tmp_path / "v.json")])
+    assert res.exit_code == 0, res.output
+    assert tokens and max(tokens) <= 120
+    lines = [ln for ln in res.output.splitlines() if "out of memory" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: out of memory"), res.output
+

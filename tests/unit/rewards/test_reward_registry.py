@@ -169,3 +169,38 @@ def test_a_reward_reading_the_answer_keeps_rows_that_have_one(registered_here, t
     res = _train(_data(tmp_path / "null.parquet", answer=pa.array([None] * N, pa.string())), tmp_path / "null",
                  tiny_model_dir, "answered")
     one_error_line(res, "the built-in answered reward needs reference answers", "every value of answer is null")
+
+
+GRADED: list[int] = []
+
+
+def counted_verdict(prompts, completions, label=None, **columns):
+    GRADED.append(len(completions))
+    return verdict(prompts, completions, label=label)
+
+
+class CountedVerdictReward(VerdictReward):
+    @classmethod
+    def from_settings(cls, settings):
+        return counted_verdict
+
+
+def test_a_verifier_grades_each_completion_once(registered_here, tmp_path, tiny_model_dir):
+    """The verifier's reward both enters the total and decides "correct": one grading serves both (a sandboxed
+    code check or math-verify costs real time per call)."""
+    register("counted")(CountedVerdictReward)
+    try:
+        labels = ["yes" if i % 2 == 0 else "no" for i in range(N)]
+        data = _data(tmp_path / "q.parquet", label=labels)
+        (tmp_path / "one.py").write_text("def one(prompts, completions, **k):\n    return [1.0] * len(completions)\n")
+        GRADED.clear()
+        run = tmp_path / "run"  # the verifier second among the rewards: its position is found, not assumed
+        res = _train(data, run, tiny_model_dir, f"{tmp_path / 'one.py'}:one", "counted",
+                     extra=("--eval-data", str(data), "--eval-every", "1"))
+        assert res.exit_code == 0, res.output
+        _, recs = read_records(run)
+        assert sum(GRADED) == len(recs) * G + 2 * N  # every rollout once, plus the eval before and after
+        for r in recs:
+            assert r["correct"] == (G if labels[r["id"] - 1000] == "yes" else 0)
+    finally:
+        REGISTRY.classes.pop("counted", None)

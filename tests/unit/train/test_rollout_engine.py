@@ -159,7 +159,7 @@ def test_the_eval_asks_the_same_engine_for_greedy_completions(monkeypatch):
     reward = lambda prompts, completions, **kw: [float(c == "2") for c in completions]  # noqa: E731
     logged = []
     run = SimpleNamespace(cfg=cfg, st=RunState(), eval_pool=pool, log=lambda kind, rec: logged.append((kind, rec)),
-                          ctx=SimpleNamespace(engine=engine, reward_funcs=[reward]))
+                          ctx=SimpleNamespace(cfg=cfg, engine=engine, reward_funcs=[reward]))
     assert loop._evaluate_if_due(run, first=True) == pytest.approx(1 / 3)
     assert engine.calls == [{"n": 3, "greedy": True, "max_new_tokens": 5}]
     assert logged[0][0] == "eval" and logged[0][1]["eval_completion_len_mean"] == pytest.approx(4 / 3)

@@ -76,3 +76,34 @@ def test_non_finite_loss_skips_the_update_and_repeated_ones_stop_the_run(tmp_pat
     res = runner.invoke(app, _args(questions_parquet, tmp_path / "three", tiny_model_dir, f"{rf}:varied",
                                    "--epochs", "2"))
     assert res.exit_code == 2 and "training diverged" in res.output, res.output
+
+
+def test_an_out_of_memory_backoff_while_scoring_is_a_warning_line(questions_parquet, tiny_model_dir, tmp_path,
+                                                                  monkeypatch):
+    """The angle scoring before training runs out of memory on its big batches: it halves them, finishes, and the
+    run says so in one ``warning:`` line (not a Python RuntimeWarning)."""
+    import warnings
+
+    from anglerank.model import hooks
+    from helpers import HASH_REWARD
+
+    run_until, rows = hooks.run_until_captured, []
+
+    def limited(model, ids, mask, *a, **k):
+        if ids.shape[0] > 4:  # the scorer's batches; training's micro-batches are 2 sequences
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        rows.append(ids.shape[0])
+        return run_until(model, ids, mask, *a, **k)
+
+    monkeypatch.setattr(hooks, "run_until_captured", limited)
+    (tmp_path / "r.py").write_text(HASH_REWARD)
+    args = [a for a in _args(questions_parquet, tmp_path / "run", tiny_model_dir, f"{tmp_path / 'r.py'}:r",
+                             "--epochs", "1", "--micro-batch-size", "2", "--score-batch-tokens", "4096")
+            if a != "--quiet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert rows and max(rows) <= 4
+    lines = [ln.strip() for ln in res.output.splitlines() if "out of memory" in ln]
+    assert len(lines) == 1 and lines[0].startswith("warning: out of memory"), res.output
