@@ -28,7 +28,8 @@ def require_matplotlib(what: str = "--plot") -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise MissingExtra(f"{what} needs matplotlib: pip install 'anglerank[plot]' (or pip install matplotlib)") from None
+        raise MissingExtra(f"{what} needs matplotlib: pip install 'anglerank[plot]' "
+                           "(or pip install matplotlib)") from None
 
 
 def _figure(what: str, **kwargs):

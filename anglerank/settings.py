@@ -23,7 +23,8 @@ from typing import Annotated, Any, Callable, Optional
 
 from anglerank.errors import UserError
 
-__all__ = ["setting", "override", "check", "option", "parameters", "values", "result_keys", "flag", "base_type", "field_of"]
+__all__ = ["setting", "override", "check", "option", "parameters", "values", "result_keys", "flag", "base_type",
+           "field_of"]
 
 
 def setting(default=MISSING, help: str = "", *, factory: Callable | None = None, flags: tuple | None = None,

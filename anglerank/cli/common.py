@@ -55,11 +55,14 @@ ModelOpt = option(ModelSettings, "model")
 LayerOpt = Annotated[Optional[list[int]], typer.Option(
     "--layer", help="Decoder layer to hook; negative counts from the end. Repeat for several layers. Default -1.")]
 LayersOpt = Annotated[Optional[str], typer.Option(
-    "--layers", help="Several layers at once: 'all' or a Python-style range 'A:B' (e.g. 10:30). One forward pass serves all.")]
+    "--layers", help="Several layers at once: 'all' or a Python-style range 'A:B' (e.g. 10:30). One forward pass "
+    "serves all.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Only the first N rows (quick runs).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
-DataOpt = Annotated[Optional[list[str]], typer.Option("--data", help="The input(s) that were scored (files, directories or globs), in the same order. rank and sample default to the files recorded in the score directory's manifest.")]
+DataOpt = Annotated[Optional[list[str]], typer.Option(
+    "--data", help="The input(s) that were scored (files, directories or globs), in the same order. rank and sample "
+    "default to the files recorded in the score directory's manifest.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output instead of refusing.")]
 

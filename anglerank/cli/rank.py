@@ -128,7 +128,8 @@ def sample_cmd(
         "output Parquet file.", show_default=False)],
     subset: Annotated[str, typer.Option(
         "--subset", "-k", help="Rows per epoch (K), drawn without replacement. " + RANK_UNITS, show_default=False)],
-    epochs: Annotated[int, typer.Option("--epochs", "-e", help="Number of epochs (files) to write.", show_default=False)],
+    epochs: Annotated[int, typer.Option(
+        "--epochs", "-e", help="Number of epochs (files) to write.", show_default=False)],
     data: DataOpt = None,
     step: Annotated[Optional[str], typer.Option(
         "--step", help="Centre move per epoch: mu_t = mu0 + t * step. Default: sweep from mu0 to the last rank "
@@ -181,7 +182,8 @@ def sample_cmd(
     mus = s["mu"]
     _table("anglerank sample", [
         ("output", s["output"] + (" (one file)" if s["concat"] else f" ({len(s['files'])} files + sample.json)")),
-        ("ranked rows (N)", f"{s['ranked']:,}" + (f" ({s['null_excluded']:,} null rows left out)" if s["null_excluded"] else "")),
+        ("ranked rows (N)", f"{s['ranked']:,}"
+         + (f" ({s['null_excluded']:,} null rows left out)" if s["null_excluded"] else "")),
         ("epochs x K", f"{s['epochs']} x {s['subset']:,} = {s['rows_written']:,} rows"),
         ("mu0 / sigma / step", f"{s['mu0']:.1f} / {s['sigma']:.1f} / {s['step']:.2f} ranks"),
         ("centre", f"{mus[0]:.1f} -> {mus[-1]:.1f}"),

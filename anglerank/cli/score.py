@@ -80,14 +80,25 @@ def _summary(manifest: dict, out: Path, title: str = "anglerank score") -> None:
 
 @with_settings(InputColumns, ScoreOptions, layers=True)
 def score(
-    inputs: Annotated[list[str], typer.Argument(help="Parquet, JSON Lines (.jsonl, .jsonl.gz), JSON or Arrow files, directories or globs of them, datasets save_to_disk folders, or hf://datasets/OWNER/NAME or hf://datasets/OWNER/NAME/PATH paths.", show_default=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output directory for scores-*.arrow and manifest.json.")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Parquet, JSON Lines (.jsonl, .jsonl.gz), JSON or Arrow files, directories or globs of them, datasets "
+        "save_to_disk folders, or hf://datasets/OWNER/NAME or hf://datasets/OWNER/NAME/PATH paths.",
+        show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Output directory for scores-*.arrow and manifest.json.")],
     limit: LimitOpt = None,
     overwrite: OverwriteOpt = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in OUTPUT from its last committed part (settings must match).")] = False,
-    commit_every: Annotated[int, typer.Option("--commit-every", help="Commit a part every N rows (rounded down to a multiple of the read-ahead window of at most 256 rows); --resume restarts from the last part.")] = 4096,
-    num_shards: Annotated[Optional[int], typer.Option("--num-shards", help="Split the rows into N contiguous shards (Slurm arrays, several machines on shared storage); this run scores one, into OUTPUT/shard-IIIII-of-NNNNN. Set automatically under torchrun.")] = None,
-    shard_index: Annotated[Optional[int], typer.Option("--shard-index", help="Which shard (0-based) this invocation scores.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run in OUTPUT from its last committed part (settings must "
+        "match).")] = False,
+    commit_every: Annotated[int, typer.Option(
+        "--commit-every", help="Commit a part every N rows (rounded down to a multiple of the read-ahead window of at "
+        "most 256 rows); --resume restarts from the last part.")] = 4096,
+    num_shards: Annotated[Optional[int], typer.Option(
+        "--num-shards", help="Split the rows into N contiguous shards (Slurm arrays, several machines on shared "
+        "storage); this run scores one, into OUTPUT/shard-IIIII-of-NNNNN. Set automatically under torchrun.")] = None,
+    shard_index: Annotated[Optional[int], typer.Option(
+        "--shard-index", help="Which shard (0-based) this invocation scores.")] = None,
     quiet: QuietOpt = False,
     **settings,
 ):

@@ -32,7 +32,10 @@ from anglerank.train.records import is_run_dir, prompt_figure_data, read_records
 
 TRAIN_HELP = """Train a policy with GRPO on a GAIN-RL curriculum (or a uniform/ordered baseline).
 
-Each epoch draws --subset-size prompts (gainrl: a Gaussian window over the ranking (--ranking, default angle), moved after the epoch by mu += clamp(n tanh(alpha (acc - beta_acc)) + n tanh(alpha angle), adj_min, adj_max)), trains on them in steps of --prompts-per-step prompts x --num-generations completions, then re-scores the prompts the window can reach next with the live weights (--rescore-every).
+Each epoch draws --subset-size prompts (gainrl: a Gaussian window over the ranking (--ranking, default angle), moved \
+after the epoch by mu += clamp(n tanh(alpha (acc - beta_acc)) + n tanh(alpha angle), adj_min, adj_max)), trains on \
+them in steps of --prompts-per-step prompts x --num-generations completions, then re-scores the prompts the window can \
+reach next with the live weights (--rescore-every).
 
   anglerank train data/train.parquet --eval-data data/test.parquet -o runs/r1 --epochs 20
 
@@ -42,7 +45,8 @@ Each epoch draws --subset-size prompts (gainrl: a Gaussian window over the ranki
 
   anglerank train --resume runs/r1 --epochs 40   (continue exactly)
 
-  anglerank train data/train.parquet -o runs/lora --lora-r 16 --lora-alpha 32   (LoRA; anglerank export runs/lora -o merged/)
+  anglerank train data/train.parquet -o runs/lora --lora-r 16 --lora-alpha 32   \
+(LoRA; anglerank export runs/lora -o merged/)
 
   anglerank train code_tasks.parquet -o runs/code --reward code   (coding: the row's 'tests', run in a sandbox)
 
@@ -50,7 +54,8 @@ Each epoch draws --subset-size prompts (gainrl: a Gaussian window over the ranki
 
   anglerank train data/train.parquet -o runs/ctl --ranking random   (the control: same window, no signal)
 
-Writes RUN_DIR/config.toml, metrics.jsonl, subsets.jsonl and checkpoints/step-N/ (loadable with from_pretrained). Ctrl-C saves a checkpoint. Plot with `anglerank plot RUN_DIR`.
+Writes RUN_DIR/config.toml, metrics.jsonl, subsets.jsonl and checkpoints/step-N/ (loadable with from_pretrained). \
+Ctrl-C saves a checkpoint. Plot with `anglerank plot RUN_DIR`.
 """
 
 

@@ -151,7 +151,8 @@ def _write_json(report: dict, json_file: Path | None) -> None:
 
 @with_settings(ValidateOptions, InputColumns, ScoreOptions, skip=("device_map",), layers=True)
 def validate(
-    inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Parquet files, directories of them, or globs.", show_default=False)],
     json_file: JsonFileOpt = None,
     plot: PlotOpt = None,
     quiet: QuietOpt = False,
@@ -175,8 +176,8 @@ def validate(
         raise UserError(f"--json {json_file} is a directory")
     with _progress(quiet) as progress:
         report = run_validate(inputs, score_options=sopt, options=vopt, prompt_column=settings["prompt_column"],
-                              id_column=settings["id_column"], progress=progress, estimate=None if quiet else say_estimate,
-                              warn=warning_line)
+                              id_column=settings["id_column"], progress=progress,
+                              estimate=None if quiet else say_estimate, warn=warning_line)
     _write_json(report, json_file)
     if plot is not None:
         plot_report(report, plot)
@@ -189,7 +190,8 @@ def validate(
 
 @with_settings(PassRateOptions, InputColumns, ModelSettings, PromptFormat, (ScoreOptions, ["max_length"]))
 def passrate(
-    inputs: Annotated[list[str], typer.Argument(help="Parquet files, directories of them, or globs.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Parquet files, directories of them, or globs.", show_default=False)],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Output directory: pass_rates.parquet (row, id, n_rollouts, n_correct, pass_rate, "
         "note), data.parquet (the input rows plus pass_rate, n_correct, n_rollouts) and the committed parts with "
@@ -219,7 +221,8 @@ def passrate(
     opt, sopt = PassRateOptions(**values(PassRateOptions, settings)), ScoreOptions(**values(ScoreOptions, settings))
     with _progress(quiet) as update:
         manifest = run_passrate(inputs, output, options=opt, score_options=sopt,
-                                prompt_column=settings["prompt_column"], id_column=settings["id_column"], limit=limit, overwrite=overwrite, resume=resume,
+                                prompt_column=settings["prompt_column"], id_column=settings["id_column"], limit=limit,
+                                overwrite=overwrite, resume=resume,
                                 commit_every=commit_every, progress=lambda done, total: update("passrate", done, total),
                                 warn=warning_line)
     if json_out:

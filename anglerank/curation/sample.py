@@ -81,10 +81,11 @@ def sample(
     ``step=None`` sweeps the centre from ``mu0`` to the last rank over the epochs.
     The window walks the angle ranking (``by``, ``ascending``) unless ``ranking`` names
     another (:mod:`anglerank.curriculum.rankings`: ``random``, ``length`` in prompt
-    tokens, ``column:NAME[:desc]``) over the same rows. Default ``sigma`` is the curriculum's (2/15 N, the authors' 1000 ranks scaled from
-    their 7,500 prompts). The centre stays on the data: a step that would carry it past
-    the last rank leaves it there (every later epoch still draws K distinct rows spread
-    over the tail), or with ``wrap`` starts a new pass at rank 0.
+    tokens, ``column:NAME[:desc]``) over the same rows. Default ``sigma`` is the
+    curriculum's (2/15 N, the authors' 1000 ranks scaled from their 7,500 prompts). The
+    centre stays on the data: a step that would carry it past the last rank leaves it there
+    (every later epoch still draws K distinct rows spread over the tail), or with ``wrap``
+    starts a new pass at rank 0.
 
     Output: ``output/epoch_0000.parquet`` ... plus ``output/sample.json``; with
     ``concat`` the single file ``output`` holding all epochs in order. Every file keeps

@@ -92,7 +92,8 @@ def verify_inputs(manifest: dict, files: ParquetFiles, force: bool) -> list[str]
     if problems and not force:
         raise InputError(
             "--data does not match the scored inputs: " + "; ".join(problems)
-            + ". Pass the files given to `anglerank score`, in the same order, or --force to join by row position anyway"
+            + ". Pass the files given to `anglerank score`, in the same order, or --force to join by row position "
+            "anyway"
         )
     return problems
 
@@ -131,7 +132,8 @@ def open_manifest(scores_dir, force: bool) -> dict:
         done = sum(p.get("rows", 0) for p in manifest.get("parts", []))
         raise InputError(
             f"score directory {d} is incomplete ({done} score rows committed, "
-            f"{manifest.get('rows_expected', '?')} input rows expected); finish it with `anglerank score ... --resume`, "
+            f"{manifest.get('rows_expected', '?')} input rows expected); "
+            "finish it with `anglerank score ... --resume`, "
             "or pass --force to use the committed rows (the rest get null scores)"
         )
     if not covers_all_rows(manifest) and manifest.get("complete") and not force:

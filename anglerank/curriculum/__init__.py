@@ -19,7 +19,7 @@ from anglerank.curriculum.registry import make_sampler, register, sampler_class,
 from anglerank.curriculum.samplers.sweep import draw_schedule, open_loop_schedule, sweep_sampler
 from anglerank.curriculum.units import CurriculumWarning, epoch_size, parse_rank_value, resolve_rank_units
 
-__all__ = ["DEFAULTS", "HELP", "RANK_FIELDS", "CurriculumConfig", "CurriculumSettings", "Curriculum", "CurriculumWarning", "correct",
-           "epoch_size", "make_sampler",
-           "draw_schedule", "open_loop_schedule", "parse_rank_value", "rank_order", "Ranking", "register", "resolve_rank_units",
-           "sampler_class", "sampler_names", "sweep_sampler"]
+__all__ = ["DEFAULTS", "HELP", "RANK_FIELDS", "CurriculumConfig", "CurriculumSettings", "Curriculum",
+           "CurriculumWarning", "correct", "epoch_size", "make_sampler",
+           "draw_schedule", "open_loop_schedule", "parse_rank_value", "rank_order", "Ranking", "register",
+           "resolve_rank_units", "sampler_class", "sampler_names", "sweep_sampler"]

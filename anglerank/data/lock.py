@@ -136,7 +136,8 @@ def _acquire(lock: Path, what: str, shown) -> int | None:
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
-            raise OutputError(f"{what} {shown} is in use by {holder}; wait for it to finish or write elsewhere") from None
+            raise OutputError(f"{what} {shown} is in use by {holder}; wait for it to finish or write "
+                              "elsewhere") from None
         except OSError as exc:
             os.close(fd)
             if exc.errno in _NO_LOCKS:

@@ -303,7 +303,8 @@ class InputSource(InputFiles):
                 f"ambiguous prompt column: found {', '.join(found)}; choose one with --prompt-column (columns: {cols})"
             )
         if not found:
-            raise InputError(f"no prompt column found (looked for prompt, question, problem, text); columns: {cols}; use --prompt-column")
+            raise InputError(f"no prompt column found (looked for prompt, question, problem, text); columns: {cols}; "
+                             "use --prompt-column")
         t = field_type(self.schema, found[0])
         if not _is_string(t):
             raise InputError(f"prompt column {found[0]!r} has type {t}; expected a string (use --prompt-column)")

@@ -117,7 +117,8 @@ def site_module(model, layer_idx: int, site: str) -> torch.nn.Module:
 def hook_sites(model) -> list[str]:
     block = decoder_layers(model)[0]
     sites = []
-    if any(isinstance(getattr(block, n, None), torch.nn.Module) for n in ("mlp", "feed_forward", "ffn", "block_sparse_moe")):
+    if any(isinstance(getattr(block, n, None), torch.nn.Module)
+           for n in ("mlp", "feed_forward", "ffn", "block_sparse_moe")):
         sites.append("mlp-input")
     sites.append("residual")
     return sites

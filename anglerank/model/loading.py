@@ -134,7 +134,8 @@ def resolve_model_path(model: str | None) -> Path:
         except Exception:
             if os.environ.get("HF_HUB_OFFLINE") == "1":
                 raise
-            return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]))
+            return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                                 "*.jinja", "*.tiktoken"]))
     except Exception as exc:  # network/offline/not found all end the same way for the user
         raise ModelError(
             f"model {model!r} is not in the Hugging Face cache and could not be downloaded "

@@ -128,7 +128,8 @@ def _check_shard_rows(i: int, shard: Path, m: dict, nlayers: int) -> None:
     got = sum(len(c) for c in rows)
     want = (m["row_stop"] - m["row_start"]) * nlayers
     if got != want:
-        raise OutputError(f"shard {i} holds {got} result rows, expected {want} for rows {m['row_start']}..{m['row_stop'] - 1}")
+        raise OutputError(f"shard {i} holds {got} result rows, "
+                          f"expected {want} for rows {m['row_start']}..{m['row_stop'] - 1}")
     prev = m["row_start"] - 1
     for col in rows:
         for chunk in col.chunks:

@@ -105,8 +105,8 @@ class ScoreOptions(AngleSettings, PromptFormat, ModelSettings):
 
     # ints, 'all' or 'A:B'; on the command line --layer (repeatable) or --layers
     layers: list = setting(help="Decoder layers to hook.", factory=lambda: [-1], cli=False, result=True)
-    max_length: int = setting(4096, "Prompt length limit in tokens: a longer prompt is truncated at the end and flagged "
-                              "`truncated` (passrate: not judged, pass_rate null).",
+    max_length: int = setting(4096, "Prompt length limit in tokens: a longer prompt is truncated at the end and "
+                              "flagged `truncated` (passrate: not judged, pass_rate null).",
                               valid=">= 1", result=True)
     batch_tokens: int | None = setting(
         None, "Token budget per forward batch, padding included. Default: on CUDA, what the free GPU memory holds for "

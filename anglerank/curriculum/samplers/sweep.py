@@ -44,7 +44,8 @@ def sweep_sampler(n_items: int, subset_size, epochs: int, *, mu0=0, sigma=None, 
     k = int(round(resolve_rank_units(subset_size, n_items)))
     if k < 1:
         raise UserError(f"the subset must resolve to at least 1 row, got {subset_size!r} of {n_items}")
-    sampler = SweepSampler(n_items, epoch_size(k, n_items), mu0=mu0, sigma=DEFAULTS["sigma"] if sigma is None else sigma,
+    sampler = SweepSampler(n_items, epoch_size(k, n_items), mu0=mu0,
+                           sigma=DEFAULTS["sigma"] if sigma is None else sigma,
                            step=0, seed=seed, shuffle=shuffle, wrap=wrap)
     if step is None:
         sampler.step = (n_items - 1 - sampler.mu) / (epochs - 1) if epochs > 1 else 0.0
