@@ -74,7 +74,8 @@ def check_column(source: ParquetSource, column: str, what: str, numeric_ok: bool
     if numeric_ok:
         ok = ok or pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
     if not ok:
-        raise InputError(f"{what} column {column!r} has type {t}; expected a string{' or a number' if numeric_ok else ''}")
+        raise InputError(f"{what} column {column!r} has type {t}; "
+                         f"expected a string{' or a number' if numeric_ok else ''}")
 
 
 

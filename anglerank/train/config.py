@@ -67,17 +67,20 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
     output_dir: str | None = _f(None, "Run directory: config.toml, metrics.jsonl, subsets.jsonl, checkpoints/.", D,
                                 flags=("--output", "-o"))
     eval_data: list | None = _f(None, "Held-out Parquet for greedy-accuracy evaluation (repeat for several files).", D)
-    max_prompt_length: int = _f(512, "Prompts longer than this many tokens are left out of the pool (counted in the log).", D,
+    max_prompt_length: int = _f(512, "Prompts longer than this many tokens are left out of the pool (counted in "
+                                "the log).", D,
                                 valid=">= 2")
     limit: int | None = _f(None, "Use only the first N training rows.", D, valid=">= 1")
-    eval_limit: int | None = _f(None, "Evaluate on a seeded random subset of N eval rows (the same subset every time).", D,
+    eval_limit: int | None = _f(None, "Evaluate on a seeded random subset of N eval rows (the same subset every "
+                                "time).", D,
                                 valid=">= 1")
 
     # --- model ----------------------------------------------------------------------
     threads: int | None = _f(None, "CPU threads for torch (default: the cores not busy with other work at "
                              "start-up, as the start-up line says; torch's own default takes every core, and on a "
                              "shared, busy CPU that is several times slower).", M, valid=">= 1", resume=True)
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% slower).", M,
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory, ~30% "
+                                      "slower).", M,
                                       resume=True)
     lora_r: int = _f(0, "LoRA rank (peft); 0 trains every weight. With LoRA the KL reference is the base model with "
                      "the adapter switched off, and checkpoints hold the adapter.", M, valid=">= 0")
@@ -104,7 +107,8 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
     reward: list = _f(None, "Reward function: 'math' (built-in checker), 'code' / 'code_all' (the last fenced Python "
                       "block run against the row's 'tests' in a sandbox: share passed / all or nothing) or "
                       "module:function / file.py:function with "
-                      "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several. Default: math.", W,
+                      "TRL's signature (prompts, completions, **columns) -> list[float]. Repeat for several. "
+                      "Default: math.", W,
                       factory=lambda: ["math"])
     reward_weight: list | None = _f(None, "Weight of each --reward, in the same order (default 1 each).", W,
                                     valid="any", cli_type=Optional[list[float]])
@@ -118,7 +122,8 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
                              valid=">= 1")
     loss_type: str = _f("grpo", "grpo (mean per sequence), dapo/bnpo (mean per token over the batch), dr_grpo "
                         "(sum / (B * max-new-tokens)).", L, choices=_loss_types)
-    scale_rewards: str = _f("group", "group: advantage = (r - mean) / std within the group; none: r - mean (Dr. GRPO).", L,
+    scale_rewards: str = _f("group", "group: advantage = (r - mean) / std within the group; none: r - mean "
+                            "(Dr. GRPO).", L,
                               choices=("group", "none"))
     epsilon: float = _f(0.2, "Lower clip range of the ratio.", L, valid=">= 0")
     epsilon_high: float | None = _f(None, "Upper clip range (default: --epsilon; DAPO uses 0.28).", L, valid=">= 0")
@@ -151,7 +156,8 @@ class TrainConfig(CurriculumSettings, AngleSettings, PromptFormat, InputColumns,
                               "apart, as staleness_s). 0 = never.", G, valid=">= 0",
                               resume=True)
     layer: int = _f(-1, "Decoder layer for scores and the angle term.", G, valid="any")
-    score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: 16384 on GPUs; on CPUs 4096 with AMX, else 1024).", G,
+    score_batch_tokens: int | None = _f(None, "Token budget per scoring forward batch (default as in `score`: "
+                                        "16384 on GPUs; on CPUs 4096 with AMX, else 1024).", G,
                                         valid=">= 1")
 
     # --- run ----------------------------------------------------------------------------
@@ -320,7 +326,8 @@ def load_toml(path: str | Path) -> dict:
     try:
         data = tomllib.loads(p.read_text())
     except UnicodeDecodeError as exc:
-        raise UserError(f"{p} is not UTF-8 text (TOML must be): byte {exc.start} is {exc.object[exc.start]:#04x}") from None
+        raise UserError(f"{p} is not UTF-8 text (TOML must be): byte {exc.start} "
+                        f"is {exc.object[exc.start]:#04x}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{p} is not valid TOML: {exc}") from None
     if isinstance(data.get("train"), dict):

@@ -42,7 +42,8 @@ class Display:
                 TimeRemainingColumn
 
             dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rec["dropped"].items() if v)
-            self.console.print(f"[bold]anglerank train[/] {rec['run_dir']}: {rec['model']} ({rec['dtype']}, {rec['device']}), "
+            self.console.print(f"[bold]anglerank train[/] {rec['run_dir']}: {rec['model']} "
+                      f"({rec['dtype']}, {rec['device']}), "
                       f"{rec['n_prompts']:,} prompts" + (f" ({dropped} left out)" if dropped else "") +
                       (f", {rec['n_eval']:,} eval" if rec["n_eval"] else "") +
                       f", {rec['epochs']} epochs x {rec['steps_per_epoch']} steps", highlight=False)
@@ -87,7 +88,8 @@ class Display:
             acc = rec["final_eval_accuracy"]
             self.console.print(f"[bold green]done[/]: {rec['steps']} steps in {rec['elapsed_s']:.0f}s"
                       + (f", final eval accuracy {acc:.3f}" if acc is not None else "")
-                      + (f"; model in {rec['checkpoint']}" if rec["checkpoint"] else "; no checkpoint (no training steps)"),
+                      + (f"; model in {rec['checkpoint']}" if rec["checkpoint"]
+                         else "; no checkpoint (no training steps)"),
                       highlight=False)
 
     def _print(self, msg: str):

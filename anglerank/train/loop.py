@@ -376,7 +376,8 @@ def _setup(cfg: TrainConfig, ckpt: Path | None, emit: Event) -> _Run:
                 emit("log", {"message": f"warning: {cut}"})
         if not prompt_records.size():  # a run from before per-prompt records: they start here
             prompt_records.start(n_prompts, cfg.num_generations, cfg.filter_groups)
-        fresh_adam = "" if (ckpt / "optimizer.pt").exists() else " with a fresh optimiser (saved with --save-only-model)"
+        fresh_adam = ("" if (ckpt / "optimizer.pt").exists()
+                      else " with a fresh optimiser (saved with --save-only-model)")
         emit("log", {"message": f"resumed from {ckpt} at epoch {st.epoch}, step {st.global_step}{fresh_adam}"})
         # A longer run (--epochs raised on resume) keeps the schedule it started with: a cosine under way
         # is not stretched; past its end the LR stays at its final value.

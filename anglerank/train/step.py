@@ -204,7 +204,8 @@ def _roll(ctx: StepContext, batch: list[int]) -> Groups:
                                                   **row_columns(pool, seq_idx))
     except rewards.NonFiniteReward as exc:
         raise rewards.RewardError(f"reward function {exc.func!r} returned {exc.value} for a completion of data row "
-                                  f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers (return None for 'no reward')") from None
+                                  f"{pool.rows[seq_idx[exc.index]]}; rewards must be finite numbers "
+                                  "(return None for 'no reward')") from None
     judged = judge_rewards(ctx, pool, seq_idx, ro.texts, total, per_func)
     return Groups(list(batch), ro, list(total), list(judged), {k: list(v) for k, v in per_func.items()})
 
