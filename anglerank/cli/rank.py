@@ -244,7 +244,8 @@ def _inspect_run(run_dir: Path, plot: Path | None, json_out: bool) -> None:
         typer.echo(json.dumps(s, indent=2))
         return
     _table(f"anglerank inspect: {run_dir} (training run)", summary_rows(s))
-    t = Table(title="accuracy by rank decile (0 = the first ranked tenth)", title_justify="left", box=box.SIMPLE)
+    t = Table(title="accuracy by rank decile (0 = the first ranked tenth)", title_justify="left", box=box.SIMPLE,
+              collapse_padding=True, pad_edge=False)
     for c in ("training", *map(str, range(10))):
         t.add_column(c, justify="right", no_wrap=True)
     for label, cells in decile_rows(s):
