@@ -129,8 +129,9 @@ CONFIGS = {
                 train=dict(_COMMON, epochs=80, subset_size=8, num_generations=4, max_new_tokens=32, lr=1e-5,
                            micro_batch_size=8, generation_batch_size=32, eval_batch_size=64, eval_every=8,
                            save_every=8, threads=1)),
-    # Does any ordering help? Five arms, five seeds each, 48 epochs; about 4 hours of a 2-core CPU (two
-    # processes of one thread each). The target accuracy is fixed here, before any run: 0.50 held-out accuracy
+    # Does any ordering help? Five arms, five seeds each, 48 epochs, two processes of one thread each. Measured
+    # run times: 35-45 minutes in bf16 on a CPU with bf16 units (uniform-filter about twice that), 60-110 in float32
+    # on one without: about 10 hours of a 2-core CPU in all with bf16 units, about 16 without. The target accuracy is fixed here, before any run: 0.50 held-out accuracy
     # (base 0.25; uniform reached 0.52-0.56 by step 32 in the earlier 80-epoch runs).
     "ordering": dict(n_train=256, eval_per_kind=48, target=0.50, passrate=dict(rollouts=8, temperature=0.9, seed=0),
                      jobs=[(a, s) for s in range(5) for a in ("uniform", "angle", "random", "oracle",
