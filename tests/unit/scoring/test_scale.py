@@ -162,22 +162,29 @@ def _wait_parts(out: Path, k: int, proc, timeout=120):
     pytest.fail("no parts committed in time")
 
 
-@pytest.fixture
-def big_rows(tmp_path):
+SLOW = ("--commit-every", "20", "--batch-tokens", "16")  # one row per batch: still running when the signal comes
+
+
+@pytest.fixture(scope="module")
+def big_rows(tmp_path_factory):
     qs = [("apples " * (i % 13 + 1)) + f"q{i}?" for i in range(1200)]
-    p = tmp_path / "big.parquet"
+    p = tmp_path_factory.mktemp("big") / "big.parquet"
     pq.write_table(pa.table({"question": qs}), p, row_group_size=100)
     return p
 
 
-@pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_kill_and_resume_is_identical(tmp_path, tiny_model_dir, big_rows, sig, code):
-    full = tmp_path / "full"
-    # one row per batch: slow enough that the run is still going when the signal arrives
+@pytest.fixture(scope="module")
+def big_scores(tmp_path_factory, tiny_model_dir, big_rows):
+    """The uninterrupted run every killed-and-resumed one must equal (the same settings: the same batches)."""
+    full = tmp_path_factory.mktemp("big-full") / "full"
     run_score([str(big_rows)], full, commit_every=20, batch_tokens=16, **_kw(tiny_model_dir))
+    return load_scores(full)
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGKILL, -9), (signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_kill_and_resume_is_identical(tmp_path, tiny_model_dir, big_rows, big_scores, sig, code):
     out = tmp_path / "killed"
-    slow = ("--commit-every", "20", "--batch-tokens", "16")
-    proc = subprocess.Popen(_score_cmd(big_rows, out, tiny_model_dir, *slow), env=_env(),
+    proc = subprocess.Popen(_score_cmd(big_rows, out, tiny_model_dir, *SLOW), env=_env(),
                             stderr=subprocess.PIPE, text=True)
     _wait_parts(out, 2, proc)
     proc.send_signal(sig)
@@ -187,10 +194,10 @@ def test_kill_and_resume_is_identical(tmp_path, tiny_model_dir, big_rows, sig, c
         assert "--resume" in stderr and "Traceback" not in stderr
     m = read_manifest(out)
     assert not m["complete"] and sum(p["rows"] for p in m["parts"]) == m["next_row"]
-    r = subprocess.run(_score_cmd(big_rows, out, tiny_model_dir, *slow, "--resume"), env=_env(),
+    r = subprocess.run(_score_cmd(big_rows, out, tiny_model_dir, *SLOW, "--resume"), env=_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    a, b = load_scores(out), load_scores(full)
+    a, b = load_scores(out), big_scores
     assert a.column("row").to_pylist() == list(range(1200))
     assert a.to_pylist() == b.to_pylist()  # same rows once each, bit-identical values
 
